@@ -1,0 +1,155 @@
+"""Vowpal Wabbit text for one decision: one pure function per namespace.
+
+A `cb_explore_adf` example is one `shared` line (the context) followed by one line per action
+(a candidate creative). VW keys interactions on a namespace's first letter, so the namespaces are
+named to give distinct letters:
+
+    shared |Slot     placement, position, page category, keywords      (S)
+           |Visitor  device, geo, hour of day                           (V)
+    action |Ad       creative, campaign, advertiser, category, brand    (A)
+           |Money    pricing model, bid, price bucket                   (M)
+           |Interest the interest model's P(click) as a logit, and the  (I)
+                     expected revenue bid × P(click) it implies
+
+`Interest` carries the prior the bandit starts from: the regression can reproduce the revenue
+ranking (`ev`) on its first example and then learn, per slot and visitor (interactions `SA`,
+`VA`, `SI`), where the model's score is off.
+
+Values are percent-encoded where VW's text format would split them (`|`, `:`, whitespace) and
+`%` itself, so distinct raw values stay distinct features (`a b` and `a_b` never collide).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from adserve.domain import expected_value, logit
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from adserve.domain import Candidate, DecisionContext
+
+__all__ = [
+    "action_line",
+    "ad_namespace",
+    "cb_label",
+    "escape",
+    "example_lines",
+    "interest_namespace",
+    "money_namespace",
+    "number",
+    "price_bucket",
+    "shared_line",
+    "slot_namespace",
+    "visitor_namespace",
+]
+
+_SPECIAL = re.compile(r"[%|:\s]")
+
+
+def escape(value: str) -> str:
+    """Percent-encode the characters VW's text parser treats as separators (and `%`)."""
+    return _SPECIAL.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+
+
+def number(value: float) -> str:
+    """Fixed, short formatting for numeric feature values (6 significant digits)."""
+    return format(float(value), ".6g")
+
+
+def price_bucket(price: float | None) -> int | None:
+    """Power-of-two bucket of an item price: 10 and 12 share a bucket, 10 and 40 do not."""
+    if price is None or not math.isfinite(price) or price <= 0:
+        return None
+    return math.floor(math.log2(price))
+
+
+def _categorical(name: str, value: object | None) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [f"{name}={escape(str(value))}"]
+
+
+def slot_namespace(context: DecisionContext) -> str:
+    """Where the ad appears: `|Slot placement=… position=… page=… kw=…` (one `kw` per keyword)."""
+    features = [
+        *_categorical("placement", context.placement),
+        f"position={context.position}",
+        *_categorical("page", context.page_category),
+    ]
+    for keyword in context.keywords:
+        features += _categorical("kw", keyword)
+    return "|Slot " + " ".join(features)
+
+
+def visitor_namespace(context: DecisionContext) -> str:
+    """Who asks, coarsely: `|Visitor device=… geo=… hour=…`."""
+    features = [
+        *_categorical("device", context.device),
+        *_categorical("geo", context.geo),
+        f"hour={context.hour}",
+    ]
+    return "|Visitor " + " ".join(features)
+
+
+def ad_namespace(candidate: Candidate) -> str:
+    """The creative's identity and content: ids, category, brand."""
+    features = [
+        f"creative={candidate.creative_id}",
+        f"campaign={candidate.campaign_id}",
+        f"advertiser={candidate.advertiser_id}",
+        *_categorical("category", candidate.category),
+        *_categorical("brand", candidate.brand),
+    ]
+    return "|Ad " + " ".join(features)
+
+
+def money_namespace(candidate: Candidate) -> str:
+    """How the creative pays: pricing model, bid (numeric) and the product's price bucket."""
+    features = [f"pricing={candidate.pricing.value}", f"bid:{number(candidate.bid)}"]
+    features += _categorical("price_bucket", price_bucket(candidate.price))
+    return "|Money " + " ".join(features)
+
+
+def interest_namespace(candidate: Candidate, click_probability: float) -> str:
+    """The interest model's calibrated P(click) as a logit, and the revenue it implies.
+
+    `ev` is expected revenue per impression (`expected_value`); it is what the service ranks
+    by, so giving it to the regression lets VW start from the ranking instead of from zero.
+    """
+    ev = expected_value(candidate, click_probability)
+    return f"|Interest logit:{number(logit(click_probability))} ev:{number(ev)}"
+
+
+def cb_label(cost: float, probability: float) -> str:
+    """The ADF label for the chosen action line: `0:cost:probability` (action id unused in ADF)."""
+    return f"0:{number(cost)}:{number(probability)}"
+
+
+def shared_line(context: DecisionContext) -> str:
+    return f"shared {slot_namespace(context)} {visitor_namespace(context)}"
+
+
+def action_line(candidate: Candidate, click_probability: float, label: str | None = None) -> str:
+    body = (
+        f"{ad_namespace(candidate)} {money_namespace(candidate)} "
+        f"{interest_namespace(candidate, click_probability)}"
+    )
+    return f"{label} {body}" if label else body
+
+
+def example_lines(
+    context: DecisionContext,
+    candidates: Sequence[Candidate],
+    click_probabilities: Sequence[float],
+    labelled: tuple[int, float, float] | None = None,
+) -> list[str]:
+    """A whole multi-line example; `labelled=(index, cost, probability)` labels one action."""
+    lines = [shared_line(context)]
+    for i, (candidate, p) in enumerate(zip(candidates, click_probabilities, strict=True)):
+        label = cb_label(labelled[1], labelled[2]) if labelled is not None and labelled[0] == i else None
+        lines.append(action_line(candidate, float(p), label))
+    return lines
