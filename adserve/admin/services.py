@@ -1,0 +1,266 @@
+"""Admin services: catalogue CRUD scoped to the caller's advertiser, and API keys.
+
+The same services serve the HTTP handlers, the CLI and scheduled jobs. A `Caller` of role manager
+or viewer sees only rows of its own advertiser; anything else is reported as not found (404), so
+another advertiser's ids reveal nothing. `caller=None` means the system itself (CLI, jobs, demo).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from advanced_alchemy.filters import LimitOffset
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from adserve.admin import schemas
+from adserve.admin.auth import Caller, Role, generate_key
+from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
+from adserve.errors import Conflict, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = [
+    "AdvertiserService",
+    "ApiKeyService",
+    "CampaignService",
+    "CreativeService",
+    "PlacementService",
+    "notify_catalog_changed",
+]
+
+ModelT = TypeVar("ModelT", Advertiser, Campaign, Creative, Placement, ApiKey)
+
+CATALOG_CHANNEL = "adserve_catalog"
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+async def notify_catalog_changed(session: AsyncSession) -> None:
+    """Serving processes LISTEN on this channel and refresh their snapshot; delivered on commit."""
+    await session.execute(text(f"NOTIFY {CATALOG_CHANNEL}"))
+
+
+class CatalogService(Generic[ModelT]):
+    """CRUD over one table, scoped to the caller's advertiser where the table has one."""
+
+    model: ClassVar[type]
+    scoped: ClassVar[bool] = True
+    notifies_catalog: ClassVar[bool] = True
+
+    def __init__(self, session: AsyncSession, caller: Caller | None) -> None:
+        self.session = session
+        self.caller = caller
+        repo_type = type(
+            f"{self.model.__name__}Repository", (SQLAlchemyAsyncRepository,), {"model_type": self.model}
+        )
+        self.repo: SQLAlchemyAsyncRepository = repo_type(session=session, auto_commit=False)
+
+    def _scope(self) -> list[ColumnElement[bool]]:
+        if not self.scoped or self.caller is None or self.caller.is_admin:
+            return []
+        return [self.model.advertiser_id == self.caller.advertiser_id]
+
+    async def page(
+        self, filters: list[ColumnElement[bool]], limit: int, offset: int
+    ) -> tuple[list[ModelT], int]:
+        return await self.repo.list_and_count(
+            LimitOffset(limit=limit, offset=offset),
+            *self._scope(),
+            *filters,
+            order_by=[(self.model.id, False)],
+        )
+
+    async def get(self, item_id: int) -> ModelT:
+        item = await self.repo.get_one_or_none(self.model.id == item_id, *self._scope())
+        if item is None:
+            raise NotFound(f"{self.model.__tablename__[:-1]} {item_id} not found")
+        return item
+
+    async def _commit(self) -> None:
+        if self.notifies_catalog:
+            await notify_catalog_changed(self.session)
+        try:
+            await self.session.commit()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(_integrity_message(exc)) from exc
+
+    async def _insert(self, item: ModelT) -> ModelT:
+        self.session.add(item)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(_integrity_message(exc)) from exc
+        await self._commit()
+        await self.session.refresh(item)
+        return item
+
+    async def _apply(self, item: ModelT, values: dict[str, Any]) -> ModelT:
+        for name, value in values.items():
+            setattr(item, name, value)
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(_integrity_message(exc)) from exc
+        await self._commit()
+        await self.session.refresh(item)
+        return item
+
+    async def delete(self, item_id: int) -> None:
+        item = await self.get(item_id)
+        await self.session.delete(item)
+        await self._commit()
+
+
+def _integrity_message(exc: IntegrityError) -> str:
+    """A safe summary: the constraint name says what clashed without echoing stored values."""
+    constraint = getattr(getattr(exc.orig, "__cause__", None), "constraint_name", None)
+    return (
+        f"conflicts with an existing row ({constraint})" if constraint else "conflicts with an existing row"
+    )
+
+
+def _set_fields(body: msgspec.Struct) -> dict[str, Any]:
+    """The fields a PATCH body actually carries (UNSET ones are left alone)."""
+    return {
+        name: getattr(body, name)
+        for name in body.__struct_fields__
+        if getattr(body, name) is not msgspec.UNSET
+    }
+
+
+class AdvertiserService(CatalogService[Advertiser]):
+    model = Advertiser
+    scoped = False
+
+    async def create(self, body: schemas.AdvertiserCreate) -> Advertiser:
+        return await self._insert(Advertiser(name=body.name, status=body.status))
+
+    async def update(self, item_id: int, body: schemas.AdvertiserUpdate) -> Advertiser:
+        return await self._apply(await self.get(item_id), _set_fields(body))
+
+
+class PlacementService(CatalogService[Placement]):
+    model = Placement
+    scoped = False
+
+    async def create(self, body: schemas.PlacementCreate) -> Placement:
+        return await self._insert(Placement(**msgspec.structs.asdict(body)))
+
+    async def update(self, item_id: int, body: schemas.PlacementUpdate) -> Placement:
+        return await self._apply(await self.get(item_id), _set_fields(body))
+
+
+def _check_time(name: str, value: datetime | None) -> None:
+    if value is None:
+        return
+    if value.tzinfo is None:
+        raise InvalidInput(f"{name} must include a UTC offset, e.g. 2026-01-01T00:00:00Z")
+    if not EARLIEST <= value <= LATEST:
+        raise InvalidInput(f"{name} must be between 2000 and 2200")
+
+
+def _check_campaign(values: dict[str, Any]) -> None:
+    try:
+        ZoneInfo(values["timezone"])
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidInput(f"timezone {values['timezone']!r} is not an IANA time zone name") from exc
+    _check_time("start_at", values["start_at"])
+    _check_time("end_at", values["end_at"])
+    if values["start_at"] and values["end_at"] and values["end_at"] <= values["start_at"]:
+        raise InvalidInput("end_at must be after start_at")
+
+
+def _campaign_columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """Maps schema fields to columns: targeting is JSONB, the frequency cap two columns."""
+    columns = dict(fields)
+    if "targeting" in columns:
+        columns["targeting"] = msgspec.to_builtins(columns["targeting"])
+    if "frequency_cap" in columns:
+        cap = columns.pop("frequency_cap")
+        columns["frequency_cap"] = cap.impressions if cap else None
+        columns["frequency_window_s"] = cap.window_s if cap else None
+    return columns
+
+
+class CampaignService(CatalogService[Campaign]):
+    model = Campaign
+
+    async def create(self, body: schemas.CampaignCreate, advertiser_id: int | None) -> Campaign:
+        """Managers create for their own advertiser; admins must name one (query parameter)."""
+        if self.caller is not None and not self.caller.is_admin:
+            advertiser_id = self.caller.advertiser_id
+        if advertiser_id is None:
+            raise InvalidInput("advertiser_id query parameter is required for admin keys")
+        await AdvertiserService(self.session, None).get(advertiser_id)
+        fields = msgspec.structs.asdict(body)
+        _check_campaign(fields)
+        return await self._insert(Campaign(advertiser_id=advertiser_id, **_campaign_columns(fields)))
+
+    async def update(self, item_id: int, body: schemas.CampaignUpdate) -> Campaign:
+        campaign = await self.get(item_id)
+        changes = _set_fields(body)
+        merged = {
+            "timezone": changes.get("timezone", campaign.timezone),
+            "start_at": changes.get("start_at", campaign.start_at),
+            "end_at": changes.get("end_at", campaign.end_at),
+        }
+        _check_campaign(merged)
+        return await self._apply(campaign, _campaign_columns(changes))
+
+
+class CreativeService(CatalogService[Creative]):
+    model = Creative
+
+    async def create(self, body: schemas.CreativeCreate) -> Creative:
+        campaign = await CampaignService(self.session, self.caller).get(body.campaign_id)
+        fields = msgspec.structs.asdict(body)
+        return await self._insert(Creative(advertiser_id=campaign.advertiser_id, **fields))
+
+    async def update(self, item_id: int, body: schemas.CreativeUpdate) -> Creative:
+        return await self._apply(await self.get(item_id), _set_fields(body))
+
+
+class ApiKeyService(CatalogService[ApiKey]):
+    model = ApiKey
+    scoped = False
+    notifies_catalog = False
+
+    async def create(self, body: schemas.ApiKeyCreate) -> tuple[str, ApiKey]:
+        role = Role(body.role)
+        if role in (Role.MANAGER, Role.VIEWER) and body.advertiser_id is None:
+            raise InvalidInput(f"a {role} key needs an advertiser_id")
+        if role in (Role.ADMIN, Role.SITE) and body.advertiser_id is not None:
+            raise InvalidInput(f"a {role} key is not tied to an advertiser")
+        if body.advertiser_id is not None:
+            await AdvertiserService(self.session, None).get(body.advertiser_id)
+        key, prefix, digest = generate_key()
+        row = ApiKey(
+            prefix=prefix, digest=digest, role=role.value, advertiser_id=body.advertiser_id, name=body.name
+        )
+        return key, await self._insert(row)
+
+    async def revoke(self, item_id: int) -> ApiKey:
+        row = await self.get(item_id)
+        if row.revoked_at is None:
+            await self.session.execute(
+                update(ApiKey).where(ApiKey.id == item_id).values(revoked_at=datetime.now(UTC))
+            )
+            await self._commit()
+            await self.session.refresh(row)
+        return row
+
+    async def count_admins(self) -> int:
+        rows = await self.session.execute(
+            select(ApiKey.id).where(ApiKey.role == Role.ADMIN.value, ApiKey.revoked_at.is_(None))
+        )
+        return len(rows.all())

@@ -1,0 +1,210 @@
+"""Typed, frozen settings: configs/base.toml, then configs/<ADSERVE_ENV>.toml, then ADSERVE_* variables.
+
+An environment variable names a field as ADSERVE_<SECTION>_<FIELD> (``ADSERVE_DATABASE_URL``) or
+ADSERVE_<FIELD> for top-level fields (``ADSERVE_SECRET_KEY``). Any bad or missing value raises
+`SettingsError` naming the setting, so a misconfigured process fails at start-up, not per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ["CONFIG_DIR", "Settings", "SettingsError", "load_settings"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""
+    embedded_dir: str = "var/pg"
+    pool_size: int = 10
+    max_overflow: int = 10
+    echo: bool = False
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = 65536
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+
+
+class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    page_size_default: int = 50
+    page_size_max: int = 500
+
+
+class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token_ttl_s: int = 86400
+    catalog_refresh_s: float = 2.0
+    scorer: Literal["empirical", "interest"] = "empirical"
+    policy: Literal["epsilon_greedy", "vw"] = "epsilon_greedy"
+    epsilon: float = 0.1
+    ctr_prior_clicks: float = 1.0
+    ctr_prior_impressions: float = 100.0
+    attribution_window_s: int = 604800
+    max_events_per_batch: int = 500
+    history_length: int = 50
+
+
+class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    flush_rows: int = 500
+    flush_ms: int = 200
+    spool_dir: str = "var/spool"
+    spool_max_bytes: int = 256 * 1024 * 1024
+
+
+class DemoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    seed: int = 7
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    env: Literal["dev", "test", "prod"] = "dev"
+    secret_key: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    models_dir: str = "models"
+    var_dir: str = "var"
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
+    serving: ServingSettings = msgspec.field(default_factory=ServingSettings)
+    writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
+    demo: DemoSettings = msgspec.field(default_factory=DemoSettings)
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return not self.database.url
+
+    def path(self, relative: str) -> Path:
+        """Resolves a configured path against the working directory."""
+        return Path(relative).expanduser().resolve()
+
+
+_SECTIONS = {name for name, field_type in Settings.__annotations__.items() if field_type.endswith("Settings")}
+
+
+def _deep_merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; lists may be JSON or comma-separated."""
+    stripped = raw.strip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"not a JSON list: {raw!r}") from exc
+    return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    top_level = set(Settings.__struct_fields__) - _SECTIONS
+    for name, raw in environ.items():
+        if not name.startswith("ADSERVE_"):
+            continue
+        key = name.removeprefix("ADSERVE_").lower()
+        if key in top_level:
+            overrides[key] = _env_value(raw)
+            continue
+        section, _, field_name = key.partition("_")
+        if section in _SECTIONS:
+            section_type = Settings.__annotations__[section]
+            fields = globals()[section_type].__struct_fields__
+            if field_name in fields:
+                overrides.setdefault(section, {})[field_name] = _env_value(raw)
+    return overrides
+
+
+def _dev_secret(var_dir: Path) -> str:
+    """Dev and demo runs keep a generated secret in var/ so signed URLs survive restarts."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _validate(settings: Settings) -> Settings:
+    url = settings.database.url
+    if url and not url.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+        raise SettingsError(
+            "database.url (ADSERVE_DATABASE_URL) must be a postgresql:// URL, got scheme "
+            f"{url.split(':', 1)[0]!r}"
+        )
+    if len(settings.secret_key) < MIN_SECRET_LENGTH:
+        raise SettingsError(
+            f"secret_key (ADSERVE_SECRET_KEY) must be set to at least {MIN_SECRET_LENGTH} characters"
+        )
+    positive = {
+        "server.port": settings.server.port,
+        "server.workers": settings.server.workers,
+        "server.max_body_bytes": settings.server.max_body_bytes,
+        "database.pool_size": settings.database.pool_size,
+        "serving.token_ttl_s": settings.serving.token_ttl_s,
+        "writer.flush_rows": settings.writer.flush_rows,
+        "writer.flush_ms": settings.writer.flush_ms,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise SettingsError(f"{name} must be positive, got {value}")
+    if not 0.0 <= settings.serving.epsilon <= 1.0:
+        raise SettingsError(f"serving.epsilon must be within [0, 1], got {settings.serving.epsilon}")
+    if not settings.server.public_url.startswith(("http://", "https://")):
+        raise SettingsError("server.public_url must start with http:// or https://")
+    return settings
+
+
+def load_settings(
+    env: str | None = None,
+    environ: dict[str, str] | None = None,
+    config_dir: Path = CONFIG_DIR,
+) -> Settings:
+    """Builds settings for `env` (default: $ADSERVE_ENV or "dev") from the layered sources."""
+    environ = dict(os.environ if environ is None else environ)
+    env = env or environ.get("ADSERVE_ENV", "dev")
+    env_file = config_dir / f"{env}.toml"
+    if not env_file.exists():
+        raise SettingsError(f"ADSERVE_ENV={env!r}: no such config file {env_file}")
+    layered = _deep_merge(_read_toml(config_dir / "base.toml"), _read_toml(env_file))
+    layered = _deep_merge(layered, _env_overrides(environ))
+    layered["env"] = env
+    if not layered.get("secret_key") and env != "prod":
+        layered["secret_key"] = _dev_secret(Path(layered.get("var_dir", "var")))
+    try:
+        settings = msgspec.convert(layered, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        where = message.rsplit("at `$.", 1)
+        name = where[1].rstrip("`") if len(where) == 2 else "settings"
+        raise SettingsError(f"setting {name}: {where[0].removesuffix(' - ').strip()}") from exc
+    return _validate(settings)
