@@ -1,0 +1,322 @@
+from __future__ import annotations
+
+import json
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from adserve.bandit.policy import (
+    CostConfig,
+    Exploration,
+    PolicyConfig,
+    VWPolicy,
+    cost_of,
+    list_versions,
+    top_k_indices,
+)
+from adserve.bandit.records import LoggedDecision
+from adserve.domain import Candidate, DecisionContext, Policy, Pricing
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CONTEXT = DecisionContext(placement="homepage-top", now=1_700_000_000.0, device="mobile", hour=9)
+
+
+def cpc(creative_id: int, bid: float) -> Candidate:
+    return Candidate(creative_id, campaign_id=creative_id, advertiser_id=1, pricing=Pricing.CPC, bid=bid)
+
+
+def trained_policy(config: PolicyConfig | None = None, n: int = 300) -> tuple[VWPolicy, list[Candidate]]:
+    """A policy that has learned creative 2 pays and the others do not (non-uniform pmf)."""
+    policy = VWPolicy(config)
+    candidates = [cpc(i, 1.0) for i in range(5)]
+    rng = np.random.default_rng(0)
+    records = []
+    for t in range(n):
+        chosen = int(rng.integers(5))
+        clicked = chosen == 2
+        records.append(
+            LoggedDecision(
+                context=DecisionContext(
+                    placement="homepage-top", now=CONTEXT.now + t, device="mobile", hour=9
+                ),
+                candidates=tuple(candidates),
+                click_probabilities=(0.05,) * 5,
+                pmf=(0.2,) * 5,
+                chosen=chosen,
+                clicked=clicked,
+                revenue=1.0 if clicked else 0.0,
+            )
+        )
+    assert policy.learn(records) == n
+    return policy, candidates
+
+
+def test_implements_the_domain_policy_protocol() -> None:
+    assert isinstance(VWPolicy(), Policy)
+
+
+def test_untrained_policy_is_uniform_over_top_k_and_zero_elsewhere() -> None:
+    candidates = [cpc(i, bid=float(i + 1)) for i in range(6)]  # ev grows with i
+    policy = VWPolicy(PolicyConfig(top_k=4))
+    pmf = policy.pmf(CONTEXT, candidates, np.full(6, 0.1))
+    assert pmf.shape == (6,)
+    np.testing.assert_allclose(pmf, [0, 0, 0.25, 0.25, 0.25, 0.25])
+
+
+def test_top_k_by_expected_value_mixes_cpc_and_cpm() -> None:
+    candidates = [
+        cpc(0, 1.0),  # ev 0.01
+        Candidate(1, 1, 1, Pricing.CPM, bid=30.0),  # ev 0.03
+        cpc(2, 5.0),  # ev 0.05
+        Candidate(3, 3, 1, Pricing.CPM, bid=2.0),  # ev 0.002
+    ]
+    assert top_k_indices(candidates, [0.01] * 4, 2).tolist() == [1, 2]
+    # ties keep the earlier candidate so learning rebuilds the same set
+    assert top_k_indices([cpc(i, 1.0) for i in range(4)], [0.1] * 4, 2).tolist() == [0, 1]
+
+
+def test_choice_pmf_is_the_sampled_pmf_and_propensity_matches_frequency() -> None:
+    policy, candidates = trained_policy()
+    scores = np.full(5, 0.05)
+    expected = policy.pmf(CONTEXT, candidates, scores)
+    assert expected.max() > 0.5  # learned: not uniform
+    rng = np.random.default_rng(1)
+    draws = 20_000
+    counts = np.zeros(5)
+    for _ in range(draws):
+        choice = policy.choose(CONTEXT, candidates, scores, rng)
+        assert choice.pmf == tuple(expected)  # the logged pmf is exactly the one sampled from
+        assert choice.propensity == expected[choice.index]
+        counts[choice.index] += 1
+    assert sum(choice.pmf) == pytest.approx(1.0, abs=1e-12)
+    # every action's empirical frequency is within 4 binomial standard errors of its propensity
+    se = np.sqrt(expected * (1 - expected) / draws)
+    assert np.all(np.abs(counts / draws - expected) <= 4 * se + 1e-12)
+
+
+def test_propensity_is_over_the_masked_candidates_the_caller_gave() -> None:
+    policy, candidates = trained_policy()
+    # budget/caps removed creatives 0 and 3: the policy only sees three
+    masked = [candidates[1], candidates[2], candidates[4]]
+    rng = np.random.default_rng(2)
+    counts = np.zeros(3)
+    for _ in range(5000):
+        choice = policy.choose(CONTEXT, masked, np.full(3, 0.05), rng)
+        assert len(choice.pmf) == 3
+        assert masked[choice.index].creative_id in {1, 2, 4}
+        counts[choice.index] += 1
+    pmf = np.array(choice.pmf)
+    assert sum(pmf) == pytest.approx(1.0, abs=1e-12)
+    assert pmf[1] > 0.5  # creative 2 is still the favourite among what is left
+    se = np.sqrt(pmf * (1 - pmf) / 5000)
+    assert np.all(np.abs(counts / 5000 - pmf) <= 4 * se + 1e-12)
+
+
+def test_candidates_outside_top_k_are_never_chosen() -> None:
+    policy = VWPolicy(PolicyConfig(top_k=2))
+    candidates = [cpc(0, 0.1), cpc(1, 2.0), cpc(2, 0.2), cpc(3, 3.0)]
+    rng = np.random.default_rng(3)
+    chosen = {policy.choose(CONTEXT, candidates, np.full(4, 0.1), rng).index for _ in range(300)}
+    assert chosen == {1, 3}
+
+
+def test_explored_means_not_the_greedy_action() -> None:
+    policy, candidates = trained_policy()
+    rng = np.random.default_rng(4)
+    choices = [policy.choose(CONTEXT, candidates, np.full(5, 0.05), rng) for _ in range(500)]
+    greedy = int(np.argmax(choices[0].pmf))
+    assert greedy == 2
+    assert all(c.explored == (c.index != greedy) for c in choices)
+    assert any(c.explored for c in choices) and not all(c.explored for c in choices)
+
+
+@pytest.mark.parametrize("exploration", list(Exploration))
+def test_every_exploration_learns_the_paying_creative(exploration: Exploration) -> None:
+    policy, candidates = trained_policy(PolicyConfig(exploration=exploration))
+    pmf = policy.pmf(CONTEXT, candidates, np.full(5, 0.05))
+    assert int(np.argmax(pmf)) == 2
+    assert np.all(pmf > 0)  # every top-K action keeps support, so OPE can evaluate any policy
+
+
+def test_learning_maximises_revenue_not_click_through_rate() -> None:
+    """Creative 0: bid 2.0, CTR 0.1 (0.20 per decision); creative 1: bid 0.5, CTR 0.2 (0.10)."""
+    candidates = [cpc(0, 2.0), cpc(1, 0.5)]
+    true_ctr = [0.1, 0.2]
+    rng = np.random.default_rng(5)
+    records = []
+    for t in range(4000):
+        chosen = int(rng.integers(2))
+        clicked = bool(rng.random() < true_ctr[chosen])
+        records.append(
+            LoggedDecision(
+                context=DecisionContext(placement="p", now=float(t)),
+                candidates=tuple(candidates),
+                # the interest model gives both the same score: only learning can separate them
+                click_probabilities=(0.15, 0.15),
+                pmf=(0.5, 0.5),
+                chosen=chosen,
+                clicked=clicked,
+                revenue=candidates[chosen].bid if clicked else 0.0,
+            )
+        )
+    policy = VWPolicy(PolicyConfig(cost=CostConfig(revenue_scale=2.0)))
+    policy.learn(records)
+    pmf = policy.pmf(DecisionContext(placement="p", now=5000.0), candidates, [0.15, 0.15])
+    assert pmf[0] > pmf[1]
+
+
+def test_cost_is_minus_scaled_clipped_revenue() -> None:
+    unit = CostConfig()
+    assert cost_of(0.5, 0.0, unit) == -0.5
+    assert cost_of(0.0, 0.0, unit) == 0.0
+    assert cost_of(3.0, 0.0, unit) == -1.0  # clipped
+    assert cost_of(0.005, 0.0, unit) == pytest.approx(-0.005)  # a CPM impression at 5.00
+    assert cost_of(1.0, 0.0, CostConfig(revenue_scale=4.0)) == -0.25
+    assert cost_of(0.5, 10.0, CostConfig(revenue_scale=20.0, conversion_weight=1.0)) == pytest.approx(-0.525)
+    with pytest.raises(ValueError, match="revenue_scale"):
+        CostConfig(revenue_scale=0)
+
+
+def test_config_from_settings_and_vw_arguments() -> None:
+    config = PolicyConfig.from_dict(
+        {"exploration": "softmax", "softmax_lambda": 3.0, "cost": {"revenue_scale": 2}}
+    )
+    assert config.exploration is Exploration.SOFTMAX and config.cost.revenue_scale == 2
+    assert "--softmax" in config.vw_args() and "--lambda=3.0" in config.vw_args()
+    assert "--squarecb" in PolicyConfig().vw_args()
+    assert "--bag=5" in PolicyConfig(exploration=Exploration.BAGGING).vw_args()
+    assert PolicyConfig.from_dict(PolicyConfig().to_dict()) == PolicyConfig()
+    with pytest.raises(ValueError, match="unknown bandit policy settings"):
+        PolicyConfig.from_dict({"explorer": "squarecb"})
+    with pytest.raises(ValueError):
+        PolicyConfig(exploration="greedy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_k"):
+        PolicyConfig(top_k=0)
+
+
+def test_rejects_mismatched_inputs() -> None:
+    policy = VWPolicy()
+    with pytest.raises(ValueError, match="zero candidates"):
+        policy.pmf(CONTEXT, [], [])
+    with pytest.raises(ValueError, match="click probabilities"):
+        policy.pmf(CONTEXT, [cpc(0, 1.0)], [0.1, 0.2])
+
+
+def test_save_load_round_trip_gives_identical_pmf(tmp_path: Path) -> None:
+    config = PolicyConfig(top_k=4, gamma_scale=20.0)
+    policy, candidates = trained_policy(config)
+    directory = policy.save(tmp_path, version="v1")
+    assert directory == tmp_path / "bandit" / "v1"
+    assert sorted(p.name for p in directory.iterdir()) == ["model.vw", "policy.json"]
+    metadata = json.loads((directory / "policy.json").read_text())
+    assert metadata["version"] == "v1" and metadata["examples_learned"] == 300
+    assert metadata["data_window"] == [CONTEXT.now, CONTEXT.now + 299]
+    assert metadata["config"]["gamma_scale"] == 20.0
+
+    loaded = VWPolicy.load(directory)
+    assert loaded.version == "v1" and loaded.config == config and loaded.examples_learned == 300
+    for scores in (np.full(5, 0.05), np.array([0.01, 0.2, 0.05, 0.3, 0.02])):
+        np.testing.assert_array_equal(
+            loaded.pmf(CONTEXT, candidates, scores), policy.pmf(CONTEXT, candidates, scores)
+        )
+    a = policy.choose(CONTEXT, candidates, np.full(5, 0.05), np.random.default_rng(9))
+    b = loaded.choose(CONTEXT, candidates, np.full(5, 0.05), np.random.default_rng(9))
+    assert a == b
+
+
+def test_loaded_policy_resumes_learning_like_the_original(tmp_path: Path) -> None:
+    policy, candidates = trained_policy()
+    loaded = VWPolicy.load(policy.save(tmp_path, version="v1"))
+    extra = [
+        LoggedDecision(
+            context=DecisionContext(
+                placement="homepage-top", now=CONTEXT.now + 1000 + t, device="mobile", hour=9
+            ),
+            candidates=tuple(candidates),
+            click_probabilities=(0.05,) * 5,
+            pmf=(0.2,) * 5,
+            chosen=4,
+            clicked=True,
+            revenue=1.0,
+        )
+        for t in range(50)
+    ]
+    policy.learn(extra)
+    loaded.learn(extra)
+    np.testing.assert_allclose(
+        loaded.pmf(CONTEXT, candidates, np.full(5, 0.05)),
+        policy.pmf(CONTEXT, candidates, np.full(5, 0.05)),
+        atol=1e-6,
+    )
+    assert loaded.examples_learned == 350 and loaded.data_window == (CONTEXT.now, CONTEXT.now + 1049)
+
+
+def test_save_refuses_to_overwrite_and_load_needs_both_files(tmp_path: Path) -> None:
+    policy = VWPolicy()
+    policy.save(tmp_path, version="v1")
+    with pytest.raises(FileExistsError):
+        policy.save(tmp_path, version="v1")
+    with pytest.raises(FileNotFoundError, match="not a saved bandit policy"):
+        VWPolicy.load(tmp_path / "bandit" / "missing")
+    assert list_versions(tmp_path) == ["v1"]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "bandit").iterdir())  # no staging left
+
+
+def test_generated_versions_sort_in_save_order(tmp_path: Path) -> None:
+    policy = VWPolicy()
+    first = policy.save(tmp_path).name
+    second = policy.save(tmp_path).name
+    assert list_versions(tmp_path) == [first, second]
+    assert policy.version == second
+
+
+def test_reload_swaps_to_the_new_version(tmp_path: Path) -> None:
+    trained, candidates = trained_policy()
+    directory = trained.save(tmp_path, version="v2")
+    serving = VWPolicy()
+    assert serving.pmf(CONTEXT, candidates, np.full(5, 0.05)).max() == pytest.approx(0.2)
+    serving.reload(directory)
+    assert serving.version == "v2"
+    np.testing.assert_array_equal(
+        serving.pmf(CONTEXT, candidates, np.full(5, 0.05)), trained.pmf(CONTEXT, candidates, np.full(5, 0.05))
+    )
+
+
+def test_concurrent_choose_during_reloads_is_safe(tmp_path: Path) -> None:
+    trained, candidates = trained_policy()
+    directory = trained.save(tmp_path, version="v1")
+    serving = VWPolicy.load(directory)
+    errors: list[BaseException] = []
+    pmfs: list[tuple[float, ...]] = []
+
+    def serve(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(300):
+                choice = serving.choose(CONTEXT, candidates, np.full(5, 0.05), rng)
+                pmfs.append(choice.pmf)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    def reload() -> None:
+        try:
+            for _ in range(10):
+                serving.reload(directory)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve, args=(s,)) for s in range(4)] + [
+        threading.Thread(target=reload)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(pmfs) == 1200
+    expected = tuple(trained.pmf(CONTEXT, candidates, np.full(5, 0.05)))
+    assert all(p == expected for p in pmfs)  # same version reloaded: every answer identical
