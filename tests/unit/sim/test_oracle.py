@@ -95,11 +95,7 @@ def test_interest_brand_and_position_matter(world: World) -> None:
     now = world.config.start_ts
     interests = world.interests_at(now)
     placement = next(p for p in world.placements if p.position == 0)
-    lower = (
-        next(p for p in world.placements if p.position == 2 and p.size == placement.size)
-        if any(p.position == 2 and p.size == placement.size for p in world.placements)
-        else next(p for p in world.placements if p.position == 2)
-    )
+    lower = next(p for p in world.placements if p.position == 2)
     ids = np.arange(1, len(world.creatives) + 1)
     p = np.array([oracle.click_probabilities(u, ids, placement, now) for u in world.users])
     # Across users, P(click) on a creative rises with interest in its category.
