@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from adserve.domain import expected_value, logit
@@ -133,11 +134,15 @@ def shared_line(context: DecisionContext) -> str:
     return f"shared {slot_namespace(context)} {visitor_namespace(context)}"
 
 
+@lru_cache(maxsize=65_536)
+def _creative_text(candidate: Candidate) -> str:
+    # a creative's Ad and Money text only changes with the creative itself, and building it is
+    # most of the featurisation cost per request; the cache bounds memory, not correctness
+    return f"{ad_namespace(candidate)} {money_namespace(candidate)}"
+
+
 def action_line(candidate: Candidate, click_probability: float, label: str | None = None) -> str:
-    body = (
-        f"{ad_namespace(candidate)} {money_namespace(candidate)} "
-        f"{interest_namespace(candidate, click_probability)}"
-    )
+    body = f"{_creative_text(candidate)} {interest_namespace(candidate, click_probability)}"
     return f"{label} {body}" if label else body
 
 
