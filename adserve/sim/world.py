@@ -293,6 +293,11 @@ class World:
         self._build_users(rng)
         self._build_inventory(rng)
         self.placements = cfg.placements
+        # Fail when built, not mid-run: a slot no creative fits would never be served.
+        sizes = {c.size for c in self.creatives}
+        unfillable = [p.key for p in self.placements if p.size not in sizes]
+        if unfillable:
+            raise ValueError(f"no creative fits placements {unfillable}; creative sizes are {sorted(sizes)}")
         self.placement_by_key = {p.key: p for p in self.placements}
         self.placements_by_page_type: dict[str, tuple[Placement, ...]] = {}
         for placement in self.placements:
@@ -425,7 +430,12 @@ class World:
         self.advertisers = tuple(advertisers)
         self.campaigns = tuple(campaigns)
         self.creatives = tuple(creatives)
+        # Stable names an integration maps database rows back with (the DB stores no sim keys,
+        # but advertiser and campaign names are unique and the landing URL carries the creative key).
+        self.advertiser_by_name = {a.name: a for a in self.advertisers}
+        self.campaign_by_name = {c.name: c for c in self.campaigns}
         self.creative_by_key = {c.key: c for c in self.creatives}
+        self.creative_by_landing_url = {c.landing_url: c for c in self.creatives}
         self.creative_attributes = np.array(attributes)
         self.creative_quality = np.array(qualities)
         self.creative_category = np.array([self.category_index[c.category] for c in creatives])

@@ -45,6 +45,8 @@ def test_catalogue_is_plain_data_with_stable_unique_names(world: World) -> None:
     ):
         names = [row[name] for row in data[kind]]
         assert len(set(names)) == len(names), kind
+    assert len(world.creative_by_landing_url) == len(world.creatives)  # maps DB rows back to the world
+    assert world.campaign_by_name[data["campaigns"][3]["name"]].id == data["campaigns"][3]["id"]
     advertiser_names = {a["name"] for a in data["advertisers"]}
     campaign_names = {c["name"] for c in data["campaigns"]}
     assert {c["advertiser"] for c in data["campaigns"]} <= advertiser_names
@@ -140,3 +142,5 @@ def test_config_rejects_impossible_worlds() -> None:
         WorldConfig(n_products=5)
     with pytest.raises(ValueError, match="placement"):
         WorldConfig(placements=())
+    with pytest.raises(ValueError, match="no creative fits"):
+        World(WorldConfig(creatives_per_campaign=1))  # only 300x250 ads, but 728x90 slots
