@@ -46,7 +46,7 @@ def _catalogue(
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     popularity = popularity[rng.permutation(n_items)]
     popularity /= popularity.sum()
-    category = rng.integers(0, n_categories, n_items)
+    category = rng.permutation(np.arange(n_items) % n_categories)  # no category left empty
     successors = np.zeros((n_items, n_successors), dtype=np.int64)
     for c in range(n_categories):
         members = np.flatnonzero(category == c)

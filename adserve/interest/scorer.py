@@ -1,0 +1,414 @@
+"""Runtime scorer: calibrated P(click) for a request's candidates, recommendations, attributions.
+
+`InterestScorer` serves one loaded version; `InterestScorerHolder` is what the app keeps: its
+`load(path)` builds a new scorer completely (read, rebuild, quantise, warm up) off to the side and
+then replaces one reference, so requests in flight finish on the old model and none fail or wait;
+a missing or corrupt artifact raises CheckpointError and the current model keeps serving.
+`MicroBatcher` groups concurrent async requests into one forward pass (worth it on CUDA).
+
+User encodings are cached in a bounded LRU keyed by (user_key, number of events, last event
+time), so the next event a user makes is a new key and the stale encoding ages out; the encoder
+output does not depend on the clock (time to the request enters in the click head), so a cached
+encoding stays exact while the request time moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
+from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
+from adserve.interest.data import click_inputs, encode_history, stack_histories
+from adserve.interest.network import InterestModel
+
+__all__ = [
+    "PRECISIONS",
+    "EventAttribution",
+    "InterestScorer",
+    "InterestScorerHolder",
+    "MicroBatcher",
+    "quantize_int8",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8")
+
+
+def quantize_int8(model: InterestModel) -> nn.Module:
+    """A copy of `model` with every nn.Linear dynamically quantised to int8 (CPU inference only).
+
+    Embeddings stay fp32: they are lookups, not matmuls, and hold most of the accuracy.
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        # torch 2.13 flags the quantized tensor constructors as deprecated in favour of torchao,
+        # which is not a dependency; the eager dynamic path still works and is what we measure
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+@dataclass(frozen=True, slots=True)
+class EventAttribution:
+    """How much one history event contributed to a click score.
+
+    gradient_x_input: d(logit)/d(token) · token, summed over the embedding (positive = pushed the
+    score up); attention: the creative's target-attention weight on the event.
+    """
+
+    event: BehaviourEvent
+    gradient_x_input: float
+    attention: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoding:
+    encoded: torch.Tensor  # (L, D) encoder output, L >= 1
+    padding: torch.Tensor  # (L,) bool
+    ts: np.ndarray  # (n,) timestamps of the encoded events
+
+
+class InterestScorer:
+    """Implements `adserve.domain.Scorer` for one checkpoint version."""
+
+    def __init__(
+        self,
+        path: str | Path | LoadedCheckpoint,
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+        loaded = path if isinstance(path, LoadedCheckpoint) else load_checkpoint(path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError("int8 dynamic quantisation runs on CPU only; use fp32 on CUDA")
+        self.version: str = loaded.version
+        self.path = loaded.path
+        self.precision = precision
+        self.config = loaded.config
+        self.vocab = loaded.vocab
+        self.calibration = loaded.calibration
+        self.metrics = loaded.metrics
+        self._fp32 = loaded.model.to(self.device).eval()  # attribution needs gradients
+        self.model: Any = quantize_int8(self._fp32) if precision == "int8" else self._fp32
+        self._cache: OrderedDict[tuple[str, int, float], _Encoding] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    # --- encoding -------------------------------------------------------------------------------
+
+    def _encode(self, history: Sequence[BehaviourEvent]) -> _Encoding:
+        encoded_history = encode_history(history[-self.config.max_len :], self.config, self.vocab)
+        events = stack_histories([encoded_history], self.config.max_len).to(self.device)
+        with torch.inference_mode():
+            encoded = self.model.encoder(events)[0]
+        return _Encoding(encoded, events.padding[0], encoded_history.ts)
+
+    def encoding(self, context: DecisionContext) -> _Encoding | None:
+        """The user's cached encoding, computed on a miss; None without history (or consent)."""
+        history = context.history
+        if not history:
+            return None
+        if context.user_key is None:
+            return self._encode(history)
+        key = (context.user_key, len(history), history[-1].ts)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        encoding = self._encode(history)
+        with self._lock:
+            self._cache[key] = encoding
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return encoding
+
+    @property
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    # --- click scores ---------------------------------------------------------------------------
+
+    def _batch(
+        self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        encodings = [self.encoding(context) for context, _ in requests]
+        length = max([1] + [e.encoded.shape[0] for e in encodings if e is not None])
+        hidden = self.config.hidden
+        rows: list[tuple[DecisionContext, Candidate]] = []
+        encoded_rows, padding_rows, ts_rows = [], [], []
+        empty_ts = np.zeros(0)
+        for (context, candidates), encoding in zip(requests, encodings, strict=True):
+            if encoding is None:
+                encoded = torch.zeros(length, hidden, device=self.device)
+                padding = torch.ones(length, dtype=torch.bool, device=self.device)
+                ts = empty_ts
+            else:
+                missing = length - encoding.encoded.shape[0]  # left-pad to the batch's length
+                encoded = nn.functional.pad(encoding.encoded, (0, 0, missing, 0))
+                padding = torch.cat(
+                    [torch.ones(missing, dtype=torch.bool, device=self.device), encoding.padding]
+                )
+                ts = encoding.ts
+            n = len(candidates)
+            encoded_rows.append(encoded.expand(n, -1, -1))
+            padding_rows.append(padding.expand(n, -1))
+            ts_rows += [ts] * n
+            rows += [(context, candidate) for candidate in candidates]
+        inputs = click_inputs(rows, self.config, ts_rows, length).to(self.device)
+        return torch.cat(encoded_rows), torch.cat(padding_rows), inputs
+
+    def click_logits_many(
+        self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
+    ) -> list[np.ndarray]:
+        """Raw click logits for several requests in one forward pass."""
+        sizes = [len(candidates) for _, candidates in requests]
+        if sum(sizes) == 0:
+            return [np.zeros(0) for _ in requests]
+        encoded, padding, inputs = self._batch(requests)
+        with torch.inference_mode():
+            logits, _ = self.model.click(encoded, padding, inputs, self.model.encoder.events)
+        flat = logits.double().cpu().numpy()
+        return list(np.split(flat, np.cumsum(sizes)[:-1]))
+
+    def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
+        """Calibrated P(click) for several requests in one forward pass (micro-batching)."""
+        return [self.calibration(logits) for logits in self.click_logits_many(requests)]
+
+    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+        """(N,) float64 calibrated click probabilities, all candidates in one batch."""
+        return self.score_many([(context, candidates)])[0]
+
+    # --- recommendations and explanations -------------------------------------------------------
+
+    def recommend(
+        self,
+        history: Sequence[BehaviourEvent],
+        k: int = 10,
+        exclude_purchased: bool = True,
+        user_key: str | None = None,
+    ) -> list[tuple[str, float]]:
+        """Top-k (item id, probability) for the user's next item, from the next-item head.
+
+        Items the user already purchased are left out unless exclude_purchased=False. Without
+        history the ranking is the learned item prior (output bias).
+        """
+        context = DecisionContext(placement="", now=0.0, user_key=user_key, history=tuple(history))
+        encoding = self.encoding(context)
+        head = self.model.next_item
+        with torch.inference_mode():
+            if encoding is None:
+                scores = head.bias.detach().clone()
+                scores[0] = float("-inf")
+            else:
+                scores = head.logits(encoding.encoded[-1:], self.model.encoder.events)[0]
+            if exclude_purchased:
+                bought = {e.item_id for e in history if e.event_type == EventType.PURCHASE and e.item_id}
+                rows = [self.vocab.index[item] for item in bought if item in self.vocab.index]
+                if rows:
+                    scores[torch.tensor(rows, device=scores.device)] = float("-inf")
+            probabilities = scores.float().softmax(dim=-1)
+            top = torch.topk(probabilities, min(k, len(self.vocab) - 1))
+        return [
+            (self.vocab.id_of(int(row)), float(p))
+            for p, row in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            if p > 0.0
+        ]
+
+    def attribution(self, context: DecisionContext, candidate: Candidate) -> list[EventAttribution]:
+        """Per-event contribution to this candidate's click logit, oldest event first ("why this
+        ad?"). Uses the fp32 model (gradients) even when serving int8; [] without history."""
+        history = context.history[-self.config.max_len :]
+        if not history:
+            return []
+        model = self._fp32
+        encoded_history = encode_history(history, self.config, self.vocab)
+        events = stack_histories([encoded_history], self.config.max_len).to(self.device)
+        inputs = click_inputs([(context, candidate)], self.config, [encoded_history.ts], len(history))
+        with torch.enable_grad():
+            tokens = model.encoder.events.token_vectors(events).detach().requires_grad_(True)
+            encoded = model.encoder(events, tokens)
+            logits, weights = model.click(
+                encoded, events.padding, inputs.to(self.device), model.encoder.events
+            )
+            (gradient,) = torch.autograd.grad(logits.sum(), tokens)
+        scores = (gradient * tokens).sum(-1)[0].detach().cpu().tolist()
+        attention = weights[0, 1:].detach().cpu().tolist()  # slot 0 is the null slot
+        return [
+            EventAttribution(event, float(score), float(weight))
+            for event, score, weight in zip(history, scores, attention, strict=True)
+        ]
+
+    def warm_up(self) -> None:
+        """One full request, so the first real one does not pay for lazy initialisation."""
+        event = BehaviourEvent(
+            EventType.PRODUCT_VIEW, 0.0, item_id=self.vocab.item_ids[0] if self.vocab.item_ids else None
+        )
+        context = DecisionContext(placement="warm-up", now=1.0, history=(event,))
+        candidate = Candidate(creative_id=0, campaign_id=0, advertiser_id=0, pricing=Pricing.CPC, bid=0.0)
+        self.score(context, [candidate])
+
+
+class InterestScorerHolder:
+    """The serving process's scorer: delegates to the current version and hot-swaps atomically.
+
+    Build it at start-up with the champion's path (a failure there raises: fail at start-up, not
+    per request). `status()` feeds the /ready detail.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._options: dict[str, Any] = {"precision": precision, "device": device, "cache_size": cache_size}
+        self._current: InterestScorer | None = None
+        self._swap_lock = threading.Lock()  # one load at a time; scoring never takes it
+        self.last_error: str | None = None
+        if path is not None:
+            self.load(path)
+
+    @property
+    def current(self) -> InterestScorer:
+        scorer = self._current
+        if scorer is None:
+            raise RuntimeError("no interest model loaded")
+        return scorer
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self.current.version
+
+    def load(self, path: str | Path) -> InterestScorer:
+        """Build the version at `path` off to the side, warm it up, then swap it in.
+
+        Raises CheckpointError (and records it in `last_error`) when the artifact is missing or
+        corrupt; the model that was serving keeps serving.
+        """
+        with self._swap_lock:
+            try:
+                candidate = InterestScorer(path, **self._options)
+                candidate.warm_up()
+            except Exception as error:
+                self.last_error = f"{path}: {error}"
+                serving = self._current.version if self._current else None
+                log.error("interest model %s not loaded, still serving %s: %s", path, serving, error)
+                if isinstance(error, CheckpointError):
+                    raise
+                raise CheckpointError(f"interest model {path} failed to load: {error}") from error
+            self._current = candidate  # one reference assignment: requests see old or new, never half
+            self.last_error = None
+            log.info("interest model %s serving (%s)", candidate.version, candidate.precision)
+            return candidate
+
+    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+        return self.current.score(context, candidates)
+
+    def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
+        return self.current.score_many(requests)
+
+    def recommend(
+        self,
+        history: Sequence[BehaviourEvent],
+        k: int = 10,
+        exclude_purchased: bool = True,
+        user_key: str | None = None,
+    ) -> list[tuple[str, float]]:
+        return self.current.recommend(history, k, exclude_purchased, user_key)
+
+    def attribution(self, context: DecisionContext, candidate: Candidate) -> list[EventAttribution]:
+        return self.current.attribution(context, candidate)
+
+    def status(self) -> dict[str, Any]:
+        """For /ready: what is serving and the last load failure, if any."""
+        scorer = self._current
+        return {
+            "ready": scorer is not None,
+            "version": scorer.version if scorer else None,
+            "path": str(scorer.path) if scorer else None,
+            "precision": scorer.precision if scorer else self._options["precision"],
+            "last_error": self.last_error,
+        }
+
+
+class MicroBatcher:
+    """Groups concurrent `await score(...)` calls into one `score_many` forward pass.
+
+    The first request of a batch waits at most `max_wait_s` for company; the batch runs in a
+    worker thread so the event loop keeps accepting requests. Meant for CUDA, where one pass over
+    many requests costs about as much as one; on CPU scoring directly is as fast.
+    """
+
+    def __init__(
+        self, scorer: InterestScorer | InterestScorerHolder, max_requests: int = 64, max_wait_s: float = 0.002
+    ) -> None:
+        self.scorer = scorer
+        self.max_requests = max_requests
+        self.max_wait_s = max_wait_s
+        self._queue: (
+            asyncio.Queue[tuple[DecisionContext, list[Candidate], asyncio.Future[np.ndarray]]] | None
+        ) = None
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put((context, candidates, future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_requests:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            requests = [(context, candidates) for context, candidates, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.scorer.score_many, requests)
+            except Exception as error:  # every waiting request gets the error, the worker lives on
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.batches += 1
+            for (*_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker, self._queue = None, None
