@@ -250,7 +250,7 @@ def run(
     )
     page_hooks = list(on_page)
     outcome_hooks = list(on_outcome)
-    eligible: dict[tuple[str, str, str], tuple[list[Candidate], np.ndarray]] = {}
+    eligible: dict[tuple[str, str, str], tuple[list[Candidate], np.ndarray, np.ndarray, np.ndarray]] = {}
     n = n_decisions
     cols = _Columns(n)
     i = 0
@@ -267,15 +267,18 @@ def run(
             if key not in eligible:
                 candidates = world.eligible_candidates(request.placement, user.device, user.geo)
                 ids = np.array([c.creative_id for c in candidates], dtype=np.int64)
-                eligible[key] = (candidates, ids)
-            candidates, ids = eligible[key]
+                # Revenue per unit of P(click) for CPC, a fixed CPM part otherwise: cached per slot.
+                cpc = np.array([c.pricing is Pricing.CPC for c in candidates], dtype=bool)
+                bids = np.array([c.bid for c in candidates])
+                eligible[key] = (candidates, ids, np.where(cpc, bids, 0.0), np.where(cpc, 0.0, bids / 1000.0))
+            candidates, ids, per_click, per_impression = eligible[key]
             if not candidates:
                 continue
             context = page.context(request, history_limit)
             scores = np.asarray(scorer.score(context, candidates), dtype=np.float64)
             choice = policy.choose(context, candidates, scores, policy_rng)
             truth = oracle.click_probabilities(user, ids, request.placement, page.ts)
-            values = expected_values(candidates, truth)
+            values = per_click * truth + per_impression
             chosen = candidates[choice.index]
             outcome = traffic.outcome(page, request, chosen.creative_id, float(truth[choice.index]))
             if chosen.pricing is Pricing.CPC:
