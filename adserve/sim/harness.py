@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from adserve.domain import Policy, Scorer
     from adserve.sim.traffic import AdOutcome, AdRequest, PageView
-    from adserve.sim.world import World
+    from adserve.sim.world import Placement, User, World
 
 __all__ = [
     "ConstantScorer",
@@ -250,7 +250,7 @@ def run(
     )
     page_hooks = list(on_page)
     outcome_hooks = list(on_outcome)
-    eligible: dict[tuple[str, str, str], tuple[list[Candidate], np.ndarray, np.ndarray, np.ndarray]] = {}
+    slots: dict[tuple[str, str, str], _Slot] = {}
     n = n_decisions
     cols = _Columns(n)
     i = 0
@@ -264,21 +264,15 @@ def run(
             if i >= n:
                 break
             key = (request.placement.key, user.device, user.geo)
-            if key not in eligible:
-                candidates = world.eligible_candidates(request.placement, user.device, user.geo)
-                ids = np.array([c.creative_id for c in candidates], dtype=np.int64)
-                # Revenue per unit of P(click) for CPC, a fixed CPM part otherwise: cached per slot.
-                cpc = np.array([c.pricing is Pricing.CPC for c in candidates], dtype=bool)
-                bids = np.array([c.bid for c in candidates])
-                eligible[key] = (candidates, ids, np.where(cpc, bids, 0.0), np.where(cpc, 0.0, bids / 1000.0))
-            candidates, ids, per_click, per_impression = eligible[key]
+            slot = slots.get(key) or slots.setdefault(key, _Slot.build(world, request.placement, user))
+            candidates = slot.candidates
             if not candidates:
                 continue
             context = page.context(request, history_limit)
             scores = np.asarray(scorer.score(context, candidates), dtype=np.float64)
             choice = policy.choose(context, candidates, scores, policy_rng)
-            truth = oracle.click_probabilities(user, ids, request.placement, page.ts)
-            values = per_click * truth + per_impression
+            truth = oracle.click_probabilities(user, slot.creative_ids, request.placement, page.ts)
+            values = slot.revenue_per_click * truth + slot.revenue_per_impression
             chosen = candidates[choice.index]
             outcome = traffic.outcome(page, request, chosen.creative_id, float(truth[choice.index]))
             if chosen.pricing is Pricing.CPC:
@@ -295,6 +289,31 @@ def run(
             i += 1
     elapsed = time.perf_counter() - started
     return cols.results(i, scorer.version, policy.version, elapsed, traffic.pages_served)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Eligible candidates of one placement for one device and geo, with their revenue vectors.
+
+    The candidate list is shared by every decision on the slot: scorers and policies must not mutate it.
+    """
+
+    candidates: list[Candidate]
+    creative_ids: np.ndarray
+    revenue_per_click: np.ndarray  # the bid for CPC, 0 for CPM
+    revenue_per_impression: np.ndarray  # a thousandth of the price for CPM, 0 for CPC
+
+    @classmethod
+    def build(cls, world: World, placement: Placement, user: User) -> _Slot:
+        candidates = world.eligible_candidates(placement, user.device, user.geo)
+        cpc = np.array([c.pricing is Pricing.CPC for c in candidates], dtype=bool)
+        bids = np.array([c.bid for c in candidates], dtype=np.float64)
+        return cls(
+            candidates,
+            np.array([c.creative_id for c in candidates], dtype=np.int64),
+            np.where(cpc, bids, 0.0),
+            np.where(cpc, 0.0, bids / 1000.0),
+        )
 
 
 class _Columns:
