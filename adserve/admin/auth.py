@@ -34,6 +34,7 @@ __all__ = [
     "generate_key",
     "key_digest",
     "requires_admin",
+    "requires_staff",
     "requires_writer",
 ]
 
@@ -106,6 +107,12 @@ def _caller(connection: ASGIConnection) -> Caller:
     if not isinstance(caller, Caller):
         raise NotAuthorizedException("not authenticated")
     return caller
+
+
+def requires_staff(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard: the admin API is for admins, managers and viewers; site keys serve end users."""
+    if _caller(connection).role is Role.SITE:
+        raise PermissionDeniedException("site keys have no access to the admin API")
 
 
 def requires_writer(connection: ASGIConnection, _: BaseRouteHandler) -> None:

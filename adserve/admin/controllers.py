@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adserve.admin import schemas
-from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_writer
+from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
 from adserve.admin.services import (
     AdvertiserService,
     ApiKeyService,
@@ -329,6 +329,7 @@ admin_router = Router(
         ApiKeyController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
+    guards=[requires_staff],
     dependencies={
         "db_session": Provide(provide_db_session),
         "caller": Provide(provide_caller, sync_to_thread=False),

@@ -41,7 +41,8 @@ __all__ = [
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 Label = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00]+$")]
 Labels = Annotated[list[Label], Meta(max_length=100)]
-Money = Annotated[float, Meta(ge=0, le=1e12)]
+# NUMERIC(18, 6) holds values below 10^12; the cap keeps every sum of them representable too.
+Money = Annotated[float, Meta(ge=0, le=1e11)]
 Bid = Annotated[float, Meta(gt=0, le=1e6)]
 Pixels = Annotated[int, Meta(ge=1, le=4000)]
 HttpsUrl = Annotated[str, Meta(min_length=9, max_length=2048, pattern=r"^https://[^\s]+$")]

@@ -250,6 +250,8 @@ class ApiKeyService(CatalogService[ApiKey]):
         return key, await self._insert(row)
 
     async def revoke(self, item_id: int) -> ApiKey:
+        if self.caller is not None and self.caller.key_id == item_id:
+            raise Conflict("a key cannot revoke itself; revoke it with another admin key")
         row = await self.get(item_id)
         if row.revoked_at is None:
             await self.session.execute(

@@ -180,7 +180,7 @@ class Placement(Base):
     key: Mapped[str] = mapped_column(String(100), unique=True)
     width: Mapped[int] = mapped_column(SmallInteger)
     height: Mapped[int] = mapped_column(SmallInteger)
-    page_type: Mapped[str] = mapped_column(String(50), server_default="any")
+    page_type: Mapped[str] = mapped_column(String(100), server_default="any")
     position: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     status: Mapped[str] = mapped_column(String(16), server_default="active")
     created_at: Mapped[datetime] = _created()

@@ -186,7 +186,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=100), nullable=False),
         sa.Column("width", sa.SmallInteger(), nullable=False),
         sa.Column("height", sa.SmallInteger(), nullable=False),
-        sa.Column("page_type", sa.String(length=50), server_default="any", nullable=False),
+        sa.Column("page_type", sa.String(length=100), server_default="any", nullable=False),
         sa.Column("position", sa.SmallInteger(), server_default="0", nullable=False),
         sa.Column("status", sa.String(length=16), server_default="active", nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),

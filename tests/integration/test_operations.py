@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from litestar import get
+from litestar.testing import AsyncTestClient
+
+from adserve.app import create_app
+
+
+async def test_health_and_ready(client) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    ready = await client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["migrations"] == "ok"
+
+
+async def test_ready_is_503_when_schema_is_behind(settings, fresh_database) -> None:
+    url = await fresh_database()  # an empty database: no migrations applied
+    app = create_app(
+        type(settings)(
+            **{
+                **{f: getattr(settings, f) for f in settings.__struct_fields__},
+                "database": type(settings.database)(url=url),
+            }
+        )
+    )
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+
+
+async def test_ready_is_503_when_database_is_unreachable(settings) -> None:
+    unreachable = type(settings.database)(url="postgresql://postgres@127.0.0.1:1/none")
+    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
+    app = create_app(type(settings)(**{**fields, "database": unreachable}))
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"].startswith("unreachable")
+
+
+async def test_openapi_schema_lists_admin_paths(client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/admin/v1/campaigns" in schema["paths"]
+    assert "/admin/v1/campaigns/{item_id}" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+
+
+async def test_a_500_never_leaks_a_stack_trace(settings) -> None:
+    @get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    app = create_app(settings)
+    app.register(boom)
+    async with AsyncTestClient(app) as client:
+        response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    assert response.json()["title"] == "Internal Server Error"
