@@ -111,10 +111,11 @@ class IsotonicCalibrator:
             lows.append(xi)
             highs.append(xi)
             while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
-                sums[-2] += sums.pop()
-                counts[-2] += counts.pop()
-                highs[-2] = highs.pop()
+                total, count, high = sums.pop(), counts.pop(), highs.pop()
                 lows.pop()
+                sums[-1] += total
+                counts[-1] += count
+                highs[-1] = high
         thresholds, values = [], []
         for total, count, low, high in zip(sums, counts, lows, highs, strict=True):
             thresholds += [low, high] if high > low else [low]

@@ -152,6 +152,6 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         calibration=calibration,
         metrics=payload.get("metrics", {}),
         data_window=payload.get("data_window", {}),
-        version=str(payload.get("version", file.parent.name)),
+        version=file.parent.name,  # the directory is the registry's identity, even for a copied version
         path=file.parent,
     )
