@@ -178,7 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=2000)
-    parser.add_argument("--predictions", type=int, default=1_000_000)
+    parser.add_argument("--predictions", type=int, default=1_000_000, help="0 skips the memory run")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the raw figures here")
@@ -188,8 +188,11 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "latency": [time_k(k, args.calls, args.warmup, args.seed) for k in (10, 20, 50, 100)],
-        "memory": memory_run(args.predictions, args.max_seconds, args.seed),
+        "memory": memory_run(args.predictions, args.max_seconds, args.seed) if args.predictions else None,
     }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     print(f"{result['date']} · {result['machine']}\n")
     print("| K | choose p50 / p99 (µs) | VW predict p50 / p99 (µs) | learn p50 / p99 (µs) |")
     print("|---|---|---|---|")
@@ -200,15 +203,14 @@ def main() -> None:
         ]
         print(f"| {row['k']} | " + " | ".join(cells) + " |")
     memory = result["memory"]
+    if memory is None:
+        return
     print(
         f"\nmemory: {memory['predictions']:,} choose calls at K=20 in {memory['seconds']:.0f} s "
         f"({memory['per_prediction_us']:.0f} µs each); RSS {memory['rss_after_10k_mib']:.1f} MiB after 10k, "
         f"{memory['rss_end_mib']:.1f} MiB at the end, max {memory['rss_max_mib']:.1f} MiB"
     )
     print("RSS samples (calls, MiB): " + ", ".join(f"{n:,}: {mb:.1f}" for n, mb in memory["rss_mib_samples"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
