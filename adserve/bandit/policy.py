@@ -236,6 +236,11 @@ class VWPolicy:
             raise ValueError(
                 f"{len(candidates)} candidates but {len(click_probabilities)} click probabilities"
             )
+        scores = np.asarray(click_probabilities, dtype=np.float64)
+        if not np.all((scores >= 0) & (scores <= 1)):  # also catches NaN, which would poison VW's text
+            raise ValueError(
+                f"click probabilities must lie in [0, 1], got {scores[~((scores >= 0) & (scores <= 1))]}"
+            )
         top = top_k_indices(candidates, click_probabilities, self.config.top_k)
         lines = example_lines(
             context, [candidates[i] for i in top], [float(click_probabilities[i]) for i in top]

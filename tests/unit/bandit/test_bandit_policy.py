@@ -204,6 +204,10 @@ def test_rejects_mismatched_inputs() -> None:
         policy.pmf(CONTEXT, [], [])
     with pytest.raises(ValueError, match="click probabilities"):
         policy.pmf(CONTEXT, [cpc(0, 1.0)], [0.1, 0.2])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        policy.pmf(CONTEXT, [cpc(0, 1.0), cpc(1, 1.0)], [0.1, float("nan")])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        policy.pmf(CONTEXT, [cpc(0, 1.0)], [1.5])
 
 
 def test_save_load_round_trip_gives_identical_pmf(tmp_path: Path) -> None:
