@@ -241,10 +241,8 @@ class VWPolicy:
             raise ValueError(
                 f"click probabilities must lie in [0, 1], got {scores[~((scores >= 0) & (scores <= 1))]}"
             )
-        top = top_k_indices(candidates, click_probabilities, self.config.top_k)
-        lines = example_lines(
-            context, [candidates[i] for i in top], [float(click_probabilities[i]) for i in top]
-        )
+        top = top_k_indices(candidates, scores, self.config.top_k)
+        lines = example_lines(context, [candidates[i] for i in top], scores[top].tolist())
         with self._lock:
             workspace = self._workspace
             examples = workspace.parse(lines)
