@@ -1,0 +1,140 @@
+"""Impressions and clicks from signed tracking URLs, with invalid traffic stored but never counted.
+
+One impression per decision (the decision id is the impression's key). Every click is stored;
+a click counts (as a reward and as CPC spend) only when its token is genuine and unexpired, the
+user agent is not a bot, the decision's impression was recorded, and no valid click of the same
+decision exists yet. Otherwise it is stored with `valid = false` and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from adserve.db.rows import table_row
+from adserve.serving.tokens import TokenError, TokenKind
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from adserve.serving.catalog import CatalogCache
+    from adserve.serving.tokens import TrackingClaims, TrackingSigner
+
+__all__ = ["BOT_USER_AGENT", "ClickOutcome", "Tracker"]
+
+log = logging.getLogger(__name__)
+
+# Declared crawlers, headless browsers and HTTP libraries: their clicks are invalid traffic.
+BOT_USER_AGENT = re.compile(
+    r"bot|crawl|spider|slurp|headless|phantomjs|selenium|puppeteer|playwright|curl|wget|"
+    r"python-requests|python-httpx|aiohttp|go-http-client|java/|okhttp|libwww|scrapy|preview",
+    re.IGNORECASE,
+)
+
+CLICK_STATE_SQL = """
+SELECT EXISTS (SELECT 1 FROM impressions WHERE decision_id = $1) AS impressed,
+       EXISTS (SELECT 1 FROM clicks WHERE decision_id = $1 AND valid) AS clicked
+"""
+
+LANDING_SQL = "SELECT landing_url FROM creatives WHERE id = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class ClickOutcome:
+    valid: bool
+    reason: str | None
+    landing_url: str | None
+
+
+class Tracker:
+    def __init__(
+        self, *, signer: TrackingSigner, writer: Any, pool: asyncpg.Pool, catalog: CatalogCache
+    ) -> None:
+        self.signer = signer
+        self.writer = writer
+        self.pool = pool
+        self.catalog = catalog
+
+    async def impression(self, token: str, now: datetime | None = None) -> TrackingClaims:
+        """Records the impression; raises TokenError for tampered or expired tokens."""
+        now = now or datetime.now(UTC)
+        claims = self.signer.verify(token, TokenKind.IMPRESSION, now.timestamp())
+        await self.writer.write(
+            "impressions",
+            [
+                table_row(
+                    "impressions",
+                    decision_id=claims.decision_id,
+                    ts=now,
+                    creative_id=claims.creative_id,
+                    campaign_id=claims.campaign_id,
+                    placement_id=claims.placement_id,
+                    user_id=claims.user_key,
+                    cost=claims.impression_cost,
+                )
+            ],
+        )
+        return claims
+
+    async def _click_state(self, decision_id: uuid.UUID) -> tuple[bool, bool]:
+        """(impression recorded, valid click exists); when Postgres is away, the token is trusted
+        and the writer's unique index still keeps valid clicks to one per decision."""
+        try:
+            async with self.pool.acquire(timeout=1.0) as connection:
+                row = await connection.fetchrow(CLICK_STATE_SQL, decision_id)
+            return bool(row["impressed"]), bool(row["clicked"])
+        except Exception:
+            log.warning("click state unavailable; validating the click by its token alone")
+            return True, False
+
+    async def _landing_url(self, creative_id: int) -> str | None:
+        entry = self.catalog.catalog.creatives.get(creative_id)
+        if entry is not None:
+            return entry.landing_url
+        try:
+            async with self.pool.acquire(timeout=1.0) as connection:
+                return await connection.fetchval(LANDING_SQL, creative_id)
+        except Exception:
+            return None
+
+    async def click(self, token: str, user_agent: str | None, now: datetime | None = None) -> ClickOutcome:
+        now = now or datetime.now(UTC)
+        claims: TrackingClaims | None
+        reason: str | None = None
+        try:
+            claims = self.signer.verify(token, TokenKind.CLICK, now.timestamp())
+        except TokenError as error:
+            claims, reason = error.claims, error.reason
+        if reason is None and (not user_agent or BOT_USER_AGENT.search(user_agent)):
+            reason = "bot"
+        if reason is None and claims is not None:
+            impressed, clicked = await self._click_state(claims.decision_id)
+            if clicked:
+                reason = "duplicate"
+            elif not impressed:
+                reason = "no_impression"
+        valid = reason is None
+        await self.writer.write(
+            "clicks",
+            [
+                table_row(
+                    "clicks",
+                    id=uuid.uuid4(),
+                    decision_id=claims.decision_id if claims else None,
+                    ts=now,
+                    creative_id=claims.creative_id if claims else None,
+                    campaign_id=claims.campaign_id if claims else None,
+                    placement_id=claims.placement_id if claims else None,
+                    user_id=claims.user_key if claims else None,
+                    valid=valid,
+                    invalid_reason=reason,
+                    cost=claims.click_cost if (valid and claims) else 0.0,
+                )
+            ],
+        )
+        landing = await self._landing_url(claims.creative_id) if claims else None
+        return ClickOutcome(valid=valid, reason=reason, landing_url=landing)

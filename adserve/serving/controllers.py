@@ -1,0 +1,98 @@
+"""Public endpoints: decisions, the tag's GET variant, tracking pixels and clicks, behaviour events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from litestar import Request, Response, Router, get, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
+from litestar.response import Redirect
+
+from adserve.events.ingest import EventIngest
+from adserve.events.tracking import Tracker
+from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.schemas import (
+    DecisionRequest,
+    DecisionResponse,
+    EventBatch,
+    EventsAccepted,
+    PageContext,
+    PlacementDecision,
+)
+from adserve.serving.tokens import TokenError
+
+__all__ = ["serving_router"]
+
+# A 1×1 transparent GIF: the impression answer an <img> pixel can render.
+PIXEL_GIF = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+Token = Annotated[str, Parameter(max_length=512, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")]
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def pipeline_of(request: Request) -> DecisionPipeline:
+    return request.app.state.pipeline
+
+
+@post("/v1/decisions", status_code=200, tags=["serving"])
+async def decide(request: Request, data: DecisionRequest) -> DecisionResponse:
+    """Chooses one creative per placement of a page view; `creative: null` when nothing is eligible."""
+    return await pipeline_of(request).decide(data)
+
+
+@get("/v1/ad", tags=["serving"])
+async def ad_for_tag(
+    request: Request,
+    placement: Annotated[
+        str, Parameter(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ],
+    uid: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+    consent: bool = False,
+    page_category: Annotated[str | None, Parameter(max_length=200, pattern=r"^[^\x00]*$")] = None,
+    device: Literal["desktop", "mobile", "tablet"] | None = None,
+    geo: Annotated[str | None, Parameter(max_length=8, pattern=r"^[A-Za-z-]*$")] = None,
+) -> PlacementDecision:
+    """The same decision for one placement, as a GET (for tags that cannot POST)."""
+    body = DecisionRequest(
+        user_id=uid,
+        placements=[placement],
+        consent=consent,
+        context=PageContext(page_category=page_category, device=device, geo=geo),
+    )
+    response = await pipeline_of(request).decide(body)
+    return response.decisions[0]
+
+
+@get("/i/{token:str}", tags=["tracking"], media_type="image/gif")
+async def impression(request: Request, token: Token) -> Response[bytes]:
+    """Records the impression of a served decision (once; repeats are harmless)."""
+    tracker: Tracker = request.app.state.tracker
+    try:
+        await tracker.impression(token)
+    except TokenError as error:
+        raise ClientException(f"impression token {error.reason}") from error
+    return Response(PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
+
+
+@get("/c/{token:str}", tags=["tracking"], status_code=302)
+async def click(request: Request, token: Token) -> Redirect:
+    """Records the click and redirects to the creative's landing URL (never one from the request)."""
+    tracker: Tracker = request.app.state.tracker
+    outcome = await tracker.click(token, request.headers.get("user-agent"))
+    if outcome.landing_url is None:
+        if outcome.reason == "tampered":
+            raise ClientException("click token tampered")
+        raise NotFoundException("the creative of this click no longer exists")
+    return Redirect(outcome.landing_url, status_code=302, headers=NO_STORE)
+
+
+@post("/v1/events", status_code=202, tags=["events"])
+async def ingest_events(request: Request, data: EventBatch) -> EventsAccepted:
+    """Stores a batch (≤ 500) of behaviour events; idempotent by event id."""
+    ingest: EventIngest = request.app.state.ingest
+    return await ingest.ingest(data)
+
+
+serving_router = Router(path="/", route_handlers=[decide, ad_for_tag, impression, click, ingest_events])

@@ -1,0 +1,160 @@
+"""Eligibility: which creatives of a placement may be shown to this request, and why not the rest.
+
+Pure functions over the catalogue snapshot and the user's serving history, so every rule is unit
+tested without a database. Rules run in a fixed order and each removal is counted under the first
+rule that removed it (the counts feed "why this ad?").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from adserve.serving.catalog import CampaignState, CreativeEntry
+
+__all__ = [
+    "PACING_LEAD",
+    "RULES",
+    "EligibilityRequest",
+    "Eligible",
+    "daily_budget_left",
+    "eligible_creatives",
+    "local_day_fraction",
+    "pacing_allows",
+]
+
+# Spend may run this share of the day ahead of an even line; without any lead the first
+# impression of the day would already be "ahead".
+PACING_LEAD = 1.0 / 24.0
+
+RULES = (
+    "schedule",
+    "geo",
+    "device",
+    "page_category",
+    "keywords",
+    "segments",
+    "total_budget",
+    "daily_budget",
+    "pacing",
+    "frequency_cap",
+    "competitive_exclusion",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EligibilityRequest:
+    now: datetime  # timezone-aware
+    geo: str | None = None
+    device: str | None = None
+    page_category: str | None = None
+    keywords: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()
+    # campaign id -> serving times for this user; None = unknown (Postgres away): capped
+    # campaigns are then skipped rather than risk exceeding their cap.
+    served: Mapping[int, Sequence[datetime]] | None = field(default_factory=dict)
+    excluded_campaigns: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class Eligible:
+    creatives: list[CreativeEntry]
+    considered: int
+    removed: Counter[str]
+
+
+def local_day_fraction(now: datetime, campaign: CampaignState) -> float:
+    local_day = now.astimezone(campaign.timezone).date()
+    # Day length follows DST changes (23 or 25 hours). Subtracting aware datetimes of one zone
+    # gives wall-clock differences, so the instants are compared in UTC.
+    midnight = datetime.combine(local_day, time(0), tzinfo=campaign.timezone).astimezone(UTC)
+    next_midnight = datetime.combine(local_day + timedelta(days=1), time(0), tzinfo=campaign.timezone).astimezone(UTC)
+    return (now.astimezone(UTC) - midnight) / (next_midnight - midnight)
+
+
+def spend_today(campaign: CampaignState, now: datetime) -> float:
+    """Today's spend in the campaign's own time zone; yesterday's counter does not carry over."""
+    return campaign.spend_today if campaign.spend_day == now.astimezone(campaign.timezone).date() else 0.0
+
+
+def daily_budget_left(campaign: CampaignState, now: datetime) -> float | None:
+    if campaign.daily_budget is None:
+        return None
+    return campaign.daily_budget - spend_today(campaign, now)
+
+
+def pacing_allows(campaign: CampaignState, now: datetime) -> bool:
+    """Even pacing: by a given moment, at most that share of the day's budget (plus a lead)."""
+    if campaign.daily_budget is None:
+        return True
+    allowed = campaign.daily_budget * min(1.0, local_day_fraction(now, campaign) + PACING_LEAD)
+    return spend_today(campaign, now) < allowed
+
+
+def _cap_reached(campaign: CampaignState, request: EligibilityRequest) -> bool:
+    if not campaign.frequency_cap or not campaign.frequency_window_s:
+        return False
+    if request.served is None:
+        return True
+    since = request.now - timedelta(seconds=campaign.frequency_window_s)
+    shown = sum(1 for ts in request.served.get(campaign.id, ()) if ts > since)
+    return shown >= campaign.frequency_cap
+
+
+def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) -> str | None:
+    now = request.now
+    if (campaign.start_at and now < campaign.start_at) or (campaign.end_at and now >= campaign.end_at):
+        return "schedule"
+    targeting = campaign.targeting
+    if targeting.geo and (request.geo or "").lower() not in targeting.geo:
+        return "geo"
+    if targeting.device and (request.device or "").lower() not in targeting.device:
+        return "device"
+    if targeting.page_categories and (request.page_category or "").lower() not in targeting.page_categories:
+        return "page_category"
+    if targeting.keywords and not targeting.keywords & request.keywords:
+        return "keywords"
+    if targeting.segments and not targeting.segments & request.segments:
+        return "segments"
+    if (
+        campaign.total_budget is not None
+        and campaign.spend_total + campaign.cost_per_event > campaign.total_budget
+    ):
+        return "total_budget"
+    left = daily_budget_left(campaign, now)
+    if left is not None and left < campaign.cost_per_event:
+        return "daily_budget"
+    if not pacing_allows(campaign, now):
+        return "pacing"
+    if _cap_reached(campaign, request):
+        return "frequency_cap"
+    if campaign.id in request.excluded_campaigns:
+        return "competitive_exclusion"
+    return None
+
+
+def eligible_creatives(creatives: Iterable[CreativeEntry], request: EligibilityRequest) -> Eligible:
+    """Creatives (already of the placement's size and active) that pass every rule.
+
+    Rules are per campaign, so each campaign is judged once however many creatives it has.
+    """
+    verdicts: dict[int, str | None] = {}
+    kept: list[CreativeEntry] = []
+    removed: Counter[str] = Counter()
+    considered = 0
+    for creative in creatives:
+        considered += 1
+        campaign = creative.campaign
+        if campaign.id not in verdicts:
+            verdicts[campaign.id] = _first_failing_rule(campaign, request)
+        failing = verdicts[campaign.id]
+        if failing is None:
+            kept.append(creative)
+        else:
+            removed[failing] += 1
+    return Eligible(creatives=kept, considered=considered, removed=removed)

@@ -1,0 +1,99 @@
+"""First implementations of the two serving interfaces (adserve.domain.Scorer and Policy).
+
+- `EmpiricalCTRScorer`: per-creative click-through rate smoothed towards a prior (a Beta prior:
+  `prior_clicks` clicks in `prior_impressions` impressions), so a new creative starts at the
+  prior rather than at 0 or 1.
+- `EpsilonGreedyPolicy`: the candidate with the highest expected revenue gets 1 − ε, and ε is
+  spread evenly over all candidates; the chosen candidate's probability is its propensity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from adserve.domain import Candidate, Choice, DecisionContext, expected_value
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["CreativeCounts", "EmpiricalCTRScorer", "EpsilonGreedyPolicy", "load_creative_counts"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreativeCounts:
+    impressions: dict[int, int]
+    clicks: dict[int, int]
+
+
+COUNTS_SQL = """
+SELECT i.creative_id, count(*) AS impressions,
+       count(c.decision_id) AS clicks
+FROM impressions i
+LEFT JOIN clicks c ON c.decision_id = i.decision_id AND c.valid
+WHERE i.ts > now() - make_interval(days => $1)
+GROUP BY i.creative_id
+"""
+
+
+async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -> CreativeCounts:
+    rows = await connection.fetch(COUNTS_SQL, days)
+    return CreativeCounts(
+        impressions={row["creative_id"]: row["impressions"] for row in rows},
+        clicks={row["creative_id"]: row["clicks"] for row in rows},
+    )
+
+
+class EmpiricalCTRScorer:
+    def __init__(self, prior_clicks: float, prior_impressions: float) -> None:
+        if prior_impressions <= 0 or not 0 <= prior_clicks <= prior_impressions:
+            raise ValueError("need 0 <= prior_clicks <= prior_impressions and prior_impressions > 0")
+        self.prior_clicks = prior_clicks
+        self.prior_impressions = prior_impressions
+        self.counts = CreativeCounts({}, {})
+        self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}"
+
+    def update(self, counts: CreativeCounts) -> None:
+        self.counts = counts
+
+    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+        impressions = np.fromiter(
+            (self.counts.impressions.get(c.creative_id, 0) for c in candidates), float, len(candidates)
+        )
+        clicks = np.fromiter(
+            (self.counts.clicks.get(c.creative_id, 0) for c in candidates), float, len(candidates)
+        )
+        return (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
+
+
+class EpsilonGreedyPolicy:
+    def __init__(self, epsilon: float) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon must be within [0, 1]")
+        self.epsilon = epsilon
+        self.version = f"epsilon-greedy:{epsilon:g}"
+
+    def choose(
+        self,
+        context: DecisionContext,
+        candidates: list[Candidate],
+        click_probabilities: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Choice:
+        if not candidates:
+            raise ValueError("cannot choose among zero candidates")
+        values = np.array(
+            [expected_value(c, float(p)) for c, p in zip(candidates, click_probabilities, strict=True)]
+        )
+        greedy = int(np.argmax(values))
+        pmf = np.full(len(candidates), self.epsilon / len(candidates))
+        pmf[greedy] += 1.0 - self.epsilon
+        index = int(rng.choice(len(candidates), p=pmf))
+        return Choice(
+            pmf=tuple(float(p) for p in pmf),
+            index=index,
+            explored=index != greedy,
+            details={"expected_value": float(values[index])},
+        )
