@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +175,8 @@ class ClickInputs:
     context: (B, C) int64 hashed context fields (placement, device, geo, hour, position), 0 = missing
     page_category: (B,) int64 hashed page category, 0 = missing
     keywords: (B, K) int64 hashed keywords, 0 = padding
-    request_gaps: (B, L) int64 gap_bucket of (request time - event time) per event, 0 = padding
+    request_gaps: (B, L) int64 gap_bucket of (request time - event time) per event, 0 = padding;
+        (H, L), one row per history, when the click head is given group_sizes
     """
 
     creative_ids: torch.Tensor
@@ -412,18 +414,34 @@ class TargetAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(cfg.hidden)
 
     def forward(
-        self, creative: torch.Tensor, events: torch.Tensor, padding: torch.Tensor
+        self,
+        creative: torch.Tensor,
+        events: torch.Tensor,
+        padding: torch.Tensor,
+        group_sizes: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """creative: (B, D); events: (B, L, D); padding: (B, L) bool.
+        """creative: (B, D); events: (H, L, D); padding: (H, L) bool.
 
+        Without group_sizes H == B (one history per row). With group_sizes, rows come in
+        contiguous groups sharing one history each (all candidates of one request), so keys and
+        values are projected once per history instead of once per candidate.
         Returns the attended vector (B, D) and the weights (B, L + 1), slot 0 being the null.
         """
         memory = torch.cat([self.null.expand(events.shape[0], 1, -1), events], dim=1)
         keys, values = self.key(memory), self.value(memory)
-        scores = torch.einsum("bd,bld->bl", self.query(creative), keys) * self.scale
         blocked = torch.cat([torch.zeros_like(padding[:, :1]), padding], dim=1)
-        weights = scores.masked_fill(blocked, float("-inf")).softmax(dim=-1)
-        return torch.einsum("bl,bld->bd", weights, values), weights
+        query = self.query(creative)
+        if group_sizes is None:
+            scores = torch.einsum("bd,bld->bl", query, keys) * self.scale
+            weights = scores.masked_fill(blocked, float("-inf")).softmax(dim=-1)
+            return torch.einsum("bl,bld->bd", weights, values), weights
+        attended, all_weights = [], []
+        for h, rows in enumerate(query.split(list(group_sizes))):
+            scores = (rows @ keys[h].T) * self.scale
+            weights = scores.masked_fill(blocked[h], float("-inf")).softmax(dim=-1)
+            attended.append(weights @ values[h])
+            all_weights.append(weights)
+        return torch.cat(attended), torch.cat(all_weights)
 
 
 class ClickHead(nn.Module):
@@ -447,19 +465,27 @@ class ClickHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(
-        self, encoded: torch.Tensor, padding: torch.Tensor, inputs: ClickInputs, shared: EventEmbedding
+        self,
+        encoded: torch.Tensor,
+        padding: torch.Tensor,
+        inputs: ClickInputs,
+        shared: EventEmbedding,
+        group_sizes: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """encoded: (B, L, D) encoder output (L may be 0); padding: (B, L) bool.
+        """encoded: (H, L, D) encoder output; padding: (H, L) bool; inputs.request_gaps (H, L).
 
+        H == B without group_sizes; with it, row groups share a history (see TargetAttention).
         Returns logits (B,) and target-attention weights (B, L + 1).
         """
         creative = self.creative(inputs, shared)
         context = self.context(inputs, shared)
         events = encoded + self.request_gap(inputs.request_gaps)
-        attended, weights = self.attention(creative, events, padding)
+        attended, weights = self.attention(creative, events, padding, group_sizes)
         has_history = (~padding).any(dim=1, keepdim=True)
-        last = events[:, -1] if encoded.shape[1] else torch.zeros_like(creative)
-        last = torch.where(has_history, last, self.no_history.expand_as(last))
+        last = torch.where(has_history, events[:, -1], self.no_history.expand(events.shape[0], -1))
+        if group_sizes is not None:
+            repeats = torch.tensor(list(group_sizes), device=last.device)
+            last = last.repeat_interleave(repeats, dim=0)
         features = torch.cat([creative, context, attended, last, creative * attended], dim=-1)
         return self.mlp(features).squeeze(-1), weights
 

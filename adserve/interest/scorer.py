@@ -31,7 +31,7 @@ from torch import nn
 
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
 from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from adserve.interest.data import click_inputs, encode_history, stack_histories
+from adserve.interest.data import click_inputs, encode_history, request_gaps, stack_histories
 from adserve.interest.network import InterestModel
 
 __all__ = [
@@ -149,43 +149,41 @@ class InterestScorer:
 
     def _batch(
         self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    ) -> tuple[torch.Tensor, torch.Tensor, Any, list[int]]:
+        """One history row per request (H = requests), candidate rows grouped by request."""
         encodings = [self.encoding(context) for context, _ in requests]
         length = max([1] + [e.encoded.shape[0] for e in encodings if e is not None])
-        hidden = self.config.hidden
+        encoded_rows, padding_rows, gap_rows = [], [], []
         rows: list[tuple[DecisionContext, Candidate]] = []
-        encoded_rows, padding_rows, ts_rows = [], [], []
-        empty_ts = np.zeros(0)
         for (context, candidates), encoding in zip(requests, encodings, strict=True):
             if encoding is None:
-                encoded = torch.zeros(length, hidden, device=self.device)
-                padding = torch.ones(length, dtype=torch.bool, device=self.device)
-                ts = empty_ts
+                encoded_rows.append(torch.zeros(length, self.config.hidden, device=self.device))
+                padding_rows.append(torch.ones(length, dtype=torch.bool, device=self.device))
+                gap_rows.append(np.zeros(length, dtype=np.int64))
             else:
                 missing = length - encoding.encoded.shape[0]  # left-pad to the batch's length
-                encoded = nn.functional.pad(encoding.encoded, (0, 0, missing, 0))
-                padding = torch.cat(
-                    [torch.ones(missing, dtype=torch.bool, device=self.device), encoding.padding]
+                encoded_rows.append(nn.functional.pad(encoding.encoded, (0, 0, missing, 0)))
+                padding_rows.append(
+                    torch.cat([torch.ones(missing, dtype=torch.bool, device=self.device), encoding.padding])
                 )
-                ts = encoding.ts
-            n = len(candidates)
-            encoded_rows.append(encoded.expand(n, -1, -1))
-            padding_rows.append(padding.expand(n, -1))
-            ts_rows += [ts] * n
+                gap_rows.append(request_gaps(context.now, encoding.ts, length))
             rows += [(context, candidate) for candidate in candidates]
-        inputs = click_inputs(rows, self.config, ts_rows, length).to(self.device)
-        return torch.cat(encoded_rows), torch.cat(padding_rows), inputs
+        inputs = click_inputs(rows, self.config, [np.zeros(0)] * len(rows), 0)
+        inputs.request_gaps = torch.from_numpy(np.stack(gap_rows))
+        sizes = [len(candidates) for _, candidates in requests]
+        return torch.stack(encoded_rows), torch.stack(padding_rows), inputs.to(self.device), sizes
 
     def click_logits_many(
         self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
     ) -> list[np.ndarray]:
         """Raw click logits for several requests in one forward pass."""
+        requests = [(context, candidates) for context, candidates in requests]
         sizes = [len(candidates) for _, candidates in requests]
         if sum(sizes) == 0:
             return [np.zeros(0) for _ in requests]
-        encoded, padding, inputs = self._batch(requests)
+        encoded, padding, inputs, groups = self._batch(requests)
         with torch.inference_mode():
-            logits, _ = self.model.click(encoded, padding, inputs, self.model.encoder.events)
+            logits, _ = self.model.click(encoded, padding, inputs, self.model.encoder.events, groups)
         flat = logits.double().cpu().numpy()
         return list(np.split(flat, np.cumsum(sizes)[:-1]))
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Scorer
 from adserve.interest.checkpoint import CheckpointError
+from adserve.interest.data import click_inputs, encode_history, stack_histories
 from adserve.interest.scorer import InterestScorer, InterestScorerHolder, MicroBatcher
 
 
@@ -164,3 +166,19 @@ def test_micro_batcher_groups_concurrent_requests(tiny_checkpoint, tiny_world) -
     assert batches < len(contexts)
     for context, result in zip(contexts, results, strict=True):
         assert np.allclose(result, scorer.score(context, creatives[:4]), atol=1e-6)
+
+
+def test_serving_path_matches_the_training_path(tiny_checkpoint, tiny_world) -> None:
+    """No train/serve skew: grouped serving logits equal the per-row training computation."""
+    scorer = InterestScorer(tiny_checkpoint)
+    _, creatives, _ = tiny_world
+    context = _context(tiny_world, n=9)
+    served = scorer.click_logits_many([(context, creatives)])[0]
+    history = encode_history(context.history, scorer.config, scorer.vocab)
+    events = stack_histories([history] * len(creatives), scorer.config.max_len)
+    inputs = click_inputs(
+        [(context, c) for c in creatives], scorer.config, [history.ts] * len(creatives), events.items.shape[1]
+    )
+    with torch.inference_mode():
+        trained = scorer.model.click_logits(events, inputs).double().numpy()
+    assert np.allclose(served, trained, atol=1e-5)
