@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from litestar import MediaType, Response, Router, get
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ CREATIVE_NAME = re.compile(
     + "|".join(CREATIVE_COLOURS)
     + r")-(?P<width>[1-9][0-9]{0,3})x(?P<height>[1-9][0-9]{0,3})\.svg"
 )
+FONT = 'font-family="Helvetica, Arial, sans-serif"'
 MAX_PIXELS = 4000  # the admin API's limit on a creative's width and height
 
 
@@ -96,7 +98,7 @@ def creative_svg(category: str, width: int, height: int) -> str:
     show_label = height >= 3 * small + font
     headline_y = height // 2 - (small // 2 if show_label else 0)
     label = (
-        f'<text x="{width // 2}" y="{headline_y + font // 2 + small + 4}" font-size="{small}" '
+        f'<text x="{width // 2}" y="{headline_y + font // 2 + small + 4}" {FONT} font-size="{small}" '
         f'fill="{accent}" text-anchor="middle">{size_label}</text>'
         if show_label
         else ""
@@ -107,7 +109,7 @@ def creative_svg(category: str, width: int, height: int) -> str:
         f'<rect width="{width}" height="{height}" fill="{background}"/>'
         f'<rect x="2" y="2" width="{max(width - 4, 0)}" height="{max(height - 4, 0)}" fill="none" '
         f'stroke="{accent}" stroke-width="2"/>'
-        f'<text x="{width // 2}" y="{headline_y}" font-family="Helvetica, Arial, sans-serif" '
+        f'<text x="{width // 2}" y="{headline_y}" {FONT} '
         f'font-weight="700" font-size="{font}" fill="{accent}" text-anchor="middle" '
         f'dominant-baseline="middle">{headline}</text>'
         f"{label}</svg>"
@@ -115,7 +117,7 @@ def creative_svg(category: str, width: int, height: int) -> str:
 
 
 @get("/static/creatives/{name:str}", sync_to_thread=False)
-def creative_banner(name: str) -> Response[str]:
+def creative_banner(name: FromPath[str]) -> Response[str]:
     """A generated SVG banner for `<category>-<width>x<height>.svg`; anything else is 404."""
     match = CREATIVE_NAME.fullmatch(name)
     if match is None:

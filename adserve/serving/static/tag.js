@@ -21,6 +21,9 @@
   var VIEWABLE_MS = 1000;
   var EVENT_TYPES = ["page_view", "product_view", "add_to_cart", "purchase", "search"];
   var MAX_URL_CHARS = 2048;
+  // The decision API's limits: one malformed key or an 11th slot would fail the whole request.
+  var MAX_PLACEMENTS = 10;
+  var PLACEMENT_KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
 
   function warn(message, error) {
     try {
@@ -100,7 +103,7 @@
 
   function userId() {
     var explicit = script.getAttribute("data-user-id");
-    if (explicit) return explicit.slice(0, 64);
+    if (explicit) return explicit.slice(0, 200);
     if (!hasConsent()) return (pageUserId = pageUserId || uuid4());
     var stored = readCookie(COOKIE);
     if (stored && /^[0-9a-f-]{36}$/i.test(stored)) return stored;
@@ -139,16 +142,16 @@
     var context = { page_url: location.href.slice(0, MAX_URL_CHARS), device: deviceClass() };
     if (document.referrer) context.referrer = document.referrer.slice(0, MAX_URL_CHARS);
     var category = script.getAttribute("data-page-category") || metaContent("adserve:category");
-    if (category) context.page_category = category.trim().slice(0, 100);
+    if (category) context.page_category = category.trim().slice(0, 200);
     var keywords = script.getAttribute("data-keywords") || metaContent("adserve:keywords");
     if (keywords) {
       context.keywords = keywords
         .split(",")
         .map(function (word) {
-          return word.trim().slice(0, 100);
+          return word.trim().slice(0, 200);
         })
         .filter(Boolean)
-        .slice(0, 20);
+        .slice(0, 50);
     }
     return context;
   }
@@ -288,9 +291,13 @@
   }
 
   function slots() {
-    return Array.prototype.slice.call(document.querySelectorAll("[data-adserve-placement]")).filter(function (slot) {
-      return slot.getAttribute("data-adserve-placement");
+    var all = Array.prototype.slice.call(document.querySelectorAll("[data-adserve-placement]"));
+    var valid = all.filter(function (slot) {
+      return PLACEMENT_KEY.test(slot.getAttribute("data-adserve-placement") || "");
     });
+    if (valid.length < all.length) warn("ignored placements with invalid keys");
+    if (valid.length > MAX_PLACEMENTS) warn("only the first " + MAX_PLACEMENTS + " placements are filled");
+    return valid.slice(0, MAX_PLACEMENTS);
   }
 
   // Answers are matched to slots by placement key, in page order, so two slots with the same key
@@ -366,10 +373,10 @@
         event_id: uuid4(),
         user_id: userId(),
         type: type,
-        item_id: optionalString(fields.item_id, 100),
-        category: optionalString(fields.category, 100),
+        item_id: optionalString(fields.item_id, 200),
+        category: optionalString(fields.category, 200),
         price: fields.price !== undefined && fields.price !== null && isFinite(price) && price >= 0 ? price : null,
-        query: optionalString(fields.query, 500),
+        query: optionalString(fields.query, 200),
         ts: new Date().toISOString(),
       };
       return postJson("/v1/events", { consent: hasConsent(), events: [event] })
