@@ -1,0 +1,646 @@
+"""One batched async log writer per process: group commit through asyncpg COPY, spool when down.
+
+Rows are tuples in the column order of ``Base.metadata.tables[table].columns`` (see `columns`);
+`make_row` builds one from keyword values and fills server-defaulted columns (``received_at``,
+``cost``, ``explored`` …) on the client, because COPY sends every column.
+
+A table's rows gather in one batch that is flushed when it holds ``flush_rows`` rows or
+``flush_ms`` after its first row, whichever comes first; while a batch is being committed the next
+one gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` in the same transaction, so rows retried by a client or
+replayed from the spool are stored once. `write` resolves only when its rows are committed
+("stored") or fsync'd to the spool ("spooled"), which is what lets a request return knowing an
+event it accepted will be seen by every other process.
+
+Spend is charged in the transaction that inserts the rows, for the rows actually inserted
+(``RETURNING``), one UPDATE per campaign per batch: ``spend_total`` grows by their cost, and
+``spend_today`` by the cost of the rows on the batch's latest local day of the campaign (its
+``timezone``). A later local day than the stored ``spend_day`` restarts ``spend_today``; rows of an
+earlier day (a late replay) count only toward ``spend_total``, so a replay cannot reset today.
+
+Clicks: only one valid click per decision is allowed (partial unique index). A valid click that
+loses to an existing valid click of the same decision is kept as invalid, reason 'duplicate',
+cost 0. Invalid clicks never charge and are stored with cost 0.
+
+When Postgres is unreachable each batch is appended to the spool (`adserve.events.spool`) and a
+background task probes Postgres (backoff 0.5 s doubling to 2 s) and replays segments in order,
+deleting each only after its batch committed. While anything is spooled, new batches go to the
+spool too, so replay order is arrival order. A full spool drops new rows with one ERROR line per
+episode. A batch Postgres rejects for its content is retried row by row so only bad rows are
+dropped (counted, logged without row contents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+import asyncpg
+import msgspec
+from sqlalchemy import Boolean, DateTime, Integer, Numeric
+
+from adserve.db.engine import asyncpg_dsn
+from adserve.db.tables import Base
+from adserve.events.spool import Spool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from adserve.settings import WriterSettings
+
+__all__ = [
+    "WRITABLE_TABLES",
+    "LogWriter",
+    "WriteOutcome",
+    "WriterCounters",
+    "columns",
+    "make_row",
+]
+
+log = logging.getLogger(__name__)
+
+WriteOutcome = Literal["stored", "spooled", "dropped"]
+
+# Append-only tables keyed by a unique id, so ON CONFLICT DO NOTHING makes every write idempotent.
+WRITABLE_TABLES = ("user_events", "decisions", "impressions", "clicks", "conversions", "rewards")
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 4
+CONNECT_TIMEOUT_S = 5.0
+ACQUIRE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 2.0
+TRANSIENT_ATTEMPTS = 3
+
+# Errors meaning "Postgres is not there right now": the batch is spooled and retried later.
+# (TimeoutError, e.g. a pool acquire timeout, is an OSError since Python 3.11.)
+CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown while connected
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+)
+# Errors that a retry of the same transaction resolves (two flushes charging the same campaigns).
+TRANSIENT_ERRORS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+def _stage(table: str) -> str:
+    return f"_stage_{table}"
+
+
+def _quoted(names: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
+# --------------------------------------------------------------------------------------------
+# Row tuples
+
+
+@dataclass(frozen=True)
+class _TableShape:
+    columns: tuple[str, ...]
+    defaults: dict[str, Callable[[], Any]]
+    required: frozenset[str]
+
+
+def _client_default(column: Any) -> Callable[[], Any]:
+    """The value Postgres would have filled in for a server-defaulted column."""
+    if isinstance(column.type, DateTime):
+        return lambda: datetime.now(UTC)
+    raw = str(column.server_default.arg).strip("'")
+    if isinstance(column.type, Boolean):
+        value: Any = raw.lower() == "true"
+    elif isinstance(column.type, Numeric):
+        value = float(raw)
+    elif isinstance(column.type, Integer):
+        value = int(raw)
+    else:
+        value = raw
+    return lambda: value
+
+
+def _shape(table: str) -> _TableShape:
+    columns_ = Base.metadata.tables[table].columns
+    defaults = {c.name: _client_default(c) for c in columns_ if c.server_default is not None}
+    required = frozenset(c.name for c in columns_ if not c.nullable and c.name not in defaults)
+    return _TableShape(tuple(c.name for c in columns_), defaults, required)
+
+
+_SHAPES = {table: _shape(table) for table in WRITABLE_TABLES}
+
+
+def columns(table: str) -> tuple[str, ...]:
+    """The column order of `table`'s row tuples (``Base.metadata.tables[table].columns``)."""
+    return _SHAPES[table].columns
+
+
+def make_row(table: str, **values: Any) -> tuple:
+    """A row tuple for `table` from column values; server-defaulted columns get their default."""
+    shape = _SHAPES[table]
+    unknown = values.keys() - set(shape.columns)
+    if unknown:
+        raise ValueError(f"{table} has no column(s) {sorted(unknown)}")
+    missing = shape.required - values.keys()
+    if missing:
+        raise ValueError(f"{table} row lacks required column(s) {sorted(missing)}")
+    return tuple(
+        values[name] if name in values else (shape.defaults[name]() if name in shape.defaults else None)
+        for name in shape.columns
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SQL: staging → table, with spend for impressions and clicks
+
+_SPEND_CTES = """
+per_day AS (
+    SELECT ins.campaign_id, (ins.ts AT TIME ZONE c.timezone)::date AS day, sum(ins.cost) AS cost
+    FROM inserted ins JOIN campaigns c ON c.id = ins.campaign_id
+    WHERE ins.cost > 0
+    GROUP BY 1, 2
+),
+charge AS (
+    SELECT DISTINCT ON (campaign_id) campaign_id, day, cost AS day_cost,
+           sum(cost) OVER (PARTITION BY campaign_id) AS total
+    FROM per_day
+    ORDER BY campaign_id, day DESC
+),
+charged AS (
+    UPDATE campaigns c
+    SET spend_total = c.spend_total + ch.total,
+        spend_today = CASE
+            WHEN c.spend_day IS NULL OR ch.day > c.spend_day THEN ch.day_cost
+            WHEN ch.day = c.spend_day THEN c.spend_today + ch.day_cost
+            ELSE c.spend_today
+        END,
+        spend_day = GREATEST(c.spend_day, ch.day)
+    FROM charge ch
+    WHERE c.id = ch.campaign_id
+    RETURNING 1
+)"""
+
+
+def _insert_sql(table: str) -> str:
+    """One statement moving the staged rows into `table`; its result is the inserted row count."""
+    names = columns(table)
+    cols = _quoted(names)
+    stage = _stage(table)
+    if table == "impressions":
+        return f"""
+WITH inserted AS (
+    INSERT INTO impressions ({cols}) SELECT {cols} FROM {stage}
+    ON CONFLICT DO NOTHING RETURNING campaign_id, ts, cost
+),{_SPEND_CTES}
+SELECT count(*) FROM inserted"""
+    if table == "clicks":
+        # Valid clicks first; any that lose to a valid click of the same decision (or to one
+        # earlier in this batch) are stored as invalid duplicates. ON CONFLICT (id) keeps replays
+        # of either kind idempotent.
+        overrides = {
+            "valid": "false",
+            "invalid_reason": "CASE WHEN s.valid THEN 'duplicate' ELSE s.invalid_reason END",
+            "cost": "0",
+        }
+        demoted = ", ".join(overrides.get(name, f's."{name}"') for name in names)
+        return f"""
+WITH valid_inserted AS (
+    INSERT INTO clicks ({cols}) SELECT {cols} FROM {stage} WHERE valid
+    ON CONFLICT DO NOTHING RETURNING id, campaign_id, ts, cost
+),
+invalid_inserted AS (
+    INSERT INTO clicks ({cols}) SELECT {demoted} FROM {stage} s
+    WHERE s.id NOT IN (SELECT id FROM valid_inserted)
+    ON CONFLICT (id) DO NOTHING RETURNING 1
+),
+inserted AS (SELECT campaign_id, ts, cost FROM valid_inserted),{_SPEND_CTES}
+SELECT (SELECT count(*) FROM valid_inserted) + (SELECT count(*) FROM invalid_inserted)"""
+    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
+
+
+_INSERT_SQL = {table: _insert_sql(table) for table in WRITABLE_TABLES}
+_RETURNS_COUNT = {"impressions", "clicks"}
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    """Per pooled connection: JSONB as Python objects, and a TEMP staging table per table."""
+    await connection.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
+        encoder=lambda value: b"\x01" + msgspec.json.encode(value),
+        decoder=lambda data: msgspec.json.decode(data[1:]),
+    )
+    await connection.execute(
+        "\n".join(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_stage(table)} (LIKE {table}) ON COMMIT DELETE ROWS;"
+            for table in WRITABLE_TABLES
+        )
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's kind and the constraint or column it names; never its message, which may hold
+    row values (user ids)."""
+    parts = [type(exc).__name__]
+    for attribute in ("sqlstate", "constraint_name", "column_name"):
+        value = getattr(exc, attribute, None)
+        if value:
+            parts.append(f"{attribute}={value}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The writer
+
+
+@dataclass
+class WriterCounters:
+    """Running totals since start, for metrics."""
+
+    rows_written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WRITABLE_TABLES, 0))
+    duplicate_rows: int = 0  # committed rows Postgres already had (ON CONFLICT DO NOTHING)
+    batches: int = 0  # batches committed to Postgres (replays and row-by-row retries included)
+    spooled_rows: int = 0
+    replayed_rows: int = 0
+    dropped_rows: int = 0  # rejected by Postgres, undecodable in the spool, or spool full
+
+
+@dataclass
+class _Batch:
+    rows: list[tuple]
+    # (first row, end row, the awaiting caller's future or None for write_nowait)
+    waiters: list[tuple[int, int, asyncio.Future[WriteOutcome] | None]]
+
+
+class _TableQueue:
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.waiters: list[tuple[int, int, asyncio.Future[WriteOutcome] | None]] = []
+        self.first_at = 0.0
+        self.has_rows = asyncio.Event()
+        self.full = asyncio.Event()
+
+    def take(self) -> _Batch:
+        batch = _Batch(self.rows, self.waiters)
+        self.rows, self.waiters = [], []
+        self.has_rows.clear()
+        self.full.clear()
+        return batch
+
+
+class LogWriter:
+    """Batched, durable writes of append-only rows; one per process, with its own spool folder.
+
+    ``await start()`` before writing and ``await close()`` at shutdown (flushes what is queued;
+    what cannot reach Postgres stays in the spool for the next start).
+    """
+
+    def __init__(self, database_url: str, settings: WriterSettings, spool_dir: Path) -> None:
+        self._dsn = asyncpg_dsn(database_url)
+        self._flush_rows = settings.flush_rows
+        self._flush_s = settings.flush_ms / 1000
+        self._spool_max_bytes = settings.spool_max_bytes
+        self._spool = Spool(spool_dir)
+        self.counters = WriterCounters()
+        self._pool: asyncpg.Pool | None = None
+        self._queues: dict[str, _TableQueue] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(POOL_MAX_SIZE)
+        self._spool_lock = asyncio.Lock()
+        self._recovery: asyncio.Task[None] | None = None
+        self._online = False
+        self._drained = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending = 0
+        self._spool_full = False
+        self._started = False
+        self._closed = False
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        """Opens the spool, connects (or starts retrying), and replays any spool left behind."""
+        await asyncio.to_thread(self._spool.open)
+        try:
+            self._pool = await self._create_pool()
+        except CONNECTIVITY_ERRORS as exc:
+            log.warning(
+                "log writer: Postgres unreachable at start (%s); spooling until it returns", _describe(exc)
+            )
+        if self._pool is None or self._spool.segments:
+            if self._spool.segments:
+                log.info("log writer: replaying %d spooled batches", len(self._spool.segments))
+            self._start_recovery()
+        else:
+            self._online = True
+            self._drained.set()
+        self._queues = {table: _TableQueue() for table in WRITABLE_TABLES}
+        self._loops = [asyncio.create_task(self._run_table(t, q)) for t, q in self._queues.items()]
+        self._started = True
+
+    async def close(self) -> None:
+        """Flushes every queued row (to Postgres or the spool), then stops."""
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        final = [self._flush(table, queue.take()) for table, queue in self._queues.items() if queue.rows]
+        await asyncio.gather(*self._inflight, *final)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), CONNECT_TIMEOUT_S)
+            except (TimeoutError, *CONNECTIVITY_ERRORS):
+                self._pool.terminate()
+        await asyncio.to_thread(self._spool.close)
+
+    # ---- writing
+
+    async def write(self, table: str, rows: list[tuple]) -> WriteOutcome:
+        """Queues rows and waits until their batch is committed ("stored") or fsync'd to the spool
+        ("spooled"); "dropped" only when the spool is full or Postgres rejected a row's content.
+        Never raises for Postgres being down."""
+        if not rows:
+            return "stored"
+        future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
+        self._enqueue(table, rows, future)
+        return await future
+
+    def write_nowait(self, table: str, rows: list[tuple]) -> None:
+        """Queues rows for the same durable path without waiting for it."""
+        if rows:
+            self._enqueue(table, rows, None)
+
+    async def flush(self) -> None:
+        """Flushes queued rows now and waits until nothing is pending (stored, spooled or dropped)."""
+        for queue in self._queues.values():
+            if queue.rows:
+                queue.full.set()
+        await self._idle.wait()
+
+    async def drained(self) -> None:
+        """Waits until Postgres is reachable and the spool is empty."""
+        await self._drained.wait()
+
+    # ---- state for metrics and tests
+
+    @property
+    def pending(self) -> int:
+        """Rows accepted but not yet stored, spooled or dropped."""
+        return self._pending
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool.size
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    def stats(self) -> dict[str, int]:
+        """Flat counters for a metrics endpoint."""
+        counters = self.counters
+        return {
+            **{f"rows_written_{table}": count for table, count in counters.rows_written.items()},
+            "duplicate_rows": counters.duplicate_rows,
+            "batches": counters.batches,
+            "spooled_rows": counters.spooled_rows,
+            "replayed_rows": counters.replayed_rows,
+            "dropped_rows": counters.dropped_rows,
+            "spool_bytes": self.spool_bytes,
+            "pending": self._pending,
+        }
+
+    # ---- batching
+
+    def _enqueue(self, table: str, rows: list[tuple], future: asyncio.Future[WriteOutcome] | None) -> None:
+        if not self._started or self._closed:
+            raise RuntimeError(
+                "log writer is not running (start() it before writing; closed writers refuse rows)"
+            )
+        queue = self._queues.get(table)
+        if queue is None:
+            raise ValueError(f"log writer: {table!r} is not one of {WRITABLE_TABLES}")
+        width = len(_SHAPES[table].columns)
+        if any(len(row) != width for row in rows):
+            raise ValueError(f"log writer: {table} rows have {width} columns in columns({table!r}) order")
+        if not queue.rows:
+            queue.first_at = asyncio.get_running_loop().time()
+            queue.has_rows.set()
+        start = len(queue.rows)
+        queue.rows.extend(rows)
+        queue.waiters.append((start, len(queue.rows), future))
+        if len(queue.rows) >= self._flush_rows:
+            queue.full.set()
+        self._pending += len(rows)
+        self._idle.clear()
+
+    async def _run_table(self, table: str, queue: _TableQueue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await queue.has_rows.wait()
+            delay = queue.first_at + self._flush_s - loop.time()
+            if delay > 0 and not queue.full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await queue.full.wait()
+            # Rows keep gathering while every connection is busy, making the next batch bigger.
+            await self._slots.acquire()
+            task = asyncio.create_task(self._flush(table, queue.take()))
+            self._inflight.add(task)
+            task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _flush(self, table: str, batch: _Batch) -> None:
+        outcomes: list[WriteOutcome] | None = None
+        try:
+            if self._online:
+                try:
+                    outcomes = await self._store(table, batch)
+                except CONNECTIVITY_ERRORS as exc:
+                    self._go_offline(exc)
+            if outcomes is None:
+                outcome = await self._to_spool(table, batch.rows)
+                outcomes = [outcome] * len(batch.waiters)
+        except Exception:
+            log.exception("log writer: unexpected error; %d %s rows dropped", len(batch.rows), table)
+            self.counters.dropped_rows += len(batch.rows)
+            outcomes = ["dropped"] * len(batch.waiters)
+        for (_, _, future), outcome in zip(batch.waiters, outcomes, strict=True):
+            if future is not None and not future.done():
+                future.set_result(outcome)
+        self._pending -= len(batch.rows)
+        if self._pending == 0:
+            self._idle.set()
+
+    # ---- Postgres
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            **self._dsn,
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
+            init=_init_connection,
+        )
+
+    async def _commit(self, table: str, rows: list[tuple]) -> int:
+        """Stages and inserts `rows` in one transaction; returns how many were new."""
+        if self._pool is None:
+            raise ConnectionError("no connection pool yet")
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                async with (
+                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
+                    connection.transaction(),
+                ):
+                    await connection.copy_records_to_table(
+                        _stage(table), records=rows, columns=columns(table)
+                    )
+                    if table in _RETURNS_COUNT:
+                        inserted = await connection.fetchval(_INSERT_SQL[table])
+                    else:
+                        status = await connection.execute(_INSERT_SQL[table])
+                        inserted = int(status.rsplit(" ", 1)[1])
+            except TRANSIENT_ERRORS:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+                continue
+            self.counters.batches += 1
+            self.counters.rows_written[table] += inserted
+            self.counters.duplicate_rows += len(rows) - inserted
+            return inserted
+        raise AssertionError("unreachable")
+
+    async def _store(self, table: str, batch: _Batch) -> list[WriteOutcome]:
+        """Commits a batch; if Postgres rejects its content, commits row by row and drops only the
+        rejected rows. Connectivity errors propagate (the caller spools)."""
+        try:
+            await self._commit(table, batch.rows)
+            return ["stored"] * len(batch.waiters)
+        except CONNECTIVITY_ERRORS:
+            raise
+        except Exception as exc:
+            log.error(
+                "log writer: Postgres rejected a %s batch of %d rows (%s); retrying row by row",
+                table,
+                len(batch.rows),
+                _describe(exc),
+            )
+        rejected: list[int] = []
+        first_error: BaseException | None = None
+        for index, row in enumerate(batch.rows):
+            try:
+                await self._commit(table, [row])
+            except CONNECTIVITY_ERRORS:
+                raise
+            except Exception as exc:
+                rejected.append(index)
+                first_error = first_error or exc
+        if rejected:
+            self.counters.dropped_rows += len(rejected)
+            log.error(
+                "log writer: dropped %d of %d %s rows that Postgres rejected (first: %s)",
+                len(rejected),
+                len(batch.rows),
+                table,
+                _describe(first_error) if first_error else "?",
+            )
+        return [
+            "dropped" if any(start <= index < end for index in rejected) else "stored"
+            for start, end, _ in batch.waiters
+        ]
+
+    # ---- spool and recovery
+
+    def _go_offline(self, exc: BaseException) -> None:
+        if self._online:
+            log.warning(
+                "log writer: Postgres unreachable (%s); spooling to %s until it returns",
+                _describe(exc),
+                self._spool.directory,
+            )
+        self._online = False
+        self._drained.clear()
+        self._start_recovery()
+
+    def _start_recovery(self) -> None:
+        self._online = False
+        self._drained.clear()
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover())
+
+    async def _to_spool(self, table: str, rows: list[tuple]) -> WriteOutcome:
+        payload = Spool.encode(rows)
+        async with self._spool_lock:
+            if self._spool.size + len(payload) > self._spool_max_bytes:
+                self.counters.dropped_rows += len(rows)
+                if not self._spool_full:
+                    self._spool_full = True
+                    log.error(
+                        "log writer: spool %s is full (%d of %d bytes) while Postgres is unreachable; "
+                        "dropping new rows until it drains (dropped_rows counts them)",
+                        self._spool.directory,
+                        self._spool.size,
+                        self._spool_max_bytes,
+                    )
+                return "dropped"
+            await asyncio.to_thread(self._spool.append, table, payload)
+            self._spool_full = False
+        self.counters.spooled_rows += len(rows)
+        return "spooled"
+
+    async def _recover(self) -> None:
+        """Probes Postgres with capped backoff and replays the spool in order; goes online when
+        the spool is empty (checked under the spool lock so no batch slips in between)."""
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                if self._pool is None:
+                    self._pool = await self._create_pool()
+                await self._replay()
+                async with self._spool_lock:
+                    if not self._spool.segments:
+                        self._online = True
+                        self._drained.set()
+                        log.info("log writer: Postgres reachable; spool replayed")
+                        return
+                continue  # batches spooled during the replay; replay them too
+            except CONNECTIVITY_ERRORS:
+                pass
+            except Exception:
+                log.exception("log writer: replay failed; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _replay(self) -> None:
+        for segment in self._spool.segments:
+            try:
+                rows = await asyncio.to_thread(self._spool.read, segment)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                async with self._spool_lock:
+                    kept = await asyncio.to_thread(self._spool.quarantine, segment)
+                log.error("log writer: spool segment unreadable (%s); moved to %s", type(exc).__name__, kept)
+                continue
+            await self._store(segment.table, _Batch(rows, [(0, len(rows), None)]))
+            async with self._spool_lock:
+                await asyncio.to_thread(self._spool.remove, segment)
+            self.counters.replayed_rows += len(rows)
