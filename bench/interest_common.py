@@ -40,7 +40,9 @@ def machine() -> str:
 def serving_checkpoint(root: Path, n_items: int = 20_000, **overrides: object) -> Path:
     """A default-architecture model over an n_items catalogue (random weights: latency only)."""
     vocab = ItemVocabulary([f"item-{i}" for i in range(n_items)])
-    config = replace(InterestConfig(), n_items=len(vocab), item_buckets=suggest_item_buckets(len(vocab)), **overrides)
+    config = replace(
+        InterestConfig(), n_items=len(vocab), item_buckets=suggest_item_buckets(len(vocab)), **overrides
+    )
     torch.manual_seed(0)
     model = InterestModel(config)
     with torch.no_grad():
@@ -65,7 +67,12 @@ def history(n_events: int, n_items: int, seed: int) -> tuple[BehaviourEvent, ...
 def context(user: str, n_events: int, n_items: int, seed: int) -> DecisionContext:
     events = history(n_events, n_items, seed)
     return DecisionContext(
-        placement="homepage-top", now=events[-1].ts + 30.0, device="mobile", hour=12, user_key=user, history=events
+        placement="homepage-top",
+        now=events[-1].ts + 30.0,
+        device="mobile",
+        hour=12,
+        user_key=user,
+        history=events,
     )
 
 

@@ -18,15 +18,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from interest_common import machine, serving_checkpoint, time_requests  # noqa: E402
+from interest_common import machine, serving_checkpoint, time_requests
 
-from adserve.interest.scorer import InterestScorer  # noqa: E402
+from adserve.interest.scorer import InterestScorer
 
 __all__ = ["main"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

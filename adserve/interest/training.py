@@ -53,6 +53,7 @@ from adserve.interest.evaluation import (
     target_ranks,
 )
 from adserve.interest.network import InterestConfig, InterestModel, suggest_item_buckets
+from adserve.interest.scorer import quantize_int8
 
 __all__ = [
     "TrainConfig",
@@ -493,12 +494,14 @@ def evaluate_checkpoint(
     sequences: Mapping[str, Sequence[BehaviourEvent]],
     click_examples: Sequence[ClickExample] = (),
     device: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The evaluation report of a saved version on new data, with baselines fitted on the same
-    training part (leave-one-out for next item; the newest 15% of impressions for clicks)."""
+    training part (leave-one-out for next item; the newest 15% of impressions for clicks).
+    precision="int8" evaluates the dynamically quantised serving path (CPU)."""
     loaded = load_checkpoint(path)
-    target = resolve_device(device)
-    model = loaded.model.to(target)
+    target = resolve_device("cpu" if precision == "int8" else device)
+    model = quantize_int8(loaded.model) if precision == "int8" else loaded.model.to(target)
     users = sorted(sequences)
     histories = [encode_history(sequences[u], loaded.config, loaded.vocab) for u in users]
     split = leave_one_out(histories)
