@@ -11,6 +11,8 @@
  * data-keywords (comma separated). Page: <meta name="adserve:category">, <meta name="adserve:keywords">,
  * window.adserveConsent (a boolean set by a consent manager wins over data-consent).
  * API: window.adserve.trackEvent(type, fields) -> Promise<boolean>, window.adserve.refresh().
+ * Each slot's data-adserve-state says where it is: loading, rendered (image shown), viewed
+ * (impression fired), empty (nothing eligible or unsafe) or error.
  */
 (function () {
   "use strict";
@@ -277,6 +279,7 @@
     // Count the second from when the ad can actually be seen, i.e. once its image has loaded.
     var impressionUrl = safeUrl(decision.impression_url);
     image.addEventListener("load", function () {
+      slot.setAttribute("data-adserve-state", "rendered");
       trackViewability(link, impressionUrl);
     });
     image.addEventListener("error", function () {
@@ -287,7 +290,6 @@
     link.appendChild(image);
     slot.appendChild(link);
     if (typeof decision.decision_id === "string") slot.setAttribute("data-adserve-decision", decision.decision_id);
-    slot.setAttribute("data-adserve-state", "rendered");
   }
 
   function slots() {
