@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
@@ -16,13 +19,25 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 from sqlalchemy import text
 
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
-from adserve.db.engine import create_engine, resolve_database_url, sessionmaker_for
+from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
 from adserve.db.migrate import head_revision
 from adserve.errors import UserError
+from adserve.events.ingest import EventIngest
+from adserve.events.tracking import Tracker
+from adserve.events.spool import SpoolLockedError
+from adserve.events.writer import LogWriter
+from adserve.serving.catalog import CatalogCache
+from adserve.serving.controllers import serving_router
+from adserve.serving.identity import UserKeys
+from adserve.serving.pages import pages_router
+from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
+from adserve.serving.tokens import TrackingSigner
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from adserve.domain import Policy
     from adserve.settings import Settings
 
 __all__ = ["create_app"]
@@ -30,6 +45,8 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+COUNTS_REFRESH_S = 15.0
+SPOOL_SLOTS = 64
 
 
 def _problem(status: int, title: str, detail: str, errors: Any = None) -> Response[dict[str, Any]]:
@@ -85,6 +102,38 @@ async def ready(request: Request) -> Response[dict[str, Any]]:
     )
 
 
+def build_policy(settings: Settings) -> Policy:
+    if settings.serving.policy == "vw":
+        from adserve.bandit.policy import VWPolicy
+
+        return VWPolicy()
+    return EpsilonGreedyPolicy(settings.serving.epsilon)
+
+
+async def _refresh_counts(pool: asyncpg.Pool, scorer: EmpiricalCTRScorer, every_s: float) -> None:
+    while True:
+        try:
+            async with pool.acquire(timeout=5.0) as connection:
+                scorer.update(await load_creative_counts(connection))
+        except Exception:
+            log.warning("click-through counts not refreshed")
+        await asyncio.sleep(every_s)
+
+
+async def _start_writer(url: str, settings: Settings) -> LogWriter:
+    """Each process owns one spool slot folder. Taking the first free slot lets several workers
+    share one spool_dir, and a restarted worker adopts (and replays) a dead one's leftover spool."""
+    base = Path(settings.writer.spool_dir)
+    for slot in range(SPOOL_SLOTS):
+        writer = LogWriter(url, settings.writer, base / f"slot-{slot}")
+        try:
+            await writer.start()
+        except SpoolLockedError:
+            continue
+        return writer
+    raise RuntimeError(f"all {SPOOL_SLOTS} spool slots under {base} are in use")
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
@@ -100,9 +149,53 @@ def create_app(settings: Settings) -> Litestar:
             if embedded is not None:
                 embedded.stop()
 
+    @asynccontextmanager
+    async def serving(app: Litestar) -> AsyncIterator[None]:
+        """The hot path's heavy objects, built once per process: pool, writer, snapshot, models."""
+        url = app.state.database_url
+        # min_size=0: the process starts (and /ready reports why) even while Postgres is away.
+        pool = await asyncpg.create_pool(**asyncpg_dsn(url), min_size=0, max_size=settings.database.pool_size)
+        writer = await _start_writer(url, settings)
+        catalog = CatalogCache(pool, settings.serving.catalog_refresh_s)
+        await catalog.start()
+        scorer = EmpiricalCTRScorer(
+            settings.serving.ctr_prior_clicks, settings.serving.ctr_prior_impressions, settings.serving.history_lift
+        )
+        counts_task = asyncio.create_task(_refresh_counts(pool, scorer, COUNTS_REFRESH_S))
+        user_keys = UserKeys(settings.secret_key)
+        signer = TrackingSigner(settings.secret_key, settings.serving.token_ttl_s)
+        app.state.catalog = catalog
+        app.state.writer = writer
+        app.state.pool = pool
+        app.state.pipeline = DecisionPipeline(
+            catalog=catalog,
+            scorer=scorer,
+            policy=build_policy(settings),
+            pool=pool,
+            writer=writer,
+            signer=signer,
+            user_keys=user_keys,
+            public_url=settings.server.public_url,
+            history_length=settings.serving.history_length,
+        )
+        app.state.tracker = Tracker(signer=signer, writer=writer, pool=pool, catalog=catalog)
+        app.state.ingest = EventIngest(
+            writer=writer,
+            pool=pool,
+            user_keys=user_keys,
+            attribution_window_s=settings.serving.attribution_window_s,
+        )
+        try:
+            yield
+        finally:
+            counts_task.cancel()
+            await catalog.close()
+            await writer.close()
+            await pool.close()
+
     app = Litestar(
-        route_handlers=[health, ready, admin_router],
-        lifespan=[database],
+        route_handlers=[health, ready, admin_router, serving_router, pages_router],
+        lifespan=[database, serving],
         exception_handlers={
             UserError: _user_error,
             HTTPException: _http_error,

@@ -13,8 +13,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from adserve.db.rows import table_row
 from adserve.errors import InvalidInput
+from adserve.events.writer import make_row
 from adserve.serving.schemas import EventBatch, EventsAccepted
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class EventIngest:
             user_key = self.user_keys.consented(event.user_id)
             users.add(user_key)
             rows.append(
-                table_row(
+                make_row(
                     "user_events",
                     id=event.event_id,
                     user_id=user_key,
@@ -112,7 +112,7 @@ class EventIngest:
                     if click is None:
                         continue
                     conversions.append(
-                        table_row(
+                        make_row(
                             "conversions",
                             id=uuid.uuid5(CONVERSION_NAMESPACE, str(event_id)),
                             decision_id=click["decision_id"],

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from adserve.db.rows import table_row
+from adserve.events.writer import make_row
 from adserve.serving.tokens import TokenError, TokenKind
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Tracker:
         await self.writer.write(
             "impressions",
             [
-                table_row(
+                make_row(
                     "impressions",
                     decision_id=claims.decision_id,
                     ts=now,
@@ -121,7 +121,7 @@ class Tracker:
         await self.writer.write(
             "clicks",
             [
-                table_row(
+                make_row(
                     "clicks",
                     id=uuid.uuid4(),
                     decision_id=claims.decision_id if claims else None,

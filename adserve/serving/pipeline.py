@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from adserve.db.rows import table_row
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
 from adserve.errors import NotFound
+from adserve.events.writer import make_row
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import AdCreative, DecisionRequest, DecisionResponse, PlacementDecision
 from adserve.serving.tokens import TokenKind, TrackingClaims
@@ -207,7 +207,7 @@ class DecisionPipeline:
             chosen_campaigns.add(chosen.campaign.id)
             decision_id = uuid.uuid4()
             rows.append(
-                table_row(
+                make_row(
                     "decisions",
                     id=decision_id,
                     ts=now,

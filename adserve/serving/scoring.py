@@ -2,7 +2,9 @@
 
 - `EmpiricalCTRScorer`: per-creative click-through rate smoothed towards a prior (a Beta prior:
   `prior_clicks` clicks in `prior_impressions` impressions), so a new creative starts at the
-  prior rather than at 0 or 1.
+  prior rather than at 0 or 1; lifted by the user's recent affinity for the creative's category
+  or linked products (the share of recent events that match), so behaviour counts from the first
+  request, before any model is trained.
 - `EpsilonGreedyPolicy`: the candidate with the highest expected revenue gets 1 − ε, and ε is
   spread evenly over all candidates; the chosen candidate's probability is its propensity.
 """
@@ -46,14 +48,28 @@ async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -
     )
 
 
+def history_affinity(context: DecisionContext, candidate: Candidate) -> float:
+    """Share of the user's recent events about the candidate's category or linked products."""
+    if not context.history:
+        return 0.0
+    products = set(candidate.product_ids)
+    matching = sum(
+        1
+        for event in context.history
+        if (candidate.category and event.category == candidate.category) or (event.item_id in products)
+    )
+    return matching / len(context.history)
+
+
 class EmpiricalCTRScorer:
-    def __init__(self, prior_clicks: float, prior_impressions: float) -> None:
+    def __init__(self, prior_clicks: float, prior_impressions: float, history_lift: float = 1.0) -> None:
         if prior_impressions <= 0 or not 0 <= prior_clicks <= prior_impressions:
             raise ValueError("need 0 <= prior_clicks <= prior_impressions and prior_impressions > 0")
         self.prior_clicks = prior_clicks
         self.prior_impressions = prior_impressions
+        self.history_lift = history_lift
         self.counts = CreativeCounts({}, {})
-        self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}"
+        self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}+lift{history_lift:g}"
 
     def update(self, counts: CreativeCounts) -> None:
         self.counts = counts
@@ -65,7 +81,11 @@ class EmpiricalCTRScorer:
         clicks = np.fromiter(
             (self.counts.clicks.get(c.creative_id, 0) for c in candidates), float, len(candidates)
         )
-        return (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
+        base = (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
+        if not context.history or not self.history_lift:
+            return base
+        affinity = np.fromiter((history_affinity(context, c) for c in candidates), float, len(candidates))
+        return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
 
 
 class EpsilonGreedyPolicy:

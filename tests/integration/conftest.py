@@ -31,6 +31,8 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
             "ADSERVE_VAR_DIR": str(var),
             "ADSERVE_WRITER_SPOOL_DIR": str(var / "spool"),
             "ADSERVE_MODELS_DIR": str(tmp_path_factory.mktemp("models")),
+            # greedy serving makes choices in tests deterministic; exploration is tested on its own
+            "ADSERVE_SERVING_EPSILON": "0",
         }
     )
 

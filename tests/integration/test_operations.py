@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
+import msgspec
 from litestar import get
 from litestar.testing import AsyncTestClient
 
 from adserve.app import create_app
+from adserve.db.engine import asyncpg_dsn
+from adserve.db.migrate import upgrade
 
 
 async def test_health_and_ready(client) -> None:
@@ -13,26 +19,26 @@ async def test_health_and_ready(client) -> None:
     assert ready.json()["checks"]["migrations"] == "ok"
 
 
+def with_database(settings, url: str):
+    return msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, url=url))
+
+
 async def test_ready_is_503_when_schema_is_behind(settings, fresh_database) -> None:
-    url = await fresh_database()  # an empty database: no migrations applied
-    app = create_app(
-        type(settings)(
-            **{
-                **{f: getattr(settings, f) for f in settings.__struct_fields__},
-                "database": type(settings.database)(url=url),
-            }
-        )
-    )
-    async with AsyncTestClient(app) as client:
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    connection = await asyncpg.connect(**asyncpg_dsn(url))
+    try:  # as if a newer release's migration had not been applied here yet
+        await connection.execute("UPDATE alembic_version SET version_num = 'older'")
+    finally:
+        await connection.close()
+    async with AsyncTestClient(create_app(with_database(settings, url))) as client:
         response = await client.get("/ready")
     assert response.status_code == 503
-    assert response.json()["status"] == "unavailable"
+    assert response.json()["checks"]["migrations"].startswith("at older")
 
 
 async def test_ready_is_503_when_database_is_unreachable(settings) -> None:
-    unreachable = type(settings.database)(url="postgresql://postgres@127.0.0.1:1/none")
-    fields = {f: getattr(settings, f) for f in settings.__struct_fields__}
-    app = create_app(type(settings)(**{**fields, "database": unreachable}))
+    app = create_app(with_database(settings, "postgresql://postgres@127.0.0.1:1/none"))
     async with AsyncTestClient(app) as client:
         response = await client.get("/ready")
     assert response.status_code == 503
