@@ -81,8 +81,11 @@ class Tracker:
         return claims
 
     async def _click_state(self, decision_id: uuid.UUID) -> tuple[bool, bool]:
-        """(impression recorded, valid click exists); when Postgres is away, the token is trusted
-        and the writer's unique index still keeps valid clicks to one per decision."""
+        """(impression recorded, valid click exists). While Postgres is away, or the writer is still
+        replaying its spool, stored rows are incomplete: the token is trusted then, and the unique
+        index on valid clicks still keeps them to one per decision."""
+        if not self.writer.online:
+            return True, False
         try:
             async with self.pool.acquire(timeout=1.0) as connection:
                 row = await connection.fetchrow(CLICK_STATE_SQL, decision_id)
