@@ -3,13 +3,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev lint bench
+.PHONY: demo test install install-dev lint bench browser
 
 demo: install
 	$(BIN)/adserve demo
 
-test: install-dev
+test: install-dev browser
 	$(BIN)/pytest
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 lint: install-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
