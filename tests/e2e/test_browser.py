@@ -337,12 +337,49 @@ async def wait_for_visibility(page: Page, selector: str, visible: bool) -> None:
     )
 
 
-async def test_impression_fires_once_after_one_continuous_second_at_half_visibility(
-    context: BrowserContext,
-) -> None:
+async def show_fraction(page: Page, selector: str, fraction: float) -> None:
+    """Scrolls so that `fraction` of the ad's height shows at the bottom of the viewport."""
+    await page.evaluate(
+        """([selector, fraction]) => {
+            const box = document.querySelector(selector + " > a").getBoundingClientRect();
+            window.scrollTo(0, window.scrollY + box.top - window.innerHeight + fraction * box.height);
+        }""",
+        [selector, fraction],
+    )
+
+
+async def set_tab_hidden(page: Page, hidden: bool) -> None:
+    """Headless Chromium has no tabs to switch: report the state the way a browser would."""
+    await page.evaluate(
+        """hidden => {
+            Object.defineProperty(document, "visibilityState", {value: hidden ? "hidden" : "visible",
+                                                                 configurable: true});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+PIXEL_COUNTER = """
+window.pixelsSent = 0;
+const realFetch = window.fetch;
+window.fetch = (url, options) => {
+    if (String(url).includes("/i/")) window.pixelsSent += 1;
+    return realFetch(url, options);
+};
+"""
+
+
+async def pixels_sent(page: Page) -> int:
+    return await page.evaluate("window.pixelsSent")
+
+
+async def open_side_ad_on_paused_clock(context: BrowserContext) -> tuple[CannedAdServer, Page]:
     server = CannedAdServer()
     server.serve("product-side")
     page = await open_canned(context, server)
+    # Counts impression pixels as the tag sends them, so "no second pixel" needs no waiting.
+    await page.add_init_script(PIXEL_COUNTER)
     # The page's timers run only when the test advances them; rendering and observers stay real.
     await page.clock.install(time=CLOCK_START)
     await page.clock.pause_at(CLOCK_START + 1_000)
@@ -350,18 +387,29 @@ async def test_impression_fires_once_after_one_continuous_second_at_half_visibil
     await settled(page, SIDE)  # "rendered": the image has loaded and the tag observes it
     assert await state_of(page, SIDE) == "rendered"
     assert await is_below_fold(page, SIDE)
+    return server, page
 
+
+async def test_impression_fires_once_after_one_continuous_second_at_half_visibility(
+    context: BrowserContext,
+) -> None:
+    server, page = await open_side_ad_on_paused_clock(context)
     await page.clock.run_for(5_000)  # loaded but below the fold: no view
     assert await state_of(page, SIDE) == "rendered"
 
     await page.locator(SIDE).scroll_into_view_if_needed()
     await wait_for_visibility(page, SIDE, visible=True)
     await page.clock.run_for(900)
-    await scroll_out_of_view(page)  # interrupted before the second was up: the timer restarts
+    await scroll_out_of_view(page)  # interrupted before the second was up
     await wait_for_visibility(page, SIDE, visible=False)
     await page.clock.run_for(5_000)
     assert await state_of(page, SIDE) == "rendered"
 
+    await page.locator(SIDE).scroll_into_view_if_needed()
+    await wait_for_visibility(page, SIDE, visible=True)
+    await page.clock.run_for(500)
+    await scroll_out_of_view(page)  # a blink out of view restarts the second from zero
+    await wait_for_visibility(page, SIDE, visible=False)
     await page.locator(SIDE).scroll_into_view_if_needed()
     await wait_for_visibility(page, SIDE, visible=True)
     await page.clock.run_for(999)
@@ -374,7 +422,50 @@ async def test_impression_fires_once_after_one_continuous_second_at_half_visibil
     await wait_for_visibility(page, SIDE, visible=False)
     await page.locator(SIDE).scroll_into_view_if_needed()
     await page.clock.run_for(5_000)
+    assert await pixels_sent(page) == 1
     assert server.pixels == ["/i/product-side"]
+    assert server.page_errors == []
+
+
+async def test_less_than_half_visible_is_not_a_view(context: BrowserContext) -> None:
+    server, page = await open_side_ad_on_paused_clock(context)
+    await show_fraction(page, SIDE, 0.4)
+    await wait_for_visibility(page, SIDE, visible=False)
+    await page.clock.run_for(5_000)
+    assert await state_of(page, SIDE) == "rendered"
+
+    await show_fraction(page, SIDE, 0.6)  # crossing 50% while already partly in view counts
+    await wait_for_visibility(page, SIDE, visible=True)
+    await page.clock.run_for(999)
+    assert await state_of(page, SIDE) == "rendered"
+    await page.clock.run_for(2)
+    assert await state_of(page, SIDE) == "viewed"
+    assert server.page_errors == []
+
+
+async def test_a_hidden_tab_pauses_the_view_second(context: BrowserContext) -> None:
+    server, page = await open_side_ad_on_paused_clock(context)
+    await page.locator(SIDE).scroll_into_view_if_needed()
+    await wait_for_visibility(page, SIDE, visible=True)
+    await page.clock.run_for(500)
+    await set_tab_hidden(page, True)
+    await page.clock.run_for(5_000)
+    assert await state_of(page, SIDE) == "rendered"
+
+    await set_tab_hidden(page, False)  # back in front, still in view: a fresh second starts
+    await page.clock.run_for(300)
+    await set_tab_hidden(page, True)  # even a brief switch away restarts it
+    await page.clock.run_for(100)
+    await set_tab_hidden(page, False)
+    await page.clock.run_for(999)
+    assert await state_of(page, SIDE) == "rendered"
+    await page.clock.run_for(2)
+    assert await state_of(page, SIDE) == "viewed"
+
+    await set_tab_hidden(page, True)  # switching away and back after the view fires nothing new
+    await set_tab_hidden(page, False)
+    await page.clock.run_for(5_000)
+    assert await pixels_sent(page) == 1
     assert server.page_errors == []
 
 
