@@ -140,9 +140,9 @@ class Spool:
         return decoder.decode(segment.path.read_bytes())
 
     def remove(self, segment: Segment) -> None:
-        """Deletes a segment whose batch is committed (or unreadable and set aside)."""
+        """Deletes a segment whose batch is committed. Not fsync'd: a deletion lost in a crash
+        only means a replay that ON CONFLICT DO NOTHING turns into a no-op."""
         segment.path.unlink(missing_ok=True)
-        self._fsync_directory()
         self._forget(segment)
 
     def quarantine(self, segment: Segment) -> Path:

@@ -84,6 +84,7 @@ CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # protocol state broken by a connection lost mid-COPY
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown while connected
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
@@ -609,38 +610,60 @@ class LogWriter:
         return "spooled"
 
     async def _recover(self) -> None:
-        """Probes Postgres with capped backoff and replays the spool in order; goes online when
-        the spool is empty (checked under the spool lock so no batch slips in between)."""
+        """Probes Postgres with capped backoff; once it answers, new batches go straight to it
+        again while the spool is replayed oldest first. Replaying before going online would never
+        finish under steady traffic: new batches would reach the spool as fast as old ones leave."""
         delay = RETRY_INITIAL_S
         while True:
             try:
                 if self._pool is None:
                     self._pool = await self._create_pool()
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
+                    await connection.fetchval("SELECT 1")
+                if not self._online:
+                    log.info(
+                        "log writer: Postgres reachable; replaying %d spooled batches",
+                        len(self._spool.segments),
+                    )
+                self._online = True
                 await self._replay()
                 async with self._spool_lock:
-                    if not self._spool.segments:
-                        self._online = True
+                    if self._online and not self._spool.segments:
                         self._drained.set()
-                        log.info("log writer: Postgres reachable; spool replayed")
                         return
-                continue  # batches spooled during the replay; replay them too
+                continue  # an outage blip spooled more during the replay
             except CONNECTIVITY_ERRORS:
-                pass
+                self._online = False
             except Exception:
                 log.exception("log writer: replay failed; retrying")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
     async def _replay(self) -> None:
-        for segment in self._spool.segments:
-            try:
-                rows = await asyncio.to_thread(self._spool.read, segment)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                async with self._spool_lock:
-                    kept = await asyncio.to_thread(self._spool.quarantine, segment)
-                log.error("log writer: spool segment unreadable (%s); moved to %s", type(exc).__name__, kept)
+        """Commits spooled segments in order, consecutive ones of a table together (up to
+        flush_rows rows), deleting them only after their transaction committed."""
+        segments = self._spool.segments
+        index = 0
+        while index < len(segments):
+            table = segments[index].table
+            group, rows = [], []
+            while index < len(segments) and segments[index].table == table and len(rows) < self._flush_rows:
+                segment = segments[index]
+                index += 1
+                try:
+                    rows.extend(await asyncio.to_thread(self._spool.read, segment))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    async with self._spool_lock:
+                        kept = await asyncio.to_thread(self._spool.quarantine, segment)
+                    log.error(
+                        "log writer: spool segment unreadable (%s); moved to %s", type(exc).__name__, kept
+                    )
+                    continue
+                group.append(segment)
+            if not group:
                 continue
-            await self._store(segment.table, _Batch(rows, [(0, len(rows), None)]))
+            await self._store(table, _Batch(rows, [(0, len(rows), None)]))
             async with self._spool_lock:
-                await asyncio.to_thread(self._spool.remove, segment)
+                for segment in group:
+                    await asyncio.to_thread(self._spool.remove, segment)
             self.counters.replayed_rows += len(rows)
