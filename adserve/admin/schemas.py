@@ -48,6 +48,8 @@ Pixels = Annotated[int, Meta(ge=1, le=4000)]
 HttpsUrl = Annotated[str, Meta(min_length=9, max_length=2048, pattern=r"^https://[^\s]+$")]
 ImageUrl = Annotated[str, Meta(min_length=2, max_length=2048, pattern=r"^(https://|/)[^\s]+$")]
 Timezone = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")]
+# Ids are BIGINT: a larger number is a 400, not a database overflow.
+RowId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 Status = Literal["active", "paused", "archived"]
 Device = Literal["desktop", "mobile", "tablet"]
 Key = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -162,7 +164,7 @@ class CampaignPage(Struct, kw_only=True):
 
 
 class CreativeCreate(Body):
-    campaign_id: Annotated[int, Meta(ge=1)]
+    campaign_id: RowId
     title: Name
     width: Pixels
     height: Pixels
@@ -260,7 +262,7 @@ class PlacementPage(Struct, kw_only=True):
 
 class ApiKeyCreate(Body):
     role: Literal["admin", "manager", "viewer", "site"]
-    advertiser_id: Annotated[int, Meta(ge=1)] | None = None
+    advertiser_id: RowId | None = None
     name: Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$")] = ""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -35,8 +36,15 @@ def postgres_running_on(data_dir: Path) -> bool:
     return False
 
 
-def test_embedded_database_survives_restarts_and_stops_cleanly(tmp_path: Path) -> None:
-    data_dir, var_dir = tmp_path / "pg", tmp_path / "var"
+@pytest.fixture
+def data_root() -> Path:
+    # Not under pytest's basetemp: another pytest run resets /tmp/pytest-of-<user> to mode 0700,
+    # which locks the `pgserver` system user (Postgres as root) out of its data folder.
+    return Path(tempfile.mkdtemp(prefix="adserve-cli-"))
+
+
+def test_embedded_database_survives_restarts_and_stops_cleanly(data_root: Path) -> None:
+    data_dir, var_dir = data_root / "pg", data_root / "var"
     migrated = adserve(["migrate"], data_dir, var_dir)
     assert migrated.returncode == 0, migrated.stderr
     assert (data_dir / "PG_VERSION").exists()
@@ -53,8 +61,8 @@ def test_embedded_database_survives_restarts_and_stops_cleanly(tmp_path: Path) -
     assert not postgres_running_on(data_dir)
 
 
-def test_keys_create_validates_role_scope(tmp_path: Path) -> None:
-    result = adserve(["keys", "create", "--role", "manager"], tmp_path / "pg", tmp_path / "var")
+def test_keys_create_validates_role_scope(data_root: Path) -> None:
+    result = adserve(["keys", "create", "--role", "manager"], data_root / "pg", data_root / "var")
     assert result.returncode == 2
     assert "advertiser_id" in result.stderr
 
