@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adserve.errors import UserError
 from adserve.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -121,6 +124,123 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _database_url(settings: Settings) -> str:
+    from adserve.db.engine import resolve_database_url
+
+    url, _embedded = resolve_database_url(settings)
+    return url
+
+
+def cmd_import_events(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.learning.services import import_events
+    from adserve.serving.identity import UserKeys
+
+    url = _migrate(settings)
+    stored = asyncio.run(import_events(url, Path(args.file), UserKeys(settings.secret_key)))
+    print(f"imported {stored} new behaviour events from {args.file}")
+    return 0
+
+
+def _register(settings: Settings, url: str, kind: str, path: Path, metrics: dict, promote: bool) -> str:
+    """Records a new version; the first version of a kind becomes champion at once."""
+    from adserve.learning.registry import Registry
+
+    async def register(session: AsyncSession) -> object:
+        registry = Registry(session)
+        row = await registry.register(kind, path.name, str(path), metrics)  # type: ignore[arg-type]
+        if promote or await registry.champion(kind) is None:  # type: ignore[arg-type]
+            await registry.promote(kind, path.name, "promoted from the command line")  # type: ignore[arg-type]
+            return "champion"
+        return row.status
+
+    return str(_with_session(settings, url, register))
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.interest.evaluation import format_report
+    from adserve.learning.services import load_training_data, train_interest_version
+
+    url = _migrate(settings)
+    data = asyncio.run(load_training_data(url, args.days))
+    if not data.sequences:
+        print(
+            "adserve: no behaviour events to train on (import some with `adserve import events FILE`)",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"training on {sum(map(len, data.sequences.values()))} events of {len(data.sequences)} users "
+        f"and {len(data.click_examples)} impressions"
+    )
+    path, metrics = train_interest_version(data, settings, seed=args.seed, max_epochs=args.epochs)
+    status = _register(settings, url, "interest", path, metrics, args.promote)
+    print(format_report(metrics))
+    print(f"wrote {path} ({status})")
+    return 0
+
+
+def _latest_interest_version(settings: Settings, url: str) -> str:
+    from adserve.learning.registry import Registry
+
+    async def latest(session: AsyncSession) -> object:
+        rows = await Registry(session).list("interest", limit=1)
+        champion = await Registry(session).champion("interest")
+        return (champion or (rows[0] if rows else None)).path if (champion or rows) else None
+
+    path = _with_session(settings, url, latest)
+    if path is None:
+        raise UserError("no interest model yet: run `adserve train` first")
+    return str(path)
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.interest.evaluation import format_report
+    from adserve.interest.training import evaluate_checkpoint
+    from adserve.learning.services import load_training_data
+
+    url = _migrate(settings)
+    path = args.model or _latest_interest_version(settings, url)
+    data = asyncio.run(load_training_data(url, args.days))
+    report = evaluate_checkpoint(path, data.sequences, data.click_examples, precision=args.precision)
+    print(f"model {path}")
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.bandit.obd import format_table, run_obd
+
+    if not args.obd:
+        raise UserError("give --obd DIR (off-policy evaluation of logged decisions is `adserve ope --obd`)")
+    result = run_obd(Path(args.obd), seed=args.seed)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.learning.registry import Registry
+
+    url = _migrate(settings)
+
+    async def act(session: AsyncSession) -> object:
+        registry = Registry(session)
+        if args.models_command == "promote":
+            await registry.promote(args.kind, args.version, args.reason)
+        elif args.models_command == "rollback":
+            await registry.rollback(args.kind, args.reason)
+        return [(r.kind, r.version, r.status, r.reason or "") for r in await registry.list(args.kind)]
+
+    for kind, version, status, reason in _with_session(settings, url, act):  # type: ignore[union-attr]
+        print(f"{kind:8} {version:28} {status:9} {reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adserve", description="Self-hosted ad-targeting service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +267,48 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--advertiser", type=int, help="advertiser id (manager and viewer keys)")
     create.add_argument("--name", help="a label for the key")
     create.set_defaults(run=cmd_keys_create)
+
+    importer = commands.add_parser("import", help="import historical data").add_subparsers(
+        dest="import_command", required=True
+    )
+    events = importer.add_parser("events", help="behaviour events from CSV or Parquet")
+    events.add_argument("file", help="columns user_id, item_id, timestamp [, type, category, price]")
+    events.set_defaults(run=cmd_import_events)
+
+    train = commands.add_parser("train", help="train an interest model from Postgres")
+    train.add_argument("--days", type=float, help="rolling window of logs (default: all)")
+    train.add_argument("--epochs", type=int, help="maximum epochs (default: early stopping decides)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--promote", action="store_true", help="make the new version champion")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate an interest model beside baselines")
+    evaluate.add_argument("--model", help="version folder (default: the champion, else the newest)")
+    evaluate.add_argument("--days", type=float)
+    evaluate.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    evaluate.add_argument("--json", help="also write the report as JSON here")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    ope = commands.add_parser("ope", help="off-policy evaluation")
+    ope.add_argument("--obd", help="an Open Bandit Dataset campaign folder")
+    ope.add_argument("--json", help="also write the estimates as JSON here")
+    ope.add_argument("--seed", type=int, default=0)
+    ope.set_defaults(run=cmd_ope)
+
+    models = commands.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    listing = models.add_parser("list")
+    listing.add_argument("--kind", choices=["interest", "bandit"])
+    promote = models.add_parser("promote")
+    promote.add_argument("kind", choices=["interest", "bandit"])
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="promoted by an operator")
+    rollback = models.add_parser("rollback")
+    rollback.add_argument("kind", choices=["interest", "bandit"])
+    rollback.add_argument("--reason", default="rolled back by an operator")
+    for sub in (listing, promote, rollback):
+        sub.set_defaults(run=cmd_models)
     return parser
 
 
@@ -160,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("pgserver", "alembic"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from adserve.errors import UserError
-
     try:
         return args.run(args, settings)
     except UserError as exc:
