@@ -23,12 +23,13 @@ from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, 
 from adserve.db.migrate import head_revision
 from adserve.errors import UserError
 from adserve.events.ingest import EventIngest
-from adserve.events.tracking import Tracker
 from adserve.events.spool import SpoolLockedError
+from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
 from adserve.serving.identity import UserKeys
+from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
@@ -94,7 +95,8 @@ async def ready(request: Request) -> Response[dict[str, Any]]:
         )
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
-    checks.update(getattr(state, "readiness_details", {}))
+    if hasattr(state, "models"):
+        checks.update(state.models.readiness())
     ok = all(value == "ok" for value in checks.values())
     return Response(
         {"status": "ok" if ok else "unavailable", "checks": checks},
@@ -118,6 +120,11 @@ async def _refresh_counts(pool: asyncpg.Pool, scorer: EmpiricalCTRScorer, every_
         except Exception:
             log.warning("click-through counts not refreshed")
         await asyncio.sleep(every_s)
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The hot path's pool skips asyncpg's per-release reset query (a round trip per request):
+    its queries are single statements that leave no session state behind."""
 
 
 async def _start_writer(url: str, settings: Settings) -> LogWriter:
@@ -154,12 +161,16 @@ def create_app(settings: Settings) -> Litestar:
         """The hot path's heavy objects, built once per process: pool, writer, snapshot, models."""
         url = app.state.database_url
         # min_size=0: the process starts (and /ready reports why) even while Postgres is away.
-        pool = await asyncpg.create_pool(**asyncpg_dsn(url), min_size=0, max_size=settings.database.pool_size)
+        pool = await asyncpg.create_pool(
+            **asyncpg_dsn(url), min_size=0, max_size=settings.database.pool_size, reset=_keep_session
+        )
         writer = await _start_writer(url, settings)
         catalog = CatalogCache(pool, settings.serving.catalog_refresh_s)
         await catalog.start()
         scorer = EmpiricalCTRScorer(
-            settings.serving.ctr_prior_clicks, settings.serving.ctr_prior_impressions, settings.serving.history_lift
+            settings.serving.ctr_prior_clicks,
+            settings.serving.ctr_prior_impressions,
+            settings.serving.history_lift,
         )
         counts_task = asyncio.create_task(_refresh_counts(pool, scorer, COUNTS_REFRESH_S))
         user_keys = UserKeys(settings.secret_key)
@@ -178,6 +189,9 @@ def create_app(settings: Settings) -> Litestar:
             public_url=settings.server.public_url,
             history_length=settings.serving.history_length,
         )
+        watcher = ModelWatcher(pool, app.state.pipeline, scorer, settings)
+        await watcher.start()
+        app.state.models = watcher
         app.state.tracker = Tracker(signer=signer, writer=writer, pool=pool, catalog=catalog)
         app.state.ingest = EventIngest(
             writer=writer,
@@ -189,6 +203,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             counts_task.cancel()
+            await watcher.close()
             await catalog.close()
             await writer.close()
             await pool.close()

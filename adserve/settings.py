@@ -60,6 +60,8 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attribution_window_s: int = 604800
     max_events_per_batch: int = 500
     history_length: int = 50
+    model_poll_s: float = 5.0
+    interest_precision: Literal["fp32", "int8"] = "fp32"
 
 
 class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,8 +5,8 @@ Rows are tuples in the column order of ``Base.metadata.tables[table].columns`` (
 ``cost``, ``explored`` …) on the client, because COPY sends every column.
 
 A table's rows gather in one batch that is flushed when it holds ``flush_rows`` rows or
-``flush_ms`` after its first row, whichever comes first; while a batch is being committed the next
-one gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
+``flush_ms`` after its first row, whichever comes first, or at once when a caller awaits
+durability (group commit); while every connection is committing, the next batch gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` in the same transaction, so rows retried by a client or
 replayed from the spool are stored once. `write` resolves only when its rows are committed
 ("stored") or fsync'd to the spool ("spooled"), which is what lets a request return knowing an
@@ -445,7 +445,10 @@ class LogWriter:
         start = len(queue.rows)
         queue.rows.extend(rows)
         queue.waiters.append((start, len(queue.rows), future))
-        if len(queue.rows) >= self._flush_rows:
+        # Group commit: a caller waiting for durability is flushed at once (rows that arrive while
+        # every connection is busy still share the next COPY); write_nowait rows wait for
+        # flush_rows or flush_ms, whichever comes first.
+        if future is not None or len(queue.rows) >= self._flush_rows:
             queue.full.set()
         self._pending += len(rows)
         self._idle.clear()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+    from zoneinfo import ZoneInfo
 
     from adserve.serving.catalog import CampaignState, CreativeEntry
 
@@ -68,13 +70,18 @@ class Eligible:
     removed: Counter[str]
 
 
+@lru_cache(maxsize=4096)
+def _day_bounds(timezone: ZoneInfo, day: date) -> tuple[datetime, datetime]:
+    """A local day's first and last instant in UTC. Day length follows DST changes (23 or 25
+    hours); subtracting aware datetimes of one zone would give wall-clock differences."""
+    start = datetime.combine(day, time(0), tzinfo=timezone).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=timezone).astimezone(UTC)
+    return start, end
+
+
 def local_day_fraction(now: datetime, campaign: CampaignState) -> float:
-    local_day = now.astimezone(campaign.timezone).date()
-    # Day length follows DST changes (23 or 25 hours). Subtracting aware datetimes of one zone
-    # gives wall-clock differences, so the instants are compared in UTC.
-    midnight = datetime.combine(local_day, time(0), tzinfo=campaign.timezone).astimezone(UTC)
-    next_midnight = datetime.combine(local_day + timedelta(days=1), time(0), tzinfo=campaign.timezone).astimezone(UTC)
-    return (now.astimezone(UTC) - midnight) / (next_midnight - midnight)
+    start, end = _day_bounds(campaign.timezone, now.astimezone(campaign.timezone).date())
+    return (now - start) / (end - start)
 
 
 def spend_today(campaign: CampaignState, now: datetime) -> float:

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adserve.domain import Candidate, Choice, DecisionContext, expected_value
+from adserve.domain import BehaviourEvent, Candidate, Choice, DecisionContext, expected_value
 
 if TYPE_CHECKING:
     import asyncpg
@@ -48,17 +49,31 @@ async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -
     )
 
 
+class HistoryProfile:
+    """A request's history counted once: events per category and per (item, category)."""
+
+    def __init__(self, history: tuple[BehaviourEvent, ...]) -> None:
+        self.length = len(history)
+        self.categories = Counter(event.category for event in history if event.category)
+        self.items = Counter((event.item_id, event.category) for event in history if event.item_id)
+
+    def affinity(self, candidate: Candidate) -> float:
+        """Share of recent events about the candidate's category or one of its linked products."""
+        if not self.length:
+            return 0.0
+        matching = self.categories[candidate.category] if candidate.category else 0
+        if candidate.product_ids:
+            products = set(candidate.product_ids)
+            matching += sum(
+                count
+                for (item, category), count in self.items.items()
+                if item in products and (category != candidate.category or not candidate.category)
+            )
+        return matching / self.length
+
+
 def history_affinity(context: DecisionContext, candidate: Candidate) -> float:
-    """Share of the user's recent events about the candidate's category or linked products."""
-    if not context.history:
-        return 0.0
-    products = set(candidate.product_ids)
-    matching = sum(
-        1
-        for event in context.history
-        if (candidate.category and event.category == candidate.category) or (event.item_id in products)
-    )
-    return matching / len(context.history)
+    return HistoryProfile(context.history).affinity(candidate)
 
 
 class EmpiricalCTRScorer:
@@ -84,7 +99,8 @@ class EmpiricalCTRScorer:
         base = (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
         if not context.history or not self.history_lift:
             return base
-        affinity = np.fromiter((history_affinity(context, c) for c in candidates), float, len(candidates))
+        profile = HistoryProfile(context.history)
+        affinity = np.fromiter((profile.affinity(c) for c in candidates), float, len(candidates))
         return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
 
 

@@ -93,8 +93,19 @@ async def test_flush_by_time_below_the_row_threshold(make_writer, db):
     loop = asyncio.get_running_loop()
     started = loop.time()
     row = event_row()
-    assert await asyncio.wait_for(writer.write("user_events", [row]), GUARD_S) == "stored"
+    writer.write_nowait("user_events", [row])
+    while writer.pending and loop.time() - started < GUARD_S:
+        await asyncio.sleep(0.002)  # polling interval of a condition wait
+    assert writer.pending == 0
     assert loop.time() - started >= 0.03
+    assert await count(db, "user_events", [row[0]]) == 1
+
+
+async def test_an_awaited_write_is_committed_at_once(make_writer, db):
+    """Group commit: a caller waiting for durability does not wait for flush_ms."""
+    writer = await make_writer(flush_rows=10_000, flush_ms=600_000)
+    row = event_row()
+    assert await asyncio.wait_for(writer.write("user_events", [row]), 10) == "stored"
     assert await count(db, "user_events", [row[0]]) == 1
 
 
