@@ -25,6 +25,7 @@ from adserve.admin.services import (
     PlacementService,
 )
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
+from adserve.learning.registry import Registry
 
 __all__ = ["admin_router", "campaign_out"]
 
@@ -316,6 +317,44 @@ class ApiKeyController(Controller):
         return _convert(await ApiKeyService(db_session, caller).revoke(item_id), schemas.ApiKeyOut)
 
 
+ModelKindParam = Literal["interest", "bandit"]
+VersionParam = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ModelController(Controller):
+    """The model registry: which interest model and bandit policy serve; promote and roll back."""
+
+    path = "/models"
+    tags = ["models"]  # noqa: RUF012
+    guards = [requires_admin]  # noqa: RUF012
+
+    @get()
+    async def list_models(
+        self,
+        db_session: AsyncSession,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        kind: ModelKindParam | None = None,
+    ) -> schemas.ModelVersionPage:
+        rows = await Registry(db_session).list(kind, limit, offset)
+        items = [_convert(r, schemas.ModelVersionOut) for r in rows]
+        return schemas.ModelVersionPage(items=items, limit=limit, offset=offset)
+
+    @post("/{kind:str}/{version:str}/promote", status_code=200)
+    async def promote_model(
+        self, db_session: AsyncSession, kind: ModelKindParam, version: VersionParam, data: schemas.ModelChange
+    ) -> schemas.ModelVersionOut:
+        return _convert(
+            await Registry(db_session).promote(kind, version, data.reason), schemas.ModelVersionOut
+        )
+
+    @post("/{kind:str}/rollback", status_code=200)
+    async def rollback_model(
+        self, db_session: AsyncSession, kind: ModelKindParam, data: schemas.ModelChange
+    ) -> schemas.ModelVersionOut:
+        return _convert(await Registry(db_session).rollback(kind, data.reason), schemas.ModelVersionOut)
+
+
 BEARER = SecurityScheme(type="http", scheme="bearer", description="adserve API key: adsk_<prefix>_<secret>")
 ADMIN_COMPONENTS = Components(security_schemes={"apiKey": BEARER})
 
@@ -327,6 +366,7 @@ admin_router = Router(
         CreativeController,
         PlacementController,
         ApiKeyController,
+        ModelController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
     guards=[requires_staff],

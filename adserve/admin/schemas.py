@@ -30,6 +30,9 @@ __all__ = [
     "CreativePage",
     "CreativeUpdate",
     "FrequencyCap",
+    "ModelChange",
+    "ModelVersionOut",
+    "ModelVersionPage",
     "PlacementCreate",
     "PlacementOut",
     "PlacementPage",
@@ -289,3 +292,27 @@ class ApiKeyPage(Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+
+
+# --- model registry ----------------------------------------------------------------------------
+
+
+class ModelVersionOut(Struct, kw_only=True):
+    id: int
+    kind: str
+    version: str
+    status: str
+    metrics: dict
+    reason: str | None
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+class ModelVersionPage(Struct, kw_only=True):
+    items: list[ModelVersionOut]
+    limit: int
+    offset: int
+
+
+class ModelChange(Body):
+    reason: Annotated[str, Meta(min_length=1, max_length=500, pattern=r"^[^\x00]+$")] = "changed by an admin"
