@@ -46,7 +46,8 @@ class LoadedCheckpoint:
     model: InterestModel  # in eval() mode, on CPU
     config: InterestConfig
     vocab: ItemVocabulary
-    calibration: Calibrator
+    calibration: Calibrator  # identity (plain sigmoid) when the click head was never trained
+    click_trained: bool  # False: trained without impressions, P(click) is not meaningful
     metrics: dict[str, Any]
     data_window: dict[str, Any]
     version: str
@@ -150,6 +151,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         config=config,
         vocab=vocab,
         calibration=calibration,
+        click_trained=payload.get("calibration") is not None,
         metrics=payload.get("metrics", {}),
         data_window=payload.get("data_window", {}),
         version=file.parent.name,  # the directory is the registry's identity, even for a copied version

@@ -106,6 +106,11 @@ class InterestScorer:
         self.vocab = loaded.vocab
         self.calibration = loaded.calibration
         self.metrics = loaded.metrics
+        self.click_trained = loaded.click_trained
+        if not loaded.click_trained:
+            log.warning(
+                "interest model %s has no trained click head: P(click) is uninformative", self.version
+            )
         self._fp32 = loaded.model.to(self.device).eval()  # attribution needs gradients
         self.model: Any = quantize_int8(self._fp32) if precision == "int8" else self._fp32
         self._cache: OrderedDict[tuple[str, int, float], _Encoding] = OrderedDict()
@@ -345,6 +350,7 @@ class InterestScorerHolder:
             "version": scorer.version if scorer else None,
             "path": str(scorer.path) if scorer else None,
             "precision": scorer.precision if scorer else self._options["precision"],
+            "click_trained": scorer.click_trained if scorer else None,
             "last_error": self.last_error,
         }
 

@@ -49,7 +49,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=_MODEL.hidden)
     parser.add_argument("--layers", type=int, default=_MODEL.n_layers)
     parser.add_argument("--heads", type=int, default=_MODEL.n_heads)
-    parser.add_argument("--dropout", type=float, default=_MODEL.dropout)
+    parser.add_argument("--dropout", type=float, default=None, help="default: 0.2, or 0.5 for sparse data")
     parser.add_argument("--max-len", type=int, default=_MODEL.max_len)
     parser.add_argument("--warm-start", default=None, help="previous version directory")
     parser.add_argument("--device", default=None)
@@ -79,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         # the vocabulary is rebuilt inside train_interest; here only the architecture is chosen
         vocab = ItemVocabulary.from_sequences(sequences[u] for u in sorted(sequences))
+        mean_length = sum(len(events) for events in sequences.values()) / max(len(sequences), 1)
         model_config = replace(
-            default_model_config(vocab),
+            default_model_config(vocab, mean_length),
             hidden=args.hidden,
             n_layers=args.layers,
             n_heads=args.heads,
-            dropout=args.dropout,
             max_len=args.max_len,
         )
+        if args.dropout is not None:
+            model_config = replace(model_config, dropout=args.dropout)
         result = train_interest(
             sequences, (), model_config=model_config, train_config=train_config, warm_start=args.warm_start
         )

@@ -142,6 +142,7 @@ def test_hot_swap_keeps_serving_through_corrupt_and_missing_artifacts(
             "version": "v2",
             "path": str(v2),
             "precision": "fp32",
+            "click_trained": True,
             "last_error": None,
         }
     finally:

@@ -9,7 +9,13 @@ import torch
 from adserve.interest.checkpoint import load_checkpoint
 from adserve.interest.data import ItemVocabulary, encode_history, stack_histories
 from adserve.interest.synthetic import generate_behaviour
-from adserve.interest.training import TrainConfig, _warm_start, evaluate_checkpoint, train_interest
+from adserve.interest.training import (
+    TrainConfig,
+    _warm_start,
+    default_model_config,
+    evaluate_checkpoint,
+    train_interest,
+)
 
 from .conftest import FAST, TINY
 
@@ -93,3 +99,11 @@ def test_model_learns_sequences_better_than_popularity() -> None:
     )
     ndcg = {name: m["ndcg@10"] for name, m in result.report["next_item"].items()}
     assert ndcg["interest"] > 1.5 * ndcg["most_popular"], ndcg
+
+
+def test_default_dropout_follows_data_density() -> None:
+    vocab = ItemVocabulary([f"i{i}" for i in range(100)])
+    assert default_model_config(vocab, mean_length=150.0).dropout == 0.2
+    assert default_model_config(vocab, mean_length=8.0).dropout == 0.5
+    assert default_model_config(vocab, mean_length=8.0, dropout=0.3).dropout == 0.3
+    assert default_model_config(vocab).item_buckets == 1024 and default_model_config(vocab).n_items == 101
