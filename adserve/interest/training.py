@@ -234,6 +234,24 @@ def _shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
     return padded[rank::world]
 
 
+def _length_bucketed(
+    order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50
+) -> list[np.ndarray]:
+    """Batches of similar-length windows, in random order.
+
+    A batch is as long as its longest window; with skewed history lengths a random batch is
+    mostly padding. Sorting within pools of `pool` batches (not globally) keeps batches random
+    while cutting the padding, and the batch count stays the same on every DDP rank.
+    """
+    batches: list[np.ndarray] = []
+    step = batch_size * pool
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _validation_ndcg(
     model: InterestModel, split: LeaveOneOut, device: torch.device, batch_size: int, k: int = 10
 ) -> float:
@@ -259,6 +277,7 @@ def _fit_next_item(
     windows = next_item_windows(split.train, cfg.max_len)
     if not windows:
         raise ValueError("no training sequences: every user needs at least two item events")
+    lengths = np.array([w.stop - w.start for w in windows])
     objective = _wrap(_NextItemObjective(model), device)
     optimiser = torch.optim.Adam(
         [p for p in objective.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
@@ -271,13 +290,13 @@ def _fit_next_item(
     for epoch in range(1, tc.max_epochs + 1):
         model.train()
         mine = _shard(order_rng.permutation(len(windows)), rank, world)
-        batches = range(0, len(mine), tc.batch_size)
+        batches = _length_bucketed(mine, lengths, tc.batch_size, order_rng)
         bar = tqdm(
             batches, desc=f"next-item epoch {epoch}", disable=not tc.progress or rank != 0, leave=False
         )
         epoch_started, loss_sum = time.perf_counter(), 0.0
-        for start in bar:
-            chosen = [windows[i] for i in mine[start : start + tc.batch_size]]
+        for batch in bar:
+            chosen = [windows[i] for i in batch]
             events, targets = collate_windows(split.train, chosen, cfg.max_len)
             loss = objective(events.to(device), targets.to(device))
             optimiser.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from adserve.interest.data import ItemVocabulary, encode_history, stack_historie
 from adserve.interest.synthetic import generate_behaviour
 from adserve.interest.training import (
     TrainConfig,
+    _length_bucketed,
     _warm_start,
     default_model_config,
     evaluate_checkpoint,
@@ -107,3 +108,13 @@ def test_default_dropout_follows_data_density() -> None:
     assert default_model_config(vocab, mean_length=8.0).dropout == 0.5
     assert default_model_config(vocab, mean_length=8.0, dropout=0.3).dropout == 0.3
     assert default_model_config(vocab).item_buckets == 1024 and default_model_config(vocab).n_items == 101
+
+
+def test_length_bucketed_batches_cover_every_window_once() -> None:
+    lengths = np.random.default_rng(0).integers(1, 200, 1000)
+    order = np.random.default_rng(1).permutation(1000)
+    batches = _length_bucketed(order, lengths, 32, np.random.default_rng(2), pool=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 32 for b in batches)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 60  # random batches of 32 from 1..200 would spread ~180
