@@ -17,11 +17,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interest_common import machine
 
-from adserve.interest.synthetic import generate_behaviour, generate_click_log, make_creatives
-from adserve.interest.training import TrainConfig, evaluate_checkpoint, train_interest
+from adserve.interest.evaluation import click_metrics
+from adserve.interest.synthetic import (
+    generate_behaviour,
+    generate_click_log,
+    make_creatives,
+    true_click_probability,
+)
+from adserve.interest.training import TrainConfig, evaluate_checkpoint, split_click_examples, train_interest
 
 __all__ = ["main"]
 
@@ -65,6 +73,10 @@ def main() -> None:
     report = dict(result.report)
     report["next_item_int8"] = {"interest_int8": int8["next_item"]["interest"]}
     report["click_int8"] = {"interest_int8": int8["click"]["interest"]}
+    # the generator's own click model on the same holdout: the ceiling any learned model can reach
+    _, _, test = split_click_examples(clicks)
+    oracle = np.array([true_click_probability(e.context, e.candidate) for e in test])
+    report["click"]["oracle"] = click_metrics(oracle, np.array([e.clicked for e in test]))
     stats = result.metrics["training"]
     n_events = sum(len(e) for e in sequences.values())
     print(f"machine: {machine()}")

@@ -81,6 +81,7 @@ class TrainConfig:
     click_patience: int = 3
     click_batch_size: int = 256
     click_lr: float = 1e-3
+    click_weight_decay: float = 0.0
     calibration: str = "platt"
     device: str | None = None  # None: CUDA when present, else CPU
     progress: bool = True
@@ -380,7 +381,7 @@ def _fit_click(
     model.encoder.eval()
     local = _ClickObjective(model)
     objective = _wrap(local, device)
-    optimiser = torch.optim.Adam(local.head.parameters(), lr=tc.click_lr)
+    optimiser = torch.optim.AdamW(local.head.parameters(), lr=tc.click_lr, weight_decay=tc.click_weight_decay)
     order_rng = np.random.default_rng(tc.seed + 1)
     val_labels = np.array([float(e.clicked) for e in val.examples])
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(local.head.state_dict())
