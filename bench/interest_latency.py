@@ -31,14 +31,18 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--hidden", type=int, default=64, help="model width (int8 pays off only when wide)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
-        path = serving_checkpoint(Path(root), args.items)
+        path = serving_checkpoint(Path(root), args.items, hidden=args.hidden)
         scorers = {p: InterestScorer(path, precision=p, device="cpu") for p in ("fp32", "int8")}
-        print(f"machine: {machine()}; catalogue {args.items} items; {args.requests} requests per cell")
+        print(
+            f"machine: {machine()}; catalogue {args.items} items; hidden {args.hidden}; "
+            f"{args.requests} requests per cell"
+        )
         print()
         print("| events | candidates | path | fp32 p50 / p99 ms | int8 p50 / p99 ms | int8 speed-up (p50) |")
         print("|---:|---:|---|---:|---:|---:|")
