@@ -82,6 +82,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.jobs.scheduler import run_worker
+
+    url = _migrate(settings)
+    asyncio.run(run_worker(url, settings))
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     _migrate(settings)
     print("database schema is at head")
@@ -255,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host")
     demo.add_argument("--port", type=int)
     demo.set_defaults(run=cmd_demo)
+
+    worker = commands.add_parser("worker", help="run the scheduled jobs only (migrates first)")
+    worker.set_defaults(run=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(run=cmd_migrate)

@@ -208,9 +208,25 @@ def create_app(settings: Settings) -> Litestar:
             await writer.close()
             await pool.close()
 
+    @asynccontextmanager
+    async def jobs(app: Litestar) -> AsyncIterator[None]:
+        """With `jobs.enabled`, this process competes to run the scheduled jobs (adserve/jobs/)."""
+        if not settings.jobs.enabled:
+            yield
+            return
+        from adserve.jobs.scheduler import JobScheduler
+
+        scheduler = JobScheduler(app.state.database_url, settings)
+        await scheduler.start()
+        app.state.jobs = scheduler
+        try:
+            yield
+        finally:
+            await scheduler.close()
+
     app = Litestar(
         route_handlers=[health, ready, admin_router, serving_router, pages_router],
-        lifespan=[database, serving],
+        lifespan=[database, serving, jobs],
         exception_handlers={
             UserError: _user_error,
             HTTPException: _http_error,

@@ -75,6 +75,32 @@ class DemoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 7
 
 
+class JobsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Scheduled jobs (adserve/jobs/): cadences in seconds, retries, the retrain window."""
+
+    enabled: bool = True  # `adserve serve` also competes to run the jobs; `adserve worker` always does
+    leader_poll_s: float = 5.0
+    budget_reset_s: float = 60.0
+    rollup_recent_s: float = 3600.0
+    rollup_recent_days: int = 2
+    rollup_full_s: float = 86400.0
+    rollup_full_days: int = 8
+    purge_s: float = 3600.0
+    bandit_s: float = 30.0
+    retrain_s: float = 86400.0
+    retrain_days: float = 30.0
+    retrain_max_epochs: int = 0  # 0: early stopping decides
+    retrain_threads: int = 1
+    retrain_timeout_s: float = 3600.0
+    max_attempts: int = 3
+    retry_base_s: float = 2.0
+    retry_max_s: float = 60.0
+
+
+class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    days: int = 90  # raw behaviour events (user_events) older than this are purged
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Literal["dev", "test", "prod"] = "dev"
     secret_key: str = ""
@@ -87,6 +113,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     serving: ServingSettings = msgspec.field(default_factory=ServingSettings)
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     demo: DemoSettings = msgspec.field(default_factory=DemoSettings)
+    jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -176,6 +204,10 @@ def _validate(settings: Settings) -> Settings:
         "serving.token_ttl_s": settings.serving.token_ttl_s,
         "writer.flush_rows": settings.writer.flush_rows,
         "writer.flush_ms": settings.writer.flush_ms,
+        "jobs.leader_poll_s": settings.jobs.leader_poll_s,
+        "jobs.max_attempts": settings.jobs.max_attempts,
+        "jobs.retrain_threads": settings.jobs.retrain_threads,
+        "retention.days": settings.retention.days,
     }
     for name, value in positive.items():
         if value <= 0:
