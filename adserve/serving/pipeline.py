@@ -36,6 +36,7 @@ __all__ = ["DecisionPipeline", "UserState", "load_user_state"]
 log = logging.getLogger(__name__)
 
 MAX_CAP_WINDOW = timedelta(days=30)
+EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
 
 HISTORY_SQL = """
 SELECT event_type, ts, item_id, category, price, query FROM user_events
@@ -76,7 +77,7 @@ async def load_user_state(
         return UserState(history=(), served=None)
     history = tuple(
         BehaviourEvent(
-            event_type=EventType(row["event_type"]),
+            event_type=EVENT_TYPES[row["event_type"]],
             ts=row["ts"].timestamp(),
             item_id=row["item_id"],
             category=row["category"],

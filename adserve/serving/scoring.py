@@ -50,25 +50,28 @@ async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -
 
 
 class HistoryProfile:
-    """A request's history counted once: events per category and per (item, category)."""
+    """A request's history counted once: events per category, and per item the categories it
+    was seen under, so scoring 100 candidates does not rescan the history 100 times."""
 
     def __init__(self, history: tuple[BehaviourEvent, ...]) -> None:
         self.length = len(history)
         self.categories = Counter(event.category for event in history if event.category)
-        self.items = Counter((event.item_id, event.category) for event in history if event.item_id)
+        self.items: dict[str, Counter[str | None]] = {}
+        for event in history:
+            if event.item_id:
+                self.items.setdefault(event.item_id, Counter())[event.category] += 1
 
     def affinity(self, candidate: Candidate) -> float:
         """Share of recent events about the candidate's category or one of its linked products."""
         if not self.length:
             return 0.0
-        matching = self.categories[candidate.category] if candidate.category else 0
-        if candidate.product_ids:
-            products = set(candidate.product_ids)
-            matching += sum(
-                count
-                for (item, category), count in self.items.items()
-                if item in products and (category != candidate.category or not candidate.category)
-            )
+        category = candidate.category
+        matching = self.categories[category] if category else 0
+        for product in candidate.product_ids:
+            seen = self.items.get(product)
+            if seen:
+                # events already counted under the candidate's category are not counted twice
+                matching += sum(n for c, n in seen.items() if not category or c != category)
         return matching / self.length
 
 
