@@ -1,0 +1,48 @@
+"""Training data from Postgres is point-in-time correct: a decision sees only earlier events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from adserve.learning.services import load_training_data
+from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
+from tests.integration.serving.test_decisions import decide
+from tests.integration.serving.test_tracking import path_of
+
+
+def event(user: str, item: str, ts: datetime) -> dict:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "user_id": user,
+        "type": "product_view",
+        "item_id": item,
+        "category": "pit",
+        "ts": ts.isoformat(),
+    }
+
+
+async def test_a_later_event_never_leaks_into_a_decisions_features(
+    client, sessionmaker, database_url
+) -> None:
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        await builder.campaign("pit", category="pit")
+        key = await builder.placement("pit")
+    await wait_for_placement(client, key)
+    user = f"pit-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    before = event(user, "before-item", now - timedelta(hours=1))
+    after = event(user, "after-item", now + timedelta(minutes=3))  # logged later, dated after
+    await client.post("/v1/events", json={"consent": True, "events": [before]})
+    decision = await decide(client, key, user=user, consent=True)
+    await client.get(path_of(decision["impression_url"]))
+    await client.post("/v1/events", json={"consent": True, "events": [after]})
+
+    data = await load_training_data(database_url, days=1, until=now + timedelta(minutes=10))
+    mine = [e for e in data.click_examples if e.candidate.creative_id == decision["creative"]["id"]]
+    assert len(mine) == 1
+    items = [e.item_id for e in mine[0].context.history]
+    assert items == ["before-item"]
+    # both events are in the user's sequence for next-item training
+    assert {"before-item", "after-item"} <= {e.item_id for seq in data.sequences.values() for e in seq}
