@@ -1,0 +1,110 @@
+"""The champion/challenger gate: a better challenger is promoted, a worse one rejected, and the
+reason is recorded either way. Tiny models on synthetic behaviour keep this quick."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from adserve.interest.synthetic import generate_behaviour, generate_click_log, make_creatives
+from adserve.interest.training import train_interest
+from adserve.jobs.gate import HoldoutFigures, apply_gate, decide, evaluate_pair
+from adserve.jobs.tasks import JobContext, retrain_interest
+from adserve.learning.registry import Registry
+from tests.unit.interest.conftest import FAST, TINY
+
+ONE_EPOCH = replace(FAST, max_epochs=1, patience=1, click_max_epochs=1)
+THOROUGH = replace(FAST, max_epochs=40, patience=40, click_max_epochs=5, click_patience=2)
+
+
+@pytest.fixture(scope="module")
+def world():
+    sequences, catalogue = generate_behaviour(n_users=80, n_items=40, n_categories=5, mean_length=12, seed=7)
+    clicks = generate_click_log(sequences, make_creatives(catalogue, n_creatives=12, seed=7), 4, seed=7)
+    return sequences, clicks
+
+
+def _train(world, tmp_path, name, train_config, with_clicks=True, seed=0):
+    sequences, clicks = world
+    result = train_interest(
+        sequences,
+        clicks if with_clicks else (),
+        model_config=TINY,
+        train_config=replace(train_config, seed=seed),
+    )
+    return result.save(tmp_path, version=f"{name}-{uuid.uuid4().hex[:6]}")
+
+
+def test_decide_needs_better_ndcg_and_no_worse_log_loss() -> None:
+    champion = HoldoutFigures(0.30, 0.50, True)
+    assert decide(HoldoutFigures(0.35, 0.49, True), champion).promote
+    assert not decide(HoldoutFigures(0.30, 0.40, True), champion).promote
+    worse_loss = decide(HoldoutFigures(0.40, 0.60, True), champion)
+    assert not worse_loss.promote and "log loss" in worse_loss.reason
+    assert decide(HoldoutFigures(0.35, None, False), champion).promote
+    assert decide(HoldoutFigures(0.01, None, False), None).promote
+
+
+async def test_better_challenger_promoted_worse_rejected(world, tmp_path, jobs_sessionmaker) -> None:
+    sequences, clicks = world
+    weak = _train(world, tmp_path, "weak", ONE_EPOCH, with_clicks=False)
+    strong = _train(world, tmp_path, "strong", THOROUGH)
+    async with jobs_sessionmaker() as session:
+        registry = Registry(session)
+        await registry.register("interest", weak.name, str(weak), {})
+        await registry.promote("interest", weak.name, "test champion")
+
+    pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks)
+    promoted = await apply_gate(jobs_sessionmaker, strong, pair)
+    assert promoted.promote, promoted.reason
+
+    worse = _train(world, tmp_path, "worse", ONE_EPOCH, seed=1)
+    pair = await asyncio.to_thread(evaluate_pair, worse, strong, sequences, clicks)
+    rejected = await apply_gate(jobs_sessionmaker, worse, pair)
+    assert not rejected.promote, rejected.reason
+
+    async with jobs_sessionmaker() as session:
+        registry = Registry(session)
+        assert (await registry.champion("interest")).version == strong.name
+        strong_row = await registry.get("interest", strong.name)
+        worse_row = await registry.get("interest", worse.name)
+    assert strong_row.status == "champion" and strong_row.reason.startswith("promoted: NDCG@10")
+    assert worse_row.status == "rejected" and worse_row.reason.startswith("rejected:")
+    assert worse_row.metrics["gate"]["champion"]["ndcg_at_10"] == pair["champion"]["ndcg_at_10"]
+
+
+async def test_retrain_job_trains_in_a_child_process_and_gates(
+    world, jobs_settings, jobs_pool, jobs_sessionmaker
+):
+    """The job's whole path: logs in Postgres → training process → gate → registry."""
+    sequences, _ = world
+    rows = [
+        (uuid.uuid4(), user, str(e.event_type), datetime.fromtimestamp(e.ts, UTC), e.item_id, e.category)
+        for user, events in sequences.items()
+        for e in events
+    ]
+    # Recent events: the job trains on a rolling window.
+    shift = datetime.now(UTC).timestamp() - max(r[3].timestamp() for r in rows) - 60
+    rows = [
+        (i, f"job-{u}", t, datetime.fromtimestamp(ts.timestamp() + shift, UTC), it, c)
+        for i, u, t, ts, it, c in rows
+    ]
+    await jobs_pool.copy_records_to_table(
+        "user_events", records=rows, columns=["id", "user_id", "event_type", "ts", "item_id", "category"]
+    )
+    async with jobs_sessionmaker() as session:
+        before = await Registry(session).champion("interest")
+    context = JobContext(jobs_settings.database.url, jobs_settings, jobs_pool, jobs_sessionmaker)
+    figures = await retrain_interest(context)
+    json.dumps(figures)
+    assert figures["champion"] == (before.version if before else None)
+    assert figures["challenger"]["ndcg_at_10"] >= 0.0
+    async with jobs_sessionmaker() as session:
+        row = await Registry(session).get("interest", figures["version"])
+    assert row.status == ("champion" if figures["promoted"] else "rejected")
+    assert row.reason == figures["reason"]
