@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adserve.admin import schemas
 from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
+from adserve.admin.operations import JobsController, ReportsController
 from adserve.admin.services import (
     AdvertiserService,
     ApiKeyService,
@@ -367,6 +368,8 @@ admin_router = Router(
         PlacementController,
         ApiKeyController,
         ModelController,
+        JobsController,
+        ReportsController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
     guards=[requires_staff],
