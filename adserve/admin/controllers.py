@@ -26,7 +26,9 @@ from adserve.admin.services import (
     PlacementService,
 )
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
+from adserve.events.erasure import ErasureResult
 from adserve.learning.registry import Registry
+from adserve.serving.controllers import erase
 
 __all__ = ["admin_router", "campaign_out"]
 
@@ -356,6 +358,25 @@ class ModelController(Controller):
         return _convert(await Registry(db_session).rollback(kind, data.reason), schemas.ModelVersionOut)
 
 
+class UserController(Controller):
+    """Privacy operations on end users, by the site's user id (hashed before use, never stored)."""
+
+    path = "/users"
+    tags = ["privacy"]  # noqa: RUF012
+    guards = [requires_admin]  # noqa: RUF012
+
+    @delete(
+        "/{user_id:str}",
+        status_code=200,
+    )
+    async def erase_user_as_admin(
+        self,
+        request: Request,
+        user_id: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+    ) -> ErasureResult:
+        return await erase(request, user_id)
+
+
 BEARER = SecurityScheme(type="http", scheme="bearer", description="adserve API key: adsk_<prefix>_<secret>")
 ADMIN_COMPONENTS = Components(security_schemes={"apiKey": BEARER})
 
@@ -368,6 +389,7 @@ admin_router = Router(
         PlacementController,
         ApiKeyController,
         ModelController,
+        UserController,
         JobsController,
         ReportsController,
     ],

@@ -42,6 +42,7 @@ __all__ = [
     "Conversion",
     "Creative",
     "DailyStat",
+    "Erasure",
     "Decision",
     "Impression",
     "JobRun",
@@ -386,3 +387,16 @@ class DailyStat(Base):
     spend: Mapped[float] = mapped_column(Money, server_default="0")
 
     __table_args__ = (Index("ix_daily_stats_advertiser_id_day", "advertiser_id", "day"),)
+
+
+class Erasure(Base):
+    """Audit of a user's erasure: when, by which key, and how many rows were removed or unlinked."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    requested_by_key_id: Mapped[int | None] = mapped_column(BigInteger)
+    requested_by_role: Mapped[str] = mapped_column(String(16))
+    erased_at: Mapped[datetime] = _created()
+    counts: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))

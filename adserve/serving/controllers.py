@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from litestar import Request, Response, Router, get, post
-from litestar.exceptions import ClientException, NotFoundException
+from litestar import Request, Response, Router, delete, get, post
+from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from adserve.admin.auth import Role, authenticate
+from adserve.events.erasure import ErasureResult, erase_user
 from adserve.events.ingest import EventIngest
 from adserve.events.tracking import Tracker
 from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.recommendations import Recommendations, recommend
 from adserve.serving.schemas import (
     DecisionRequest,
     DecisionResponse,
@@ -95,4 +98,51 @@ async def ingest_events(request: Request, data: EventBatch) -> EventsAccepted:
     return await ingest.ingest(data)
 
 
-serving_router = Router(path="/", route_handlers=[decide, ad_for_tag, impression, click, ingest_events])
+@get("/v1/recommendations", tags=["serving"])
+async def recommendations(
+    request: Request,
+    user_id: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+    k: Annotated[int, Parameter(ge=1, le=100)] = 10,
+    consent: bool = False,
+) -> Recommendations:
+    """Top-k products for the user from the next-item head, excluding what they bought."""
+    state = request.app.state
+    user_key = state.pipeline.user_keys.consented(user_id) if consent else None
+    return await recommend(
+        state.pool, state.models.interest, user_key, k, state.settings.serving.history_length
+    )
+
+
+UserIdPath = Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+
+
+async def erase(request: Request, user_id: str) -> ErasureResult:
+    """Shared by the site's and the admin's erasure endpoints: authenticated, audited."""
+    async with request.app.state.sessionmaker() as session:
+        caller = await authenticate(session, request.headers.get("authorization"))
+    if caller.role not in (Role.SITE, Role.ADMIN):
+        raise PermissionDeniedException("erasure needs a site or admin key")
+    async with request.app.state.pool.acquire() as connection:
+        return await erase_user(
+            connection, request.app.state.pipeline.user_keys, user_id, caller.key_id, caller.role.value
+        )
+
+
+@delete("/v1/users/{user_id:str}", status_code=200, tags=["privacy"], security=[{"apiKey": []}])
+async def erase_user_for_site(request: Request, user_id: UserIdPath) -> ErasureResult:
+    """Erases a user (site or admin key): behaviour deleted, links in logs removed, audited."""
+    return await erase(request, user_id)
+
+
+serving_router = Router(
+    path="/",
+    route_handlers=[
+        decide,
+        ad_for_tag,
+        impression,
+        click,
+        ingest_events,
+        erase_user_for_site,
+        recommendations,
+    ],
+)

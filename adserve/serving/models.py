@@ -68,7 +68,7 @@ class ModelWatcher:
         for row in rows:
             if self.serving.get(row["kind"]) == row["version"]:
                 continue
-            if row["kind"] == "interest" and self.settings.serving.scorer == "interest":
+            if row["kind"] == "interest":  # recommendations use it even when it does not score ads
                 await self._load_interest(row["version"], row["path"])
             elif row["kind"] == "bandit" and self.settings.serving.policy == "vw":
                 await self._load_bandit(row["version"], row["path"])
@@ -91,7 +91,8 @@ class ModelWatcher:
         self.errors.pop("interest", None)
         self.serving["interest"] = version
         # A model trained without impressions ranks items but its P(click) means nothing yet.
-        self.pipeline.scorer = self.interest if self.interest.current.click_trained else self.fallback
+        scores_ads = self.settings.serving.scorer == "interest" and self.interest.current.click_trained
+        self.pipeline.scorer = self.interest if scores_ads else self.fallback
         log.info("interest model %s loaded; scoring with %s", version, self.pipeline.scorer.version)
 
     async def _load_bandit(self, version: str, path: str) -> None:

@@ -22,6 +22,7 @@ from adserve.errors import NotFound
 from adserve.events.writer import make_row
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import AdCreative, DecisionRequest, DecisionResponse, PlacementDecision
+from adserve.serving.scoring import empirical_attribution
 from adserve.serving.tokens import TokenKind, TrackingClaims
 
 if TYPE_CHECKING:
@@ -215,7 +216,10 @@ class DecisionPipeline:
                     request_id=request_id,
                     placement_id=placement.id,
                     user_id=user_key,
-                    context=logged_context,
+                    context={
+                        **logged_context,
+                        "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
+                    },
                     candidate_ids=[c.creative_id for c in candidates],
                     scores=[float(s) for s in scores],
                     pmf=list(choice.pmf),
@@ -229,15 +233,47 @@ class DecisionPipeline:
             )
             decisions.append(
                 self._placement_decision(
-                    placement, chosen, decision_id, user_key, now, choice, scores, eligible, request.explain
+                    placement,
+                    chosen,
+                    decision_id,
+                    user_key,
+                    now,
+                    choice,
+                    scores,
+                    eligible,
+                    request.explain,
+                    decision_context,
                 )
             )
         if rows:
             await self.writer.write("decisions", rows)
         return DecisionResponse(request_id=request_id, decisions=decisions)
 
+    def _influential_events(self, context: DecisionContext, candidate, top: int = 5) -> list[dict[str, Any]]:
+        """The user's recent events that most moved this candidate's score (gradient × input for
+        the interest model; the matching events behind the empirical scorer's lift)."""
+        if not context.history:
+            return []
+        attribution = getattr(self.scorer, "attribution", None)
+        if attribution is not None:
+            weighted = [(a.event, a.gradient_x_input) for a in attribution(context, candidate)]
+        else:
+            weighted = empirical_attribution(context, candidate)
+        ranked = sorted(weighted, key=lambda pair: abs(pair[1]), reverse=True)[:top]
+        return [
+            {
+                "event_type": str(event.event_type),
+                "item_id": event.item_id,
+                "category": event.category,
+                "seconds_before": round(context.now - event.ts, 1),
+                "weight": round(weight, 6),
+            }
+            for event, weight in ranked
+            if weight
+        ]
+
     def _placement_decision(
-        self, placement, chosen, decision_id, user_key, now, choice, scores, eligible, explain
+        self, placement, chosen, decision_id, user_key, now, choice, scores, eligible, explain, context
     ):
         cost_micros = round(chosen.campaign.cost_per_event * 1_000_000)
         issued = int(now.timestamp())
@@ -274,6 +310,7 @@ class DecisionPipeline:
                 "explored": choice.explored,
                 "scorer_version": self.scorer.version,
                 "policy_version": self.policy.version,
+                "influential_events": self._influential_events(context, chosen.candidate),
             }
         return PlacementDecision(
             placement=placement.key,

@@ -107,6 +107,23 @@ class EmpiricalCTRScorer:
         return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
 
 
+def empirical_attribution(
+    context: DecisionContext, candidate: Candidate
+) -> list[tuple[BehaviourEvent, float]]:
+    """Each history event's share of the empirical scorer's lift for this candidate: the events
+    about its category or linked products, equally weighted; others contribute nothing."""
+    products = set(candidate.product_ids)
+    matches = [
+        (candidate.category is not None and event.category == candidate.category) or event.item_id in products
+        for event in context.history
+    ]
+    n = len(matches)
+    return [
+        (event, (1.0 / n) if matched else 0.0)
+        for event, matched in zip(context.history, matches, strict=True)
+    ]
+
+
 class EpsilonGreedyPolicy:
     def __init__(self, epsilon: float) -> None:
         if not 0.0 <= epsilon <= 1.0:
