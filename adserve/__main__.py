@@ -61,6 +61,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
     url = _migrate(settings)
     # Workers are separate processes: hand them the resolved URL so they share this database.
     os.environ["ADSERVE_DATABASE_URL"] = url
+    default_public = f"http://127.0.0.1:{settings.server.port}"
+    if "ADSERVE_SERVER_PUBLIC_URL" not in os.environ and settings.server.public_url == default_public:
+        # Tracking URLs must point at the port actually served when --host/--port override it.
+        public_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        os.environ["ADSERVE_SERVER_PUBLIC_URL"] = f"http://{public_host}:{port}"
     uvicorn.run(
         "adserve.__main__:app_from_env",
         factory=True,
