@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-NICENESS = 10
+NICENESS = 19  # the lowest priority: serving and Postgres go first
 
 
 def main(argv: list[str] | None = None) -> int:
