@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVI
 from sqlalchemy import text
 
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
+from adserve.admin.dashboard import dashboard_router
 from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
 from adserve.db.migrate import head_revision
 from adserve.errors import UserError
@@ -225,7 +226,7 @@ def create_app(settings: Settings) -> Litestar:
             await scheduler.close()
 
     app = Litestar(
-        route_handlers=[health, ready, admin_router, serving_router, pages_router],
+        route_handlers=[health, ready, admin_router, dashboard_router, serving_router, pages_router],
         lifespan=[database, serving, jobs],
         exception_handlers={
             UserError: _user_error,

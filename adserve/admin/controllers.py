@@ -16,6 +16,7 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adserve.admin import schemas
+from adserve.admin.analytics import AnalyticsController
 from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
 from adserve.admin.operations import JobsController, ReportsController
 from adserve.admin.services import (
@@ -392,6 +393,7 @@ admin_router = Router(
         UserController,
         JobsController,
         ReportsController,
+        AnalyticsController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
     guards=[requires_staff],
