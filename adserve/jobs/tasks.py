@@ -207,7 +207,7 @@ async def retrain_interest(context: JobContext) -> dict[str, Any]:
         "champion": champion.version if champion else None,
         "promoted": decision.promote,
         "reason": decision.reason,
-        **result["pair"],
+        "holdout": result["pair"],
     }
 
 

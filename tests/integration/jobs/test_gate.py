@@ -103,7 +103,7 @@ async def test_retrain_job_trains_in_a_child_process_and_gates(
     figures = await retrain_interest(context)
     json.dumps(figures)
     assert figures["champion"] == (before.version if before else None)
-    assert figures["challenger"]["ndcg_at_10"] >= 0.0
+    assert figures["holdout"]["challenger"]["ndcg_at_10"] >= 0.0
     async with jobs_sessionmaker() as session:
         row = await Registry(session).get("interest", figures["version"])
     assert row.status == ("champion" if figures["promoted"] else "rejected")
