@@ -323,11 +323,8 @@ class AnalyticsController(Controller):
         ranked = await asyncio.to_thread(scorer.recommend, history, k, False, user_key)
         if not ranked:
             return [], scorer.version
-        mapping = dict(
-            (await db_session.execute(ITEM_CATEGORIES_SQL, {"items": [item for item, _ in ranked]}))
-            .tuples()
-            .all()
-        )
+        result = await db_session.execute(ITEM_CATEGORIES_SQL, {"items": [item for item, _ in ranked]})
+        mapping = {row.item_id: row.category for row in result}
         weights: dict[str, float] = defaultdict(float)
         for item, probability in ranked:
             if item in mapping:
