@@ -184,6 +184,8 @@ async def test_dashboard_shows_campaigns_charts_and_models(
         spend = await bars(page, "chart-spend")
         assert spend[-1]["value"] > 0  # the clicks were charged
 
+        if shot := os.environ.get("ADSERVE_DASHBOARD_SCREENSHOT"):  # a look at it while developing
+            await page.screenshot(path=shot, full_page=True)
         assert await page.is_visible("#models-section")
         assert await page.text_content("#models tbody") == "no model versions registered yet"
 
