@@ -254,6 +254,22 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.sim.compare import CompareConfig, compare, format_table, summary_rows, write_outputs
+
+    if not args.compare:
+        print("adserve: simulate needs --compare (the in-process policy comparison)", file=sys.stderr)
+        return 2
+    policies = tuple(args.policies.split(",")) if args.policies else None
+    extra = {"policies": policies} if policies else {}
+    config = CompareConfig(decisions=args.decisions, seed=args.seed, **extra)
+    runs = compare(config, progress=lambda line: print(line, flush=True))
+    paths = write_outputs(runs, config, Path(args.out))
+    print(format_table(summary_rows(runs)))
+    print(f"wrote {paths['csv']}, {paths['png']} and {paths['summary']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adserve", description="Self-hosted ad-targeting service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default="rolled back by an operator")
     for sub in (listing, promote, rollback):
         sub.set_defaults(run=cmd_models)
+
+    simulate = commands.add_parser("simulate", help="run policies against the simulated market in-process")
+    simulate.add_argument("--compare", action="store_true", help="every policy on the same world and seed")
+    simulate.add_argument("--decisions", type=int, default=200_000)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--out", default="bench/results/sim", help="folder for the CSV, PNG and summary")
+    simulate.add_argument("--policies", help="comma-separated subset (default: all)")
+    simulate.set_defaults(run=cmd_simulate)
     return parser
 
 
