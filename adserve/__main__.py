@@ -119,12 +119,17 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from adserve.demo import create_admin_key, seed_demo_catalog
+    import subprocess
+
+    from adserve.demo import create_admin_key
+    from adserve.sim.live import seed_sim_catalog
+    from adserve.sim.world import World, WorldConfig
 
     url = _migrate(settings)
+    world = World(WorldConfig(seed=settings.demo.seed))
 
     async def seed(session: AsyncSession) -> object:
-        created = await seed_demo_catalog(session)
+        created = await seed_sim_catalog(session, world)
         return created, await create_admin_key(session, "demo")
 
     created, key = _with_session(settings, url, seed)  # type: ignore[misc]
@@ -132,8 +137,30 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"demo catalogue: {created} creatives created" if created else "demo catalogue already present")
     print(f"admin key (shown once): {key}")
     print(f"admin API: http://{host}:{port}/admin/v1/campaigns  ·  OpenAPI: http://{host}:{port}/schema")
+    print(f"shop page: http://{host}:{port}/demo")
+    # The scheduler on a fast cadence, so the bandit learns and the interest model retrains while
+    # you watch (explicit ADSERVE_JOBS_* settings win).
+    os.environ.setdefault("ADSERVE_JOBS_ENABLED", "true")
+    os.environ.setdefault("ADSERVE_JOBS_BANDIT_S", "15")
+    os.environ.setdefault("ADSERVE_JOBS_RETRAIN_S", "300")
+    driver = None
+    if not args.no_sim:
+        client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        command = [sys.executable, "-m", "adserve.sim.live", "--url", f"http://{client_host}:{port}",
+                   "--key", key, "--seed", str(settings.demo.seed), "--rate", str(args.sim_rate)]  # fmt: skip
+        print(f"simulated shoppers: {args.sim_rate:g} pages/s in the background; a progress line every 5 s")
+        sys.stdout.flush()
+        driver = subprocess.Popen(command)
     sys.stdout.flush()
-    _serve(settings, host, port, 1)
+    try:
+        _serve(settings, host, port, 1)
+    finally:
+        if driver is not None:
+            driver.terminate()
+            try:
+                driver.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                driver.kill()
     return 0
 
 
@@ -283,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="seed a demo catalogue and run the service")
     demo.add_argument("--host")
     demo.add_argument("--port", type=int)
+    demo.add_argument("--no-sim", action="store_true", help="serve without the simulated shoppers")
+    demo.add_argument("--sim-rate", type=float, default=20.0, help="simulated pages per second")
     demo.set_defaults(run=cmd_demo)
 
     worker = commands.add_parser("worker", help="run the scheduled jobs only (migrates first)")
