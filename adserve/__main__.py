@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adserve: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("pgserver", "alembic"):
+    for chatty in ("pgserver", "alembic", "apscheduler"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return args.run(args, settings)
