@@ -282,7 +282,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from adserve.sim.compare import CompareConfig, compare, format_table, summary_rows, write_outputs
+    from adserve.sim.compare import (
+        CompareConfig,
+        compare,
+        format_table,
+        load_runs,
+        summary_rows,
+        write_outputs,
+    )
 
     if not args.compare:
         print("adserve: simulate needs --compare (the in-process policy comparison)", file=sys.stderr)
@@ -290,7 +297,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     policies = tuple(args.policies.split(",")) if args.policies else None
     extra = {"policies": policies} if policies else {}
     config = CompareConfig(decisions=args.decisions, seed=args.seed, **extra)
-    runs = compare(config, progress=lambda line: print(line, flush=True))
+    if args.merge:
+        runs = load_runs([Path(d) for d in args.merge])
+    else:
+        runs = compare(config, progress=lambda line: print(line, flush=True))
     paths = write_outputs(runs, config, Path(args.out))
     print(format_table(summary_rows(runs)))
     print(f"wrote {paths['csv']}, {paths['png']} and {paths['summary']}")
@@ -377,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--out", default="bench/results/sim", help="folder for the CSV, PNG and summary")
     simulate.add_argument("--policies", help="comma-separated subset (default: all)")
+    simulate.add_argument("--merge", nargs="+", metavar="DIR", help="combine the runs saved in these folders")
     simulate.set_defaults(run=cmd_simulate)
     return parser
 

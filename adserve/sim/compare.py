@@ -22,13 +22,14 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import pickle
 import platform
 import shutil
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,7 @@ from adserve.sim.world import World, WorldConfig
 if TYPE_CHECKING:
     from adserve.domain import Policy, Scorer
 
-__all__ = ["POLICIES", "CompareConfig", "PolicyRun", "compare", "summary_rows", "write_outputs"]
+__all__ = ["POLICIES", "CompareConfig", "PolicyRun", "compare", "load_runs", "summary_rows", "write_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class CompareConfig:
     gamma_scale: float = 100.0
     learning_rate: float = 0.5
     torch_threads: int = 1
+    # combine the click head with the next-item head's affinity for the creative's products
+    affinity: bool = True
+    affinity_fit: int = 15_000  # newest impressions the 3-weight combination is fitted on
     world: WorldConfig | None = None  # default: WorldConfig(seed=seed)
     click_model: ClickModel | None = None  # default: ClickModel()
 
@@ -195,6 +199,96 @@ class _VWLearner:
         )
 
 
+class InterestAffinityScorer:
+    """The interest model's two heads as one P(click).
+
+    Click-head logit plus the next-item head's affinity for the creative: log of the probability
+    that the user's next item is one of the creative's linked products. Which products a user
+    views follows their brand affinity and latent taste, so the self-supervised head (trained on
+    every behaviour event) carries what a few thousand clicks cannot teach the click head. The
+    two are combined by a logistic regression (intercept and two weights) fitted on the newest
+    impressions at each retrain, which also calibrates the result.
+    """
+
+    def __init__(self, scorer: Any) -> None:
+        import torch
+
+        self._torch = torch
+        self.scorer = scorer
+        self.version = f"{scorer.version}+affinity"
+        self.weights = np.array([0.0, 1.0, 0.0])
+        self._rows: dict[int, np.ndarray] = {}
+        self._logp: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        head = scorer.model.next_item
+        with torch.inference_mode():
+            prior = head.bias.detach().clone().float()
+            prior[0] = float("-inf")
+            self._prior = torch.log_softmax(prior, dim=-1).cpu().numpy()
+
+    def _next_item_logp(self, context: DecisionContext) -> np.ndarray:
+        history = context.history
+        if not history:
+            return self._prior
+        key = (context.user_key, len(history), history[-1].ts)
+        hit = self._logp.get(key)
+        if hit is not None:
+            return hit
+        encoding = self.scorer.encoding(context)
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.scorer.model.next_item.logits(
+                encoding.encoded[-1:], self.scorer.model.encoder.events
+            )
+            logp = torch.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
+        self._logp[key] = logp
+        if len(self._logp) > 4_000:
+            self._logp.popitem(last=False)
+        return logp
+
+    def _product_rows(self, candidate: Candidate) -> np.ndarray:
+        rows = self._rows.get(candidate.creative_id)
+        if rows is None:
+            index = self.scorer.vocab.index
+            rows = np.array([index[p] for p in candidate.product_ids if p in index], dtype=np.int64)
+            self._rows[candidate.creative_id] = rows
+        return rows
+
+    def features(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N, 3): 1, click-head logit, next-item affinity."""
+        click = self.scorer.click_logits_many([(context, candidates)])[0]
+        logp = self._next_item_logp(context)
+        affinity = np.empty(len(candidates))
+        for i, candidate in enumerate(candidates):
+            rows = self._product_rows(candidate)
+            if rows.size:
+                top = logp[rows].max()
+                affinity[i] = top + np.log(np.exp(logp[rows] - top).sum())
+            else:
+                affinity[i] = -20.0
+        return np.column_stack([np.ones(len(candidates)), click, np.maximum(affinity, -20.0)])
+
+    def fit(self, examples: Sequence[Any]) -> None:
+        """Logistic regression of the clicks on the features (a few Newton steps, light L2)."""
+        if not examples or len({e.clicked for e in examples}) < 2:
+            return
+        x = np.vstack([self.features(e.context, [e.candidate]) for e in examples])
+        y = np.array([float(e.clicked) for e in examples])
+        w = np.array([math.log(y.mean() / (1 - y.mean())), 0.0, 0.0])
+        for _ in range(25):
+            p = 1 / (1 + np.exp(-(x @ w)))
+            gradient = x.T @ (p - y) + 1e-3 * w
+            hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-3 * np.eye(3)
+            step = np.linalg.solve(hessian, gradient)
+            w -= step
+            if np.abs(step).max() < 1e-6:
+                break
+        self.weights = w
+
+    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+        z = self.features(context, candidates) @ self.weights
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
 class _InterestTrainer:
     """Collects impressions, retrains the interest model on schedule, swaps it into the scorer."""
 
@@ -253,7 +347,16 @@ class _InterestTrainer:
         )
         version = f"sim-{at:07d}"
         path = result.save(self.workdir, version)
-        self.scorer.current = InterestScorer(path, device="cpu", cache_size=4_000)
+        interest = InterestScorer(path, device="cpu", cache_size=4_000)
+        if cfg.affinity:
+            combined = InterestAffinityScorer(interest)
+            combined.fit(list(self.examples)[-cfg.affinity_fit :])
+            self.scorer.current = combined
+            log.info(
+                "affinity weights (intercept, click logit, next-item affinity): %s", combined.weights.round(3)
+            )
+        else:
+            self.scorer.current = interest
         self.last_path = path
         self.versions.append(version)
         seconds = time.perf_counter() - started
@@ -418,6 +521,8 @@ def write_outputs(runs: Sequence[PolicyRun], cfg: CompareConfig, out: Path) -> d
                     writer = csv.DictWriter(f, fieldnames=list(row))
                     writer.writeheader()
                 writer.writerow(row)
+    with (out / "runs.pkl").open("wb") as f:  # for `--merge` of runs made in parallel processes
+        pickle.dump([replace(r, results=_without_pmf(r.results)) for r in runs], f)
     png_path = out / "compare.png"
     _plot(runs, cfg, png_path)
     summary_path = out / "summary.md"
@@ -456,3 +561,16 @@ def _plot(runs: Sequence[PolicyRun], cfg: CompareConfig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _without_pmf(results: SimResults) -> SimResults:
+    return replace(results, pmf=[])
+
+
+def load_runs(directories: Sequence[Path]) -> list[PolicyRun]:
+    """Runs saved by `write_outputs` in several folders (one policy per process), in POLICIES order."""
+    runs: list[PolicyRun] = []
+    for directory in directories:
+        with (Path(directory) / "runs.pkl").open("rb") as f:
+            runs += pickle.load(f)
+    return sorted(runs, key=lambda r: POLICIES.index(r.name))
