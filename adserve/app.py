@@ -107,9 +107,11 @@ async def ready(request: Request) -> Response[dict[str, Any]]:
 
 def build_policy(settings: Settings) -> Policy:
     if settings.serving.policy == "vw":
-        from adserve.bandit.policy import VWPolicy
+        from adserve.bandit.policy import PolicyConfig, VWPolicy
 
-        return VWPolicy()
+        # until a champion is registered (and hot-swapped in by ModelWatcher), an untrained policy
+        # configured from [bandit]: it starts from the `ev` prior of the Interest namespace
+        return VWPolicy(PolicyConfig.from_dict(settings.bandit.policy_dict()))
     return EpsilonGreedyPolicy(settings.serving.epsilon)
 
 

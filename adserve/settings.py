@@ -101,6 +101,34 @@ class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     days: int = 90  # raw behaviour events (user_events) older than this are purged
 
 
+class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The VW bandit (`adserve.bandit.policy.PolicyConfig`) and its reward join and learner."""
+
+    exploration: Literal["squarecb", "epsilon_greedy", "softmax", "bagging"] = "squarecb"
+    top_k: int = 20
+    epsilon: float = 0.05
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+    softmax_lambda: float = 10.0
+    bag_size: int = 5
+    learning_rate: float = 0.5
+    bit_precision: int = 18
+    interactions: list[str] = msgspec.field(default_factory=lambda: ["SA", "VA", "SI"])
+    seed: int = 0
+    revenue_scale: float = 1.0
+    conversion_weight: float = 0.0
+    reward_window_s: float = 1800.0
+    learn_batch_max: int = 50_000
+
+    def policy_dict(self) -> dict[str, Any]:
+        """The `PolicyConfig.from_dict` input (this section less the join and learner settings)."""
+        data = msgspec.structs.asdict(self)
+        for name in ("reward_window_s", "learn_batch_max", "revenue_scale", "conversion_weight"):
+            data.pop(name)
+        data["cost"] = {"revenue_scale": self.revenue_scale, "conversion_weight": self.conversion_weight}
+        return data
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Literal["dev", "test", "prod"] = "dev"
     secret_key: str = ""
@@ -115,6 +143,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     demo: DemoSettings = msgspec.field(default_factory=DemoSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    bandit: BanditSettings = msgspec.field(default_factory=BanditSettings)
 
     @property
     def uses_embedded_database(self) -> bool:
