@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adserve.admin import schemas
 from adserve.admin.analytics import AnalyticsController
 from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
+from adserve.admin.ope import OpeController
 from adserve.admin.operations import JobsController, ReportsController
 from adserve.admin.services import (
     AdvertiserService,
@@ -394,6 +395,7 @@ admin_router = Router(
         JobsController,
         ReportsController,
         AnalyticsController,
+        OpeController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
     guards=[requires_staff],
