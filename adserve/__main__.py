@@ -250,15 +250,59 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.learning.bandit import join_rewards_once, learn_once
+
+    url = _migrate(settings)
+    joined = asyncio.run(join_rewards_once(url, reward_window_s=settings.bandit.reward_window_s))
+    print(f"reward join: {joined} decisions labelled (reward window {settings.bandit.reward_window_s:g} s)")
+    row = asyncio.run(learn_once(url, settings, seed=args.seed))
+    if row is None:
+        print("nothing new to learn (no un-learned rewarded decisions, or another learner is running)")
+        return 0
+    metrics = row.metrics
+    print(
+        f"learned {metrics['examples']} decisions ({metrics['clicks']} clicks, revenue {metrics['revenue']:.4f}) "
+        f"on top of {metrics['base_version'] or 'a fresh policy'}; "
+        f"{metrics['examples_learned']} examples in this model"
+    )
+    for name, gate in (metrics.get("gate") or {}).items():
+        snips = gate["snips_revenue"]
+        print(f"  gate {name:8} SNIPS revenue/decision {snips['value']} [{snips['low']}, {snips['high']}]")
+    print(f"bandit {row.version}: {row.status} ({row.reason}) at {row.path}")
+    return 0
+
+
 def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
     from adserve.bandit.obd import format_table, run_obd
 
     if not args.obd:
-        raise UserError("give --obd DIR (off-policy evaluation of logged decisions is `adserve ope --obd`)")
+        return _ope_logs(args, settings)
     result = run_obd(Path(args.obd), seed=args.seed)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _ope_logs(args: argparse.Namespace, settings: Settings) -> int:
+    """`adserve ope` without --obd: the bandit's logged decisions in Postgres (last --days)."""
+    from datetime import UTC, datetime, timedelta
+
+    from adserve.bandit.ope import format_table
+    from adserve.learning.bandit import ope_from_logs
+
+    url = _migrate(settings)
+    until = datetime.now(UTC)
+    since = until - timedelta(days=args.days)
+    report = asyncio.run(
+        ope_from_logs(url, since, until, args.challenger, args.interest_model, seed=args.seed)
+    )
+    print(f"{report.n} rewarded decisions from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC")
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
         print(f"wrote {args.json}")
     return 0
 
@@ -364,7 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     ope.add_argument("--obd", help="an Open Bandit Dataset campaign folder")
     ope.add_argument("--json", help="also write the estimates as JSON here")
     ope.add_argument("--seed", type=int, default=0)
+    ope.add_argument(
+        "--days", type=float, default=7.0, help="without --obd: logged decisions of the last N days"
+    )
+    ope.add_argument("--challenger", help="without --obd: a saved bandit policy folder to evaluate")
+    ope.add_argument("--interest-model", help="without --obd: an interest model folder as DR's reward model")
     ope.set_defaults(run=cmd_ope)
+
+    learn = commands.add_parser("learn", help="bandit: reward join and one learning step")
+    learn.add_argument("--seed", type=int, default=0)
+    learn.set_defaults(run=cmd_learn)
 
     models = commands.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
