@@ -87,13 +87,13 @@ LEFT JOIN rewards r ON r.decision_id = d.id
 LEFT JOIN impressions i ON i.decision_id = d.id
 LEFT JOIN campaigns c ON c.id = d.campaign_id
 WHERE r.decision_id IS NULL AND d.chosen_creative_id IS NOT NULL
-  AND d.ts >= $1 - make_interval(secs => $3) AND d.ts <= $1
-  AND (d.ts < $1 - make_interval(secs => $2)
+  AND d.ts >= $1::timestamptz - make_interval(secs => $3::float8) AND d.ts <= $1::timestamptz
+  AND (d.ts < $1::timestamptz - make_interval(secs => $2::float8)
        OR EXISTS (SELECT 1 FROM clicks k
-                  WHERE k.decision_id = d.id AND k.valid AND k.ts >= d.ts AND k.ts <= $1
-                    AND k.ts <= d.ts + make_interval(secs => $2)))
+                  WHERE k.decision_id = d.id AND k.valid AND k.ts >= d.ts AND k.ts <= $1::timestamptz
+                    AND k.ts <= d.ts + make_interval(secs => $2::float8)))
 ORDER BY d.ts
-LIMIT $4
+LIMIT $4::bigint
 """
 
 INSERT_REWARDS_SQL = """
@@ -111,9 +111,10 @@ SELECT d.id, d.ts, d.user_id, d.context, d.candidate_ids, d.scores, d.pmf, d.cho
 FROM rewards r
 JOIN decisions d ON d.id = r.decision_id
 LEFT JOIN placements p ON p.id = d.placement_id
-WHERE r.decision_ts >= $1 AND r.decision_ts < $2 AND (NOT $3 OR NOT r.learned)
+WHERE r.decision_ts >= $1::timestamptz AND r.decision_ts < $2::timestamptz
+  AND (NOT $3::bool OR NOT r.learned)
 ORDER BY r.decision_ts, r.decision_id
-LIMIT $4
+LIMIT $4::bigint
 """
 
 CANDIDATES_SQL = """
