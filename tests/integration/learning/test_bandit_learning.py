@@ -328,9 +328,11 @@ async def test_cli_learn_and_ope(client, world, database_url, tmp_path) -> None:
         return done.stdout
 
     learned = run("learn")
+    print(learned)  # shown with -s: what an operator sees
     assert "reward join: " in learned and "bandit " in learned and "learned " in learned, learned
     assert (tmp_path / "models" / "bandit").is_dir()
     evaluated = run("ope", "--days", "1", "--json", str(tmp_path / "ope.json"))
+    print(evaluated)
     assert "| policy | estimator |" in evaluated and "| logging | SNIPS |" in evaluated
     assert "| greedy | DR |" in evaluated and "| champion | IPS |" in evaluated
     data = msgspec.json.decode((tmp_path / "ope.json").read_bytes())
@@ -351,3 +353,21 @@ async def test_admin_ope_endpoint_is_admin_only(client, world, tenants) -> None:
     forbidden = await client.get("/admin/v1/ope?days=1", headers=bearer(tenants.a.manager_key))
     assert forbidden.status_code == 403
     assert (await client.get("/admin/v1/ope?days=0", headers=bearer(tenants.admin_key))).status_code == 400
+
+
+async def test_scheduled_job_joins_and_learns_through_its_context(
+    client, world, database_url, settings, sessionmaker
+) -> None:
+    from adserve.jobs.tasks import JobContext, learn_bandit
+
+    page = await serve(client, [world["first"]], "job-shopper")
+    await impress(client, page[0])
+    await click(client, page[0])
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=2)
+    try:
+        figures = await learn_bandit(JobContext(database_url, settings, pool, sessionmaker))
+    finally:
+        await pool.close()
+    assert figures["join"]["joined"] >= 1 and figures["join"]["clicked"] >= 1
+    assert figures["learn"]["learned"] >= 1 and figures["learn"]["status"] in ("champion", "rejected")
+    msgspec.json.encode(figures)  # recorded on the job_runs row as JSON
