@@ -59,7 +59,8 @@ simulated logs (warm start; hidden 32, 1 block, histories of 50 events, 4 next-i
 epochs, newest 60,000 impressions); before its first version (5,000 decisions) the policies that
 need it serve uniformly. The interest model's P(click) is its click head's logit plus its
 next-item head's log-probability of the creative's linked products, combined by a logistic fit
-on the newest 15,000 impressions at each retrain (`InterestAffinityScorer`). VW (`cb_explore_adf --squarecb`, gamma_scale 100) learns every outcome
+on the newest 15,000 impressions at each retrain (`InterestAffinityScorer`). VW
+(`cb_explore_adf --squarecb`, gamma_scale 100) learns every outcome
 online with reward = click. "× oracle" is the realised CTR over the last 20% divided by the CTR
 oracle's expected CTR on the same requests; "expected" uses the oracle's P(click) of the chosen ad
 (same mean, less noise). Regret: expected clicks lost to the oracle over the whole run.
