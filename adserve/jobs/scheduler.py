@@ -30,7 +30,6 @@ from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
 from adserve.jobs.runs import JobMetrics, RetryPolicy, process_identity, run_recorded
 from adserve.jobs.tasks import (
     JobContext,
-    bandit_learning_available,
     learn_bandit,
     purge_user_events,
     reset_daily_budgets,
@@ -75,9 +74,8 @@ def job_specs(settings: Settings) -> list[JobSpec]:
             "retention_purge", jobs.purge_s, lambda c: purge_user_events(c.pool, settings.retention.days)
         ),
         JobSpec("interest_retrain", jobs.retrain_s, retrain_interest),
+        JobSpec("bandit_learning", jobs.bandit_s, learn_bandit),
     ]
-    if bandit_learning_available():
-        specs.append(JobSpec("bandit_learning", jobs.bandit_s, learn_bandit))
     return specs
 
 

@@ -10,8 +10,6 @@ stores the costs, so a scheduled pass would only repeat that work.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adserve.jobs.gate import apply_gate
+from adserve.learning.bandit import join_rewards_once, learn_once
 from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
@@ -32,9 +31,7 @@ if TYPE_CHECKING:
     from adserve.settings import Settings
 
 __all__ = [
-    "BANDIT_MODULE",
     "JobContext",
-    "bandit_learning_available",
     "learn_bandit",
     "purge_user_events",
     "reset_daily_budgets",
@@ -44,7 +41,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BANDIT_MODULE = "adserve.learning.bandit"
 PURGE_BATCH = 10_000
 
 
@@ -211,14 +207,8 @@ async def retrain_interest(context: JobContext) -> dict[str, Any]:
     }
 
 
-def bandit_learning_available() -> bool:
-    return importlib.util.find_spec(BANDIT_MODULE) is not None
-
-
 async def learn_bandit(context: JobContext) -> dict[str, Any]:
-    """Hook for the bandit's learning loop (`adserve.learning.bandit`, written separately):
-    `join_rewards_once(context)` then `learn_once(context)`, each returning figures or None."""
-    module = importlib.import_module(BANDIT_MODULE)
-    joined = await module.join_rewards_once(context) or {}
-    learned = await module.learn_once(context) or {}
+    """The bandit's learning loop: label what the reward window closed on, then one VW step."""
+    joined = await join_rewards_once(context) or {}
+    learned = await learn_once(context) or {}
     return {"join": joined, "learn": learned}
