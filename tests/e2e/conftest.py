@@ -18,6 +18,17 @@ import pytest
 from tests.integration.conftest import sessionmaker, settings, tenants  # noqa: F401 - re-exported fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
+# Debian's Chromium, started the way this machine allows (no sandbox as root, no background
+# connections to a network that is not there).
+CHROMIUM = os.environ.get("ADSERVE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 import uuid
@@ -28,7 +27,7 @@ from adserve.db.engine import create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
 from adserve.demo import seed_demo_catalog
 from adserve.serving import pages
-from tests.e2e.conftest import run_server
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, run_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,15 +38,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("ADSERVE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # HeadlessChrome's own user agent is (rightly) a bot to the click validator.
 DESKTOP_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"

@@ -28,7 +28,7 @@ from adserve.admin.services import (
 )
 from adserve.db.engine import create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
-from tests.e2e.conftest import run_server
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, run_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -37,15 +37,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("ADSERVE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 )
