@@ -4,11 +4,9 @@ answers 2xx, and once Postgres is back every row is present exactly once."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -16,10 +14,9 @@ import pytest
 
 from adserve.admin import schemas
 from adserve.admin.services import AdvertiserService, CampaignService, CreativeService, PlacementService
-from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn, create_engine, sessionmaker_for
-from adserve.db.migrate import upgrade
+from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
 from tests.e2e.conftest import run_server
-from tests.integration.events.test_writer_faults import PrivatePostgres
+from tests.private_postgres import private_postgres_server
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +25,7 @@ BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/53
 
 @pytest.fixture(scope="module")
 def private_postgres():
-    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="adserve-serving-faults-pg-")))
-    url = embedded.start()
-    upgrade(url)
-    yield PrivatePostgres(embedded.data_dir, url)
-    if not (embedded.data_dir / "postmaster.pid").exists():
-        PrivatePostgres(embedded.data_dir, url).start()
-    embedded.stop()
+    yield from private_postgres_server("adserve-serving-faults-pg-")
 
 
 async def seed(url: str, settings) -> str:

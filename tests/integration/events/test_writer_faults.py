@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
 
-from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn
-from adserve.db.migrate import upgrade
+from adserve.db.engine import asyncpg_dsn
 from adserve.events.writer import LogWriter
 from adserve.settings import WriterSettings
 from tests.integration.events.rows import click_row, create_campaign, decision_row, event_row, impression_row
+from tests.private_postgres import PrivatePostgres, private_postgres_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,41 +30,9 @@ IMPRESSION_COST = 0.01
 CLICK_COST = 0.05
 
 
-@dataclass
-class PrivatePostgres:
-    """An embedded server this module may stop and start; pg_ctl runs as pgserver does (as the
-    `pgserver` system user when we are root)."""
-
-    data_dir: Path
-    url: str
-
-    def _pg_ctl(self, args: list[str]) -> None:
-        from pgserver._commands import pg_ctl
-
-        pg_ctl(args, pgdata=self.data_dir, user="pgserver" if os.geteuid() == 0 else None, timeout=30)
-
-    def stop(self) -> None:
-        self._pg_ctl(["-w", "-m", "fast", "stop"])
-
-    def start(self) -> None:
-        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-        self._pg_ctl(
-            ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.data_dir / "log"), "start"]
-        )
-
-
 @pytest.fixture(scope="module")
 def private_postgres():
-    # Not under pytest's basetemp: any pytest run on this machine resets /tmp/pytest-of-<user>
-    # to mode 0700, which locks the `pgserver` user out of its data folder mid-test.
-    embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="adserve-faults-pg-")))
-    url = embedded.start()
-    upgrade(url)
-    server = PrivatePostgres(embedded.data_dir, url)
-    yield server
-    if not (embedded.data_dir / "postmaster.pid").exists():
-        server.start()  # so that pgserver's own cleanup stops it normally
-    embedded.stop()
+    yield from private_postgres_server("adserve-faults-pg-")
 
 
 @contextlib.asynccontextmanager
