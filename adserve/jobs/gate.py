@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adserve.jobs.runs import json_safe
 from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ async def apply_gate(
     path = Path(path)
     champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
     decision = decide(HoldoutFigures.from_dict(pair["challenger"]), champion)
-    metrics = {**_metrics(path), "gate": dict(pair)}
+    # NaN (a log loss on a holdout without clicks) is JSON null: Postgres rejects the NaN token.
+    metrics = json_safe({**_metrics(path), "gate": dict(pair)})
     async with sessionmaker() as session:
         registry = Registry(session)
         await registry.register("interest", path.name, str(path), metrics)

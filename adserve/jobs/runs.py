@@ -4,6 +4,9 @@ A run row is inserted as ``running`` when an attempt starts and finished as ``ok
 figures) or ``failed`` (with the exception's type and message, never its arguments or context,
 which may hold user ids). Each attempt is its own row, so retries are visible. Exceptions never
 escape `run_recorded`: the scheduler keeps running whatever a job does.
+
+Figures are stored as JSON that Postgres accepts: NaN and infinities (a log loss or a CTR before
+any click) become null (`json_safe`), so a job's own numbers can never fail its run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -23,7 +27,15 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ["JobMetrics", "RetryPolicy", "error_text", "process_identity", "run_recorded"]
+__all__ = [
+    "JobMetrics",
+    "RetryPolicy",
+    "error_text",
+    "figures_json",
+    "json_safe",
+    "process_identity",
+    "run_recorded",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +78,35 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:MAX_ERROR_CHARS]
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON null), recursively.
+
+    Postgres's json types reject the `NaN`/`Infinity` tokens Python's json module writes by
+    default ("invalid input syntax for type json"). NumPy scalars become Python numbers first.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return json_safe(value.item() if getattr(value, "ndim", 0) == 0 else value.tolist())
+    return value
+
+
+def figures_json(figures: dict[str, Any]) -> str:
+    """A job's figures as a JSON document for a jsonb column (non-finite floats as null)."""
+    return json.dumps(json_safe(figures), default=str, allow_nan=False)
+
+
 async def _start_row(pool: asyncpg.Pool, job: str, figures: dict[str, Any]) -> int:
     return await pool.fetchval(
         "INSERT INTO job_runs (job, started_at, status, figures) VALUES ($1, $2, 'running', $3::jsonb) "
         "RETURNING id",
         job,
         datetime.now(UTC),
-        json.dumps(figures),
+        figures_json(figures),
     )
 
 
@@ -84,7 +118,7 @@ async def _finish_row(
         run_id,
         datetime.now(UTC),
         status,
-        json.dumps(figures, default=str),
+        figures_json(figures),
         error,
     )
 
