@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -82,9 +83,58 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# What serves, named the way settings name it (serving.scorer / serving.policy).
+_SERVING_KINDS = {"EmpiricalCTRScorer": "empirical", "EpsilonGreedyPolicy": "epsilon_greedy"}
+
+
+def _serving_kind(component: object) -> str:
+    module, name = type(component).__module__, type(component).__name__
+    if module.startswith("adserve.interest."):
+        return "interest"
+    if module.startswith("adserve.bandit."):
+        return "vw"
+    return _SERVING_KINDS.get(name, name)
+
+
+def _click_trained(scorer: object) -> bool | None:
+    """Whether the scorer's interest model has a trained click head (None: not an interest model)."""
+    for candidate in (scorer, getattr(scorer, "current", None)):
+        with contextlib.suppress(Exception):
+            trained = getattr(candidate, "click_trained", None)
+            if trained is not None:
+                return bool(trained)
+    return None
+
+
+def _serving(state: Any) -> dict[str, Any]:
+    """The scorer and policy the decision pipeline uses right now (hot-swapped objects), and the
+    champion versions this process has loaded; the registry's champion may not be serving yet."""
+    pipeline = getattr(state, "pipeline", None)
+    if pipeline is None:
+        return {}
+    scorer, policy = pipeline.scorer, pipeline.policy
+    return {
+        "scorer": {
+            "kind": _serving_kind(scorer),
+            "version": str(scorer.version),
+            "click_trained": _click_trained(scorer),
+        },
+        "policy": {
+            "kind": _serving_kind(policy),
+            "version": str(policy.version),
+            "examples_learned": getattr(policy, "examples_learned", None),
+        },
+        "champions_loaded": dict(getattr(getattr(state, "models", None), "serving", {}) or {}),
+    }
+
+
 @get("/ready", media_type=MediaType.JSON, tags=["operations"])
 async def ready(request: Request) -> Response[dict[str, Any]]:
-    """The database answers and its schema is at the migrations' head; 503 otherwise."""
+    """The database answers and its schema is at the migrations' head; 503 otherwise.
+
+    `serving` says what the decision pipeline serves now: the scorer and policy kinds and
+    versions (and whether the interest model's click head is trained), beside the champion
+    versions this process has loaded."""
     state = request.app.state
     checks: dict[str, Any] = {}
     try:
@@ -100,7 +150,7 @@ async def ready(request: Request) -> Response[dict[str, Any]]:
         checks.update(state.models.readiness())
     ok = all(value == "ok" for value in checks.values())
     return Response(
-        {"status": "ok" if ok else "unavailable", "checks": checks},
+        {"status": "ok" if ok else "unavailable", "checks": checks, "serving": _serving(state)},
         status_code=200 if ok else HTTP_503_SERVICE_UNAVAILABLE,
     )
 
