@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,13 +120,48 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import subprocess
+# `adserve demo` learns while you watch: rewards close a minute after the decision, the bandit
+# learns every 30 s and the interest model retrains every 2.5 min on the last day of logs with a
+# short schedule, so within minutes a model with a trained click head serves. Rollups every
+# minute keep the dashboard's reports moving. Explicit ADSERVE_* settings in the environment win.
+DEMO_ENVIRONMENT = {
+    "ADSERVE_JOBS_ENABLED": "true",
+    "ADSERVE_BANDIT_REWARD_WINDOW_S": "60",
+    "ADSERVE_JOBS_BANDIT_S": "30",
+    "ADSERVE_JOBS_RETRAIN_S": "150",
+    "ADSERVE_JOBS_RETRAIN_DAYS": "1",
+    "ADSERVE_JOBS_RETRAIN_MAX_EPOCHS": "5",
+    "ADSERVE_JOBS_RETRAIN_TIMEOUT_S": "600",
+    "ADSERVE_JOBS_ROLLUP_RECENT_S": "60",
+}
 
+
+def _demo_terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends the demo the way Ctrl-C does: by unwinding, so the simulated shoppers are
+    stopped and the embedded Postgres is shut down (pgserver stops it at interpreter exit)."""
+    raise SystemExit(128 + signum)
+
+
+def _stop_child(child: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from adserve.demo import create_admin_key
     from adserve.sim.live import seed_sim_catalog
     from adserve.sim.world import World, WorldConfig
 
+    # Uvicorn handles SIGTERM (graceful shutdown) and then raises it again; without a handler of
+    # ours that second SIGTERM killed the process outright, leaving the shoppers and Postgres up.
+    signal.signal(signal.SIGTERM, _demo_terminated)
+    for name, value in DEMO_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     url = _migrate(settings)
     world = World(WorldConfig(seed=settings.demo.seed))
 
@@ -138,29 +175,32 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"admin key (shown once): {key}")
     print(f"admin API: http://{host}:{port}/admin/v1/campaigns  ·  OpenAPI: http://{host}:{port}/schema")
     print(f"shop page: http://{host}:{port}/demo")
-    # The scheduler on a fast cadence, so the bandit learns and the interest model retrains while
-    # you watch (explicit ADSERVE_JOBS_* settings win).
-    os.environ.setdefault("ADSERVE_JOBS_ENABLED", "true")
-    os.environ.setdefault("ADSERVE_JOBS_BANDIT_S", "15")
-    os.environ.setdefault("ADSERVE_JOBS_RETRAIN_S", "300")
+    print(
+        "learning: reward window {ADSERVE_BANDIT_REWARD_WINDOW_S} s, bandit every {ADSERVE_JOBS_BANDIT_S} s, "
+        "interest model retrained every {ADSERVE_JOBS_RETRAIN_S} s".format(**os.environ)
+    )
     driver = None
-    if not args.no_sim:
-        client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        command = [sys.executable, "-m", "adserve.sim.live", "--url", f"http://{client_host}:{port}",
-                   "--key", key, "--seed", str(settings.demo.seed), "--rate", str(args.sim_rate)]  # fmt: skip
-        print(f"simulated shoppers: {args.sim_rate:g} pages/s in the background; a progress line every 5 s")
-        sys.stdout.flush()
-        driver = subprocess.Popen(command)
-    sys.stdout.flush()
     try:
+        if not args.no_sim:
+            client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            command = [sys.executable, "-m", "adserve.sim.live", "--url", f"http://{client_host}:{port}",
+                       "--key", key, "--seed", str(settings.demo.seed), "--rate", str(args.sim_rate),
+                       "--parent-pid", str(os.getpid())]  # fmt: skip
+            print(
+                f"simulated shoppers: {args.sim_rate:g} pages/s in the background; a progress line every 5 s"
+            )
+            sys.stdout.flush()
+            driver = subprocess.Popen(command)
+        sys.stdout.flush()
         _serve(settings, host, port, 1)
+    except KeyboardInterrupt:
+        return 130
     finally:
+        # A second Ctrl-C or SIGTERM must not interrupt the clean-up.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if driver is not None:
-            driver.terminate()
-            try:
-                driver.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                driver.kill()
+            _stop_child(driver)
     return 0
 
 
