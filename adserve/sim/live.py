@@ -5,22 +5,37 @@ targeting), creatives (banners served by the app) and placements through the adm
 
 `python -m adserve.sim.live --url URL --key ADMIN_KEY` (started by `adserve demo` in its own
 process, so it never slows the server's event loop) waits for `/ready`, then replays the world's
-traffic through the real HTTP API at a modest rate: behaviour events, decisions, the impression
-URL of every served ad and, when the oracle's draw says so, its click URL. Every few seconds it
-prints one line: decisions served, CTR so far and over the last window, what the oracle and a
-uniform-random policy would expect on the same requests, and the serving model versions.
+traffic through the real HTTP API at a modest rate: behaviour events, decisions, then what a
+browser running the ad tag does. Its requests carry a browser's User-Agent (one per simulated
+device) and headers, so the service's bot filter has no reason to reject them. The tag fires an
+ad's impression URL once the ad has been viewable for one second, so the driver fires it one
+second after the decision; when the simulator's click model (`Traffic.outcome`: the oracle's
+P(click) against the request's own draw) says the shopper clicks, the click URL follows at the
+model's click time, never sooner than a second after the impression was recorded. Impressions
+and clicks wait in a small queue fired when due, so the page rate is kept. Every drawn click is a
+valid click in Postgres: the progress line prints both counts (drawn and fired by the driver;
+valid clicks, impressions, CTR and spend as the service recorded them), and reads what serves
+from `/ready`'s `serving` object (the scorer and policy the pipeline uses now).
+
+Every few seconds it prints one line: decisions served, CTR so far and over the last window
+(with what the oracle and a uniform-random policy would expect on the same requests), clicks
+drawn and fired, the service's own figures and the scorer and policy serving.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
+import os
+import signal
 import sys
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -120,8 +135,46 @@ async def seed_sim_catalog(session: AsyncSession, world: World) -> int:
     return len(world.creatives)
 
 
+# Browsers as the simulated devices use them (current stable releases).
+BROWSER_USER_AGENTS = {
+    "desktop": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.0.0 Safari/537.36"
+    ),
+    "mobile": (
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0.0.0 Mobile Safari/537.36"
+    ),
+    "tablet": (
+        "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Mobile/15E148 Safari/604.1"
+    ),
+}
+BROWSER_HEADERS = {"Accept-Language": "en-US,en;q=0.9", "Accept-Encoding": "gzip, deflate"}
+IMAGE_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
+PAGE_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+VIEWABLE_S = 1.0  # the tag fires the impression after one continuous second in view
+CLICK_AFTER_IMPRESSION_S = 1.0  # a click lands at least this long after its impression was recorded
+DRAIN_TIMEOUT_S = 60.0
+SERVICE_DAYS = 2  # /admin/v1/analytics/daily window read for the service's own figures
+
+
+@dataclass(order=True, slots=True)
+class _Pending:
+    """An impression or a click of a served ad, due at `due` (time.monotonic())."""
+
+    due: float
+    seq: int
+    kind: str = field(compare=False)  # "impression" | "click"
+    url: str = field(compare=False)
+    user_agent: str = field(compare=False)
+    # impressions of a drawn click: its URL and its time after the decision (the click model's)
+    click_url: str | None = field(default=None, compare=False)
+    click_delay_s: float | None = field(default=None, compare=False)
+
+
 class LiveDriver:
-    """Replays a world's traffic through the HTTP API and keeps the running score."""
+    """Replays a world's traffic through the HTTP API like browsers would; keeps the running score."""
 
     def __init__(
         self,
@@ -129,7 +182,7 @@ class LiveDriver:
         admin_key: str,
         world: World,
         rate: float = 20.0,
-        window: int = 500,
+        window: int = 2000,
         out: TextIO | None = None,
     ) -> None:
         import httpx
@@ -140,15 +193,25 @@ class LiveDriver:
         self.traffic = Traffic(world, self.oracle)
         self.rate = rate
         self.out = out or sys.stdout
-        self.client = httpx.Client(base_url=self.url, timeout=10.0)
+        headers = {**BROWSER_HEADERS, "User-Agent": BROWSER_USER_AGENTS["desktop"]}
+        self.client = httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
         self.admin = {"Authorization": f"Bearer {admin_key}"}
         self.creatives: dict[int, int] = {}  # database creative id -> sim creative id
         self.decisions = 0
-        self.clicks = 0
+        self.clicks = 0  # drawn by the simulator's click model
+        self.impressions_fired = 0
+        self.clicks_fired = 0
         self.errors = 0
         self.oracle_sum = 0.0
         self.uniform_sum = 0.0
-        self.recent: deque[bool] = deque(maxlen=window)
+        # (clicked, P(click) of the served ad, oracle's best, uniform's mean) of the last decisions
+        self.recent: deque[tuple[bool, float, float, float]] = deque(maxlen=window)
+        self.pending: list[_Pending] = []
+        self._seq = 0
+        self._service_base: tuple[int, int, float] | None = None
+        self.parent_pid: int | None = None  # stop as soon as this process is no longer our parent
+
+    # -- the service ---------------------------------------------------------------------------
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -175,20 +238,105 @@ class LiveDriver:
             if not page["items"] or offset >= page.get("total", offset):
                 return
 
-    def model_versions(self) -> str:
+    def serving(self) -> dict[str, Any] | None:
+        """`/ready`'s `serving` object: the scorer and policy the pipeline uses right now."""
         try:
-            items = self.client.get("/admin/v1/models", params={"limit": 100}, headers=self.admin).json()[
-                "items"
-            ]
+            return self.client.get("/ready").json().get("serving") or None
         except Exception:
-            return "models ?"
-        serving = {i["kind"]: i["version"] for i in items if i.get("status") == "champion"}
-        interest = serving.get("interest", "none yet")
-        bandit = serving.get("bandit", "none yet")
-        return f"interest {interest} · bandit {bandit}"
+            return None
+
+    def model_versions(self) -> str:
+        serving = self.serving()
+        if not serving or "scorer" not in serving:
+            return "serving ?"
+        scorer, policy = serving["scorer"], serving["policy"]
+        head = " (click head)" if scorer.get("click_trained") else ""
+        learned = policy.get("examples_learned")
+        learned_text = f" ({learned:,} learned)" if policy.get("kind") == "vw" and learned else ""
+        return (
+            f"serving scorer {scorer['kind']} {scorer['version']}{head} · "
+            f"policy {policy['kind']} {policy['version']}{learned_text}"
+        )
+
+    def service_totals(self) -> tuple[int, int, float] | None:
+        """(impressions, valid clicks, spend) the service recorded over the last days, live."""
+        try:
+            response = self.client.get(
+                "/admin/v1/analytics/daily", params={"days": SERVICE_DAYS}, headers=self.admin
+            )
+            items = response.json()["items"]
+        except Exception:
+            return None
+        return (
+            sum(int(i["impressions"]) for i in items),
+            sum(int(i["clicks"]) for i in items),
+            sum(float(i["spend"]) for i in items),
+        )
+
+    def service_figures(self) -> str:
+        totals = self.service_totals()
+        if totals is None or self._service_base is None:
+            return "service ?"
+        impressions, clicks, spend = (
+            now - base for now, base in zip(totals, self._service_base, strict=True)
+        )
+        ctr = clicks / impressions if impressions else 0.0
+        return f"service {impressions:,} impressions, {clicks:,} valid clicks ({ctr:.2%}), spend {spend:,.2f}"
+
+    # -- the browser ---------------------------------------------------------------------------
+
+    def _schedule(self, item: _Pending) -> None:
+        heapq.heappush(self.pending, item)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _fire(self, item: _Pending) -> None:
+        if item.kind == "impression":
+            response = self.client.get(
+                item.url, headers={"User-Agent": item.user_agent, "Accept": IMAGE_ACCEPT}
+            )
+            if response.status_code != 200:
+                self.errors += 1
+                return
+            self.impressions_fired += 1
+            if item.click_url is not None and item.click_delay_s is not None:
+                due = time.monotonic() + max(item.click_delay_s - VIEWABLE_S, CLICK_AFTER_IMPRESSION_S)
+                self._schedule(_Pending(due, self._next_seq(), "click", item.click_url, item.user_agent))
+            return
+        response = self.client.get(
+            item.url,
+            headers={"User-Agent": item.user_agent, "Accept": PAGE_ACCEPT},
+            follow_redirects=False,
+        )
+        if response.status_code != 302:
+            self.errors += 1
+            return
+        self.clicks_fired += 1
+
+    def fire_due(self, now: float | None = None) -> None:
+        """Fires every queued impression and click whose time has come, oldest first."""
+        now = time.monotonic() if now is None else now
+        while self.pending and self.pending[0].due <= now:
+            item = heapq.heappop(self.pending)
+            try:
+                self._fire(item)
+            except Exception as error:  # a restart or a timeout must not end the demo
+                self.errors += 1
+                print(f"[sim] {item.kind} failed: {type(error).__name__}: {error}", file=self.out, flush=True)
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Waits for the queued impressions and clicks and fires them (the end of a bounded run)."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(self.pending[0].due - time.monotonic(), 0.5)))
+            self.fire_due()
 
     def step(self, page: PageView) -> None:
         user = page.user
+        user_agent = BROWSER_USER_AGENTS.get(user.device, BROWSER_USER_AGENTS["desktop"])
+        headers = {"User-Agent": user_agent}
         if page.events:
             now = datetime.now(UTC).isoformat()
             events = [
@@ -202,7 +350,11 @@ class LiveDriver:
                 }
                 for e in page.events
             ]  # fmt: skip
-            self.client.post("/v1/events", json={"events": events, "consent": user.consent})
+            response = self.client.post(
+                "/v1/events", json={"events": events, "consent": user.consent}, headers=headers
+            )
+            if response.status_code != 202:
+                self.errors += 1
         if not page.ad_requests:
             return
         body = {
@@ -216,10 +368,11 @@ class LiveDriver:
                 "geo": user.geo,
             },
         }
-        response = self.client.post("/v1/decisions", json=body)
+        response = self.client.post("/v1/decisions", json=body, headers=headers)
         if response.status_code != 200:
             self.errors += 1
             return
+        served_at = time.monotonic()
         requests = {r.placement.key: r for r in page.ad_requests}
         for decision in response.json()["decisions"]:
             request = requests.get(decision["placement"])
@@ -230,26 +383,42 @@ class LiveDriver:
             truth = self.oracle.click_probabilities(
                 user, [c.creative_id for c in eligible], request.placement, page.ts
             )
-            p = self.oracle.click_probability(
-                user, self.creatives[creative["id"]], request.placement, page.ts
+            outcome = self.traffic.outcome(page, request, self.creatives[creative["id"]])
+            click_delay = outcome.click_ts - page.ts if outcome.clicked and outcome.click_ts else None
+            self._schedule(
+                _Pending(
+                    served_at + VIEWABLE_S,
+                    self._next_seq(),
+                    "impression",
+                    decision["impression_url"],
+                    user_agent,
+                    decision["click_url"] if click_delay is not None else None,
+                    click_delay,
+                )
             )
-            clicked = request.click_draw < p
-            self.client.get(decision["impression_url"])
-            if clicked:
-                self.client.get(decision["click_url"], follow_redirects=False)
+            best = float(np.max(truth)) if len(truth) else outcome.click_probability
+            mean = float(np.mean(truth)) if len(truth) else outcome.click_probability
             self.decisions += 1
-            self.clicks += clicked
-            self.recent.append(clicked)
-            self.oracle_sum += float(np.max(truth)) if len(truth) else p
-            self.uniform_sum += float(np.mean(truth)) if len(truth) else p
+            self.clicks += outcome.clicked
+            self.recent.append((outcome.clicked, outcome.click_probability, best, mean))
+            self.oracle_sum += best
+            self.uniform_sum += mean
 
     def line(self) -> str:
         n = max(self.decisions, 1)
-        recent = sum(self.recent) / max(len(self.recent), 1)
+        window = max(len(self.recent), 1)
+        recent_ctr, recent_p, recent_best, recent_mean = (
+            (sum(values) / window for values in zip(*self.recent, strict=True))
+            if self.recent
+            else (0.0, 0.0, 0.0, 0.0)
+        )
         return (
-            f"[sim] decisions {self.decisions:,} · CTR {self.clicks / n:.2%} · last {len(self.recent)} "
-            f"{recent:.2%} · oracle {self.oracle_sum / n:.2%} · uniform {self.uniform_sum / n:.2%} · "
-            f"{self.model_versions()}" + (f" · errors {self.errors}" if self.errors else "")
+            f"[sim] decisions {self.decisions:,} · CTR {self.clicks / n:.2%} "
+            f"(oracle {self.oracle_sum / n:.2%}, uniform {self.uniform_sum / n:.2%}) · "
+            f"last {len(self.recent):,} {recent_ctr:.2%} (expected {recent_p:.2%}, oracle "
+            f"{recent_best:.2%}, uniform {recent_mean:.2%}) · clicks drawn {self.clicks:,}, "
+            f"fired {self.clicks_fired:,} · {self.service_figures()} · {self.model_versions()}"
+            + (f" · errors {self.errors}" if self.errors else "")
         )
 
     def run(
@@ -257,6 +426,7 @@ class LiveDriver:
     ) -> None:
         self.wait_ready()
         self.load_creatives()
+        self._service_base = self.service_totals()
         started = last_print = time.monotonic()
         for pages, page in enumerate(self.traffic, start=1):
             try:
@@ -265,6 +435,7 @@ class LiveDriver:
                 self.errors += 1
                 print(f"[sim] request failed: {type(error).__name__}: {error}", file=self.out, flush=True)
                 time.sleep(1.0)
+            self.fire_due()
             now = time.monotonic()
             if now - last_print >= every_s:
                 print(self.line(), file=self.out, flush=True)
@@ -273,9 +444,15 @@ class LiveDriver:
                 break
             if max_seconds is not None and now - started >= max_seconds:
                 break
-            ahead = pages / self.rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                print("[sim] adserve demo is gone; stopping", file=self.out, flush=True)
+                return
+            next_page = started + pages / self.rate
+            while (now := time.monotonic()) < next_page:  # queued impressions and clicks meanwhile
+                due = self.pending[0].due if self.pending else next_page
+                time.sleep(max(0.0, min(next_page, due) - now))
+                self.fire_due()
+        self.drain()
         print(self.line(), file=self.out, flush=True)
 
 
@@ -288,11 +465,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=5.0, help="seconds between progress lines")
     parser.add_argument("--max-decisions", type=int)
     parser.add_argument("--max-seconds", type=float)
+    parser.add_argument("--parent-pid", type=int, help="stop when this process (adserve demo) is gone")
     args = parser.parse_args(argv)
     driver = LiveDriver(args.url, args.key, World(WorldConfig(seed=args.seed)), rate=args.rate)
-    with contextlib.suppress(KeyboardInterrupt):
+    driver.parent_pid = args.parent_pid
+    # SIGTERM (from `adserve demo` shutting down, or a service manager) ends the run like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
         driver.run(args.every, args.max_decisions, args.max_seconds)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            print(
+                f"[sim] stopped: decisions {driver.decisions:,} · clicks drawn {driver.clicks:,}, "
+                f"fired {driver.clicks_fired:,}, {len(driver.pending)} impressions and clicks not yet due",
+                file=driver.out,
+                flush=True,
+            )
     return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -1,37 +1,78 @@
-"""`adserve demo`'s simulated shoppers against a real server: progress lines, served decisions."""
+"""`adserve demo` against a real server: its simulated shoppers behave like browsers (every click
+the simulator draws is a valid click in Postgres), its progress line shows what serves, it learns
+on a short cadence, and SIGTERM or SIGINT stops every process it started."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
+import httpx
+import psutil
 import pytest
 from sqlalchemy import text
 
-from adserve.db.engine import create_engine, sessionmaker_for
+from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
 from adserve.demo import create_admin_key
 from adserve.sim.live import seed_sim_catalog
 from adserve.sim.world import World, WorldConfig
-from tests.e2e.conftest import ROOT, run_server
+from tests.e2e.conftest import ROOT, free_port, run_server
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from adserve.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 LINE = re.compile(
-    r"^\[sim\] decisions (?P<n>[\d,]+) · CTR (?P<ctr>[\d.]+)% · last \d+ [\d.]+% · "
-    r"oracle (?P<oracle>[\d.]+)% · uniform (?P<uniform>[\d.]+)% · interest \S+.* · bandit \S+"
+    r"^\[sim\] decisions (?P<n>[\d,]+) · CTR (?P<ctr>[\d.]+)% "
+    r"\(oracle (?P<oracle>[\d.]+)%, uniform (?P<uniform>[\d.]+)%\) · "
+    r"last (?P<window>[\d,]+) (?P<last>[\d.]+)% \(expected [\d.]+%, oracle (?P<last_oracle>[\d.]+)%, "
+    r"uniform (?P<last_uniform>[\d.]+)%\) · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
+    r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
+    r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head\))? · "
+    r"policy (?P<policy>\S+) (?P<policy_version>\S+)"
+)
+STOPPED = re.compile(
+    r"^\[sim\] stopped: decisions [\d,]+ · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+)", re.M
 )
 
 
-async def test_demo_driver_prints_progress_against_a_real_server(
+def number(value: str) -> int:
+    return int(value.replace(",", ""))
+
+
+def progress_lines(output: str) -> list[re.Match[str]]:
+    lines = [line for line in output.splitlines() if line.startswith("[sim] decisions")]
+    matches = [LINE.match(line) for line in lines]
+    assert all(matches), [line for line, m in zip(lines, matches, strict=True) if not m][:3]
+    return matches  # type: ignore[return-value]
+
+
+async def click_counts(url: str) -> dict[str | None, int]:
+    """Stored clicks by invalid reason (None: valid)."""
+    connection = await asyncpg.connect(**asyncpg_dsn(url))
+    try:
+        rows = await connection.fetch("SELECT invalid_reason, count(*) AS n FROM clicks GROUP BY 1")
+    finally:
+        await connection.close()
+    return {row["invalid_reason"]: row["n"] for row in rows}
+
+
+async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_serves(
     fresh_database, settings: Settings, tmp_path: Path
 ) -> None:
     url = await fresh_database()
@@ -45,23 +86,209 @@ async def test_demo_driver_prints_progress_against_a_real_server(
             assert await seed_sim_catalog(session, world) == 0  # idempotent
 
         with run_server(url, tmp_path) as server:
+            serving = httpx.get(f"{server.url}/ready", timeout=5.0).json()["serving"]
             command = [sys.executable, "-m", "adserve.sim.live", "--url", server.url, "--key", key,
                        "--rate", "40", "--every", "2", "--max-seconds", "14"]  # fmt: skip
             done = await asyncio.to_thread(
-                subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=45
+                subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=150
             )
             assert done.returncode == 0, done.stderr[-3000:]
-            lines = [line for line in done.stdout.splitlines() if line.startswith("[sim] decisions")]
+            lines = progress_lines(done.stdout)
             assert len(lines) >= 3, done.stdout + done.stderr[-3000:]
-            last = LINE.match(lines[-1])
-            assert last, lines[-1]
-            assert int(last["n"].replace(",", "")) > 20
+            last = lines[-1]
+            assert number(last["n"]) > 20
             assert float(last["oracle"]) > float(last["uniform"]) > 0
-            assert "errors" not in lines[-1], lines[-1]
+            assert "errors" not in last.string, last.string
+            # what the pipeline serves, read from /ready's `serving` object
+            assert (last["scorer"], last["scorer_version"]) == (
+                serving["scorer"]["kind"],
+                serving["scorer"]["version"],
+            )
+            assert (last["policy"], last["policy_version"]) == (
+                serving["policy"]["kind"],
+                serving["policy"]["version"],
+            )
 
+        drawn = number(last["drawn"])
+        assert drawn > 0, last.string  # 14 s at 40 pages/s draws clicks from the oracle
+        assert number(last["fired"]) == drawn  # the run drains its queue of pending clicks
+        # the service's own count, as of the last line, at most the last few writes behind
+        assert drawn - 3 <= number(last["valid"]) <= drawn
+        # the server has stopped (its writer flushed): the browser-like shopper's clicks all count
+        assert await click_counts(url) == {None: drawn}
         async with sessionmaker_for(engine)() as session:
             decisions = (await session.execute(text("SELECT count(*) FROM decisions"))).scalar()
             impressions = (await session.execute(text("SELECT count(*) FROM impressions"))).scalar()
-        assert decisions > 20 and impressions > 20
+        assert impressions == number(last["n"]) and decisions >= impressions
     finally:
         await engine.dispose()
+
+
+# -- `adserve demo` itself ------------------------------------------------------------------------
+
+
+class Demo:
+    def __init__(self, root: Path, port: int, process: subprocess.Popen, log_path: Path) -> None:
+        self.root, self.port, self.process, self.log_path = root, port, process, log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ready(self) -> dict[str, Any] | None:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = httpx.get(f"{self.url}/ready", timeout=2.0)
+            if response.status_code == 200:
+                return response.json()
+        return None
+
+    def wait_for(self, condition, timeout_s: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"adserve demo exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                )
+            value = condition()
+            if value:
+                return value
+            time.sleep(1.0)
+        raise AssertionError(f"no {what} after {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The demo's descendants, and every process that runs on its temporary folder (the
+        embedded Postgres daemonises: it is nobody's child)."""
+        found = {p.pid: p for p in psutil.Process(self.process.pid).children(recursive=True)}
+        for process in psutil.process_iter(attrs=["cmdline"]):
+            if str(self.root) in " ".join(process.info["cmdline"] or []):
+                found[process.pid] = process
+                with contextlib.suppress(psutil.Error):
+                    found |= {child.pid: child for child in process.children(recursive=True)}
+        found.pop(self.process.pid, None)
+        return list(found.values())
+
+
+@contextlib.contextmanager
+def run_demo(extra_env: dict[str, str], sim_rate: float = 10.0) -> Iterator[Demo]:
+    # Not under pytest's basetemp: the `pgserver` system user (Postgres as root) must read it.
+    root = Path(tempfile.mkdtemp(prefix="adserve-demo-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADSERVE_JOBS_")}
+    env.pop("ADSERVE_DATABASE_URL", None)
+    env |= {
+        "ADSERVE_DATABASE_EMBEDDED_DIR": str(root / "pg"),
+        "ADSERVE_VAR_DIR": str(root / "var"),
+        "ADSERVE_WRITER_SPOOL_DIR": str(root / "spool"),
+        "ADSERVE_MODELS_DIR": str(root / "models"),
+        "ADSERVE_SERVER_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "ADSERVE_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
+    log_path = root / "demo.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "adserve", "demo", "--port", str(port), "--sim-rate", str(sim_rate)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    demo = Demo(root, port, process, log_path)
+    seen: list[psutil.Process] = []
+    try:
+        yield demo
+    finally:
+        with contextlib.suppress(psutil.Error):
+            seen = demo.processes()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for leftover in seen:  # never leave a process behind, even when the test failed
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_demo_stops_the_shoppers_and_the_embedded_postgres(signum: int) -> None:
+    with run_demo({}, sim_rate=5.0) as demo:
+        demo.wait_for(
+            lambda: "[sim] decisions" in demo.log() and demo.ready(), 180, "progress line from the shoppers"
+        )
+        children = demo.processes()
+        commands = [" ".join(p.cmdline()) for p in children]
+        assert any("adserve.sim.live" in c for c in commands), commands
+        assert any("postgres" in c and str(demo.root) in c for c in commands), commands
+
+        demo.process.send_signal(signum)
+        try:
+            returncode = demo.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"adserve demo did not stop within 60 s:\n{demo.log()[-4000:]}")
+        # unwound (exit status 128 + signal, or 130 for Ctrl-C), not killed by the signal
+        assert returncode in (0, 128 + signum), (returncode, demo.log()[-3000:])
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, [" ".join(p.cmdline()) for p in alive if p.is_running()]
+        assert "[sim] stopped" in demo.log()
+
+
+def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server_url: str) -> None:
+    """The mission, in minutes: an interest model with a trained click head and a learned VW
+    policy both serve, and every click the shoppers fired is a valid click in Postgres."""
+
+    async def fresh() -> tuple[str, str]:
+        name = f"adserve_demo_{os.getpid()}_{int(time.time())}"
+        connection = await asyncpg.connect(**asyncpg_dsn(postgres_server_url))
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+        base, _, query = postgres_server_url.partition("?")
+        return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else ""), name
+
+    url, name = asyncio.run(fresh())
+    cadence = {
+        "ADSERVE_DATABASE_URL": url,
+        "ADSERVE_BANDIT_REWARD_WINDOW_S": "20",
+        "ADSERVE_JOBS_BANDIT_S": "10",
+        "ADSERVE_JOBS_RETRAIN_S": "60",
+        "ADSERVE_JOBS_RETRAIN_MAX_EPOCHS": "3",
+        "ADSERVE_SERVING_MODEL_POLL_S": "2",
+    }
+    try:
+        with run_demo(cadence, sim_rate=20.0) as demo:
+
+            def both_serve() -> dict[str, Any] | None:
+                serving = (demo.ready() or {}).get("serving") or {}
+                scorer, policy = serving.get("scorer") or {}, serving.get("policy") or {}
+                interest = scorer.get("kind") == "interest" and scorer.get("click_trained") is True
+                vw = policy.get("kind") == "vw" and policy.get("version") not in (None, "untrained")
+                return serving if interest and vw else None
+
+            serving = demo.wait_for(
+                both_serve, 420, "interest model with a click head and a VW policy serving"
+            )
+            demo.wait_for(
+                lambda: progress_lines(demo.log())[-1]["head"], 30, "progress line with the click head"
+            )
+            last = progress_lines(demo.log())[-1]
+            assert last["scorer"] == "interest" and last["policy"] == "vw", last.string
+            assert serving["champions_loaded"].get("interest") == serving["scorer"]["version"]
+            demo.process.send_signal(signal.SIGTERM)
+            demo.process.wait(timeout=60)
+            stopped = STOPPED.search(demo.log())
+            assert stopped, demo.log()[-3000:]
+        # every click the shoppers fired counts; none was judged a bot or early
+        assert asyncio.run(click_counts(url)) == {None: number(stopped["fired"])}
+        assert number(stopped["fired"]) > 0
+    finally:
+
+        async def drop() -> None:
+            connection = await asyncpg.connect(**asyncpg_dsn(postgres_server_url))
+            try:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await connection.close()
+
+        asyncio.run(drop())
