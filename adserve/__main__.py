@@ -380,7 +380,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     policies = tuple(args.policies.split(",")) if args.policies else None
     extra = {"policies": policies} if policies else {}
-    config = CompareConfig(decisions=args.decisions, seed=args.seed, **extra)
+    config = CompareConfig.from_settings(settings, decisions=args.decisions, seed=args.seed, **extra)
     if args.merge:
         runs = load_runs([Path(d) for d in args.merge])
     else:

@@ -32,6 +32,7 @@ class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pool_size: int = 10
     max_overflow: int = 10
     echo: bool = False
+    statement_timeout_ms: int = 30000  # every connection's statement_timeout; 0 = the server's default
 
 
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -51,8 +52,8 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token_ttl_s: int = 86400
     catalog_refresh_s: float = 2.0
-    scorer: Literal["empirical", "interest"] = "empirical"
-    policy: Literal["epsilon_greedy", "vw"] = "epsilon_greedy"
+    scorer: Literal["empirical", "interest"] = "interest"
+    policy: Literal["epsilon_greedy", "vw"] = "vw"
     epsilon: float = 0.1
     ctr_prior_clicks: float = 1.0
     ctr_prior_impressions: float = 100.0
@@ -104,17 +105,17 @@ class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The VW bandit (`adserve.bandit.policy.PolicyConfig`) and its reward join and learner."""
 
-    exploration: Literal["squarecb", "epsilon_greedy", "softmax", "bagging"] = "squarecb"
-    top_k: int = 20
+    exploration: Literal["squarecb", "epsilon_greedy"] = "squarecb"
+    top_k: int = 10
     epsilon: float = 0.05
-    gamma_scale: float = 10.0
+    gamma_initial: float = 5_000.0
+    gamma_scale: float = 20.0
     gamma_exponent: float = 0.5
-    softmax_lambda: float = 10.0
-    bag_size: int = 5
-    learning_rate: float = 0.5
+    learning_rate: float = 0.1
     bit_precision: int = 18
-    interactions: list[str] = msgspec.field(default_factory=lambda: ["SA", "VA", "SI"])
+    interactions: list[str] = msgspec.field(default_factory=lambda: ["SA", "VA"])
     seed: int = 0
+    objective: Literal["revenue", "clicks"] = "revenue"
     revenue_scale: float = 1.0
     conversion_weight: float = 0.0
     reward_window_s: float = 1800.0
@@ -123,9 +124,13 @@ class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def policy_dict(self) -> dict[str, Any]:
         """The `PolicyConfig.from_dict` input (this section less the join and learner settings)."""
         data = msgspec.structs.asdict(self)
-        for name in ("reward_window_s", "learn_batch_max", "revenue_scale", "conversion_weight"):
+        for name in ("reward_window_s", "learn_batch_max", "objective", "revenue_scale", "conversion_weight"):
             data.pop(name)
-        data["cost"] = {"revenue_scale": self.revenue_scale, "conversion_weight": self.conversion_weight}
+        data["cost"] = {
+            "objective": self.objective,
+            "revenue_scale": self.revenue_scale,
+            "conversion_weight": self.conversion_weight,
+        }
         return data
 
 
@@ -241,6 +246,10 @@ def _validate(settings: Settings) -> Settings:
     for name, value in positive.items():
         if value <= 0:
             raise SettingsError(f"{name} must be positive, got {value}")
+    if settings.database.statement_timeout_ms < 0:
+        raise SettingsError(
+            f"database.statement_timeout_ms must be 0 (none) or positive, got {settings.database.statement_timeout_ms}"
+        )
     if not 0.0 <= settings.serving.epsilon <= 1.0:
         raise SettingsError(f"serving.epsilon must be within [0, 1], got {settings.serving.epsilon}")
     if not settings.server.public_url.startswith(("http://", "https://")):

@@ -8,12 +8,9 @@ named to give distinct letters:
            |Visitor  device, geo, hour of day                           (V)
     action |Ad       creative, campaign, advertiser, category, brand    (A)
            |Money    pricing model, bid, price bucket                   (M)
-           |Interest the interest model's P(click) as a logit, and the  (I)
-                     expected revenue bid × P(click) it implies
 
-`Interest` carries the prior the bandit starts from: the regression can reproduce the revenue
-ranking (`ev`) on its first example and then learn, per slot and visitor (interactions `SA`,
-`VA`, `SI`), where the model's score is off.
+The interest model's score is not a feature: the policy adds it as an offset (`policy.py`), and
+VW learns, per slot and visitor (interactions `SA`, `VA`), where that score is off.
 
 Values are percent-encoded where VW's text format would split them (`|`, `:`, whitespace) and
 `%` itself, so distinct raw values stay distinct features (`a b` and `a_b` never collide).
@@ -26,8 +23,6 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from adserve.domain import expected_value, logit
-
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -39,7 +34,6 @@ __all__ = [
     "cb_label",
     "escape",
     "example_lines",
-    "interest_namespace",
     "money_namespace",
     "number",
     "price_bucket",
@@ -115,16 +109,6 @@ def money_namespace(candidate: Candidate) -> str:
     return "|Money " + " ".join(features)
 
 
-def interest_namespace(candidate: Candidate, click_probability: float) -> str:
-    """The interest model's calibrated P(click) as a logit, and the revenue it implies.
-
-    `ev` is expected revenue per impression (`expected_value`); it is what the service ranks
-    by, so giving it to the regression lets VW start from the ranking instead of from zero.
-    """
-    ev = expected_value(candidate, click_probability)
-    return f"|Interest logit:{number(logit(click_probability))} ev:{number(ev)}"
-
-
 def cb_label(cost: float, probability: float) -> str:
     """The ADF label for the chosen action line: `0:cost:probability` (action id unused in ADF)."""
     return f"0:{number(cost)}:{number(probability)}"
@@ -141,20 +125,19 @@ def _creative_text(candidate: Candidate) -> str:
     return f"{ad_namespace(candidate)} {money_namespace(candidate)}"
 
 
-def action_line(candidate: Candidate, click_probability: float, label: str | None = None) -> str:
-    body = f"{_creative_text(candidate)} {interest_namespace(candidate, click_probability)}"
+def action_line(candidate: Candidate, label: str | None = None) -> str:
+    body = _creative_text(candidate)
     return f"{label} {body}" if label else body
 
 
 def example_lines(
     context: DecisionContext,
     candidates: Sequence[Candidate],
-    click_probabilities: Sequence[float],
     labelled: tuple[int, float, float] | None = None,
 ) -> list[str]:
     """A whole multi-line example; `labelled=(index, cost, probability)` labels one action."""
     lines = [shared_line(context)]
-    for i, (candidate, p) in enumerate(zip(candidates, click_probabilities, strict=True)):
+    for i, candidate in enumerate(candidates):
         label = cb_label(labelled[1], labelled[2]) if labelled is not None and labelled[0] == i else None
-        lines.append(action_line(candidate, float(p), label))
+        lines.append(action_line(candidate, label))
     return lines

@@ -1,31 +1,45 @@
-"""The Vowpal Wabbit contextual-bandit policy: choose, learn, save, load, hot-swap.
+"""The Vowpal Wabbit contextual-bandit policy, layered on the interest model: choose, learn, save.
 
-`VWPolicy` implements `adserve.domain.Policy` with `--cb_explore_adf`. Only the top-K candidates
-by expected revenue (`expected_value`) go to VW, so latency does not grow with the catalogue;
-the rest get probability 0. The pmf VW returns (renormalised) is the one sampled from and the
-one returned in `Choice.pmf`, so the logged propensity is exactly the probability the choice was
-made with.
+`VWPolicy` implements `adserve.domain.Policy`. The bandit starts where the model is and corrects
+it; it never replaces it:
+
+    predicted cost of action a = model_cost(a) + r(x, a)
+    model_cost(a)              = -clip(value(a, P(click)) / revenue_scale, 0, 1)
+    r(x, a)                    = VW's learned residual (`--cb_adf`, regression on the chosen action)
+
+VW regresses the residual (observed cost minus the model's predicted cost of the action that was
+served) on context × ad features (slot, page, device, geo, hour × creative, campaign, category,
+brand). The model's score is an offset, not a feature: before VW has learned anything r = 0 and
+the greedy action is the model's best; what VW learns is where the model is wrong for a context.
+Because the score is an offset, a retrained or swapped scorer does not change what VW's weights
+mean (a weight is "this ad in this slot does better than the model says by so much"); each
+logged decision is learned against the score it was served with (`LoggedDecision.click_probabilities`),
+so after a swap the residual re-converges to the new model's errors.
+
+Exploration is inverse-gap weighting (SquareCB, Foster & Rakhlin 2020) computed here over the
+combined predicted costs of the top-K candidates: p(a) = 1 / (K + gamma · (cost(a) − cost_min))
+for every non-best action and the rest to the best, with gamma = gamma_initial + gamma_scale ·
+n^gamma_exponent (n = examples learned). A large gamma_initial gives the cold start "the model's
+ranking with light exploration": exploration costs at most (K − 1) / gamma in expected cost per
+decision, and implausible candidates (large gaps) get almost nothing. `epsilon_greedy` spreads
+epsilon evenly over the top-K instead. Only the top-K candidates by the model's value go to VW, so
+latency does not grow with the catalogue; the rest get probability 0. The pmf computed here is
+the one sampled from and the one returned in `Choice.pmf`: the logged propensity is exactly the
+probability the choice was made with.
 
 Objective and cost
 ------------------
-The service maximises expected revenue. VW minimises cost, so the cost of a logged action is
-minus the revenue that decision earned, on one scale shared by every campaign:
+`objective = "revenue"` (the service's): value(a, p) = bid × p for CPC, bid / 1000 for CPM, and
 
     cost = -clip((revenue + conversion_weight × conversion_value) / revenue_scale, 0, 1)
 
-where revenue is the bid on a CPC click (0 without a click) and bid/1000 for a CPM impression
-(`rewards.decision_revenue`). Why this and not a click (0/1) reward: the ranking value is
-bid × P(click), so a click on a 2.00 bid is worth twice one on a 1.00 bid; regressing on
-revenue makes VW's greedy action the one with the highest expected revenue, the objective
-itself, while a click reward would make it chase CTR and leave money behind. Why one global
-scale (and not per-campaign normalisation): dividing each campaign's revenue by its own bid
-would erase exactly the bid difference the objective is about; one `revenue_scale` (set it near
-the largest CPC bid) keeps every cost in [-1, 0] and the ordering between campaigns intact.
-Why clip: VW's squared-loss regression is importance weighted by 1/propensity, so one outlier
-bid times a large weight would dominate the weights; bounded costs keep updates stable, and
-SquareCB's exploration (gamma × gap in predicted cost) is only meaningful when costs live on a
-fixed [0, 1]-sized range. Conversions are off by default (`conversion_weight` 0): they are the
-advertiser's value, not the service's revenue, and can be blended in deliberately.
+where revenue is the bid on a CPC click (0 without) and bid/1000 for a CPM impression. Regressing
+on revenue makes the greedy action the one with the highest expected revenue, the objective
+itself; one global `revenue_scale` (near the largest CPC bid) keeps every cost in [-1, 0] and the
+ordering between campaigns intact; clipping bounds any one update. `objective = "clicks"` (cost
+−1 on a click, value = P(click)) is what the simulator's CTR comparison measures. The residual is
+learned without importance weights (SquareCB's regression oracle): the logged propensity is for
+off-policy evaluation, not for the regression.
 
 Learner and readers
 -------------------
@@ -41,16 +55,17 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import vowpalwabbit
 
 from adserve.bandit.features import example_lines
-from adserve.domain import Choice, expected_value
+from adserve.domain import Choice, Pricing
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -66,7 +81,9 @@ __all__ = [
     "PolicyConfig",
     "VWPolicy",
     "cost_of",
+    "inverse_gap_pmf",
     "list_versions",
+    "model_costs",
     "top_k_indices",
 ]
 
@@ -77,18 +94,19 @@ POLICY_FILE = "policy.json"
 class Exploration(StrEnum):
     SQUARECB = "squarecb"
     EPSILON_GREEDY = "epsilon_greedy"
-    SOFTMAX = "softmax"
-    BAGGING = "bagging"
 
 
 @dataclass(frozen=True, slots=True)
 class CostConfig:
-    """How a logged outcome becomes VW's cost (see the module docstring)."""
+    """How a logged outcome becomes VW's cost, and a model score the cost it predicts."""
 
+    objective: Literal["revenue", "clicks"] = "revenue"
     revenue_scale: float = 1.0
     conversion_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.objective not in ("revenue", "clicks"):
+            raise ValueError(f"objective must be 'revenue' or 'clicks', got {self.objective!r}")
         if not self.revenue_scale > 0:
             raise ValueError(f"revenue_scale must be > 0, got {self.revenue_scale}")
         if self.conversion_weight < 0:
@@ -97,23 +115,17 @@ class CostConfig:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """Everything that defines a policy's behaviour; saved with every version.
-
-    Only the parameters of the chosen `exploration` are passed to VW: `gamma_scale` and
-    `gamma_exponent` (SquareCB), `epsilon` (epsilon-greedy, and the floor under bagging so every
-    top-K action keeps support for off-policy evaluation), `softmax_lambda`, `bag_size`.
-    """
+    """Everything that defines a policy's behaviour; saved with every version."""
 
     exploration: Exploration = Exploration.SQUARECB
-    top_k: int = 20
+    top_k: int = 10
     epsilon: float = 0.05
-    gamma_scale: float = 10.0
+    gamma_initial: float = 5_000.0
+    gamma_scale: float = 20.0
     gamma_exponent: float = 0.5
-    softmax_lambda: float = 10.0
-    bag_size: int = 5
-    learning_rate: float = 0.5
+    learning_rate: float = 0.1
     bit_precision: int = 18
-    interactions: tuple[str, ...] = ("SA", "VA", "SI")
+    interactions: tuple[str, ...] = ("SA", "VA")
     seed: int = 0
     cost: CostConfig = field(default_factory=CostConfig)
 
@@ -124,33 +136,23 @@ class PolicyConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 <= self.epsilon <= 1:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        if self.bag_size < 1:
-            raise ValueError(f"bag_size must be >= 1, got {self.bag_size}")
+        if self.gamma_initial < 0 or self.gamma_scale < 0:
+            raise ValueError("gamma_initial and gamma_scale must be >= 0")
 
     def vw_args(self) -> list[str]:
-        """The VW command line for this config (without model-file arguments)."""
+        """The VW command line of the residual regressor (without model-file arguments)."""
         args = [
-            "--cb_explore_adf",
+            "--cb_adf",
+            "--cb_type=mtr",
             "--quiet",
             f"--random_seed={self.seed}",
             f"--bit_precision={self.bit_precision}",
             f"--learning_rate={self.learning_rate}",
         ]
-        args += [f"--interactions={pair}" for pair in self.interactions]
-        match self.exploration:
-            case Exploration.SQUARECB:
-                args += [
-                    "--squarecb",
-                    f"--gamma_scale={self.gamma_scale}",
-                    f"--gamma_exponent={self.gamma_exponent}",
-                ]
-            case Exploration.EPSILON_GREEDY:
-                args += [f"--epsilon={self.epsilon}"]
-            case Exploration.SOFTMAX:
-                args += ["--softmax", f"--lambda={self.softmax_lambda}"]
-            case Exploration.BAGGING:
-                args += [f"--bag={self.bag_size}", f"--epsilon={self.epsilon}"]
-        return args
+        return args + [f"--interactions={pair}" for pair in self.interactions]
+
+    def gamma(self, examples_learned: int) -> float:
+        return self.gamma_initial + self.gamma_scale * max(examples_learned, 0) ** self.gamma_exponent
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -171,24 +173,61 @@ class PolicyConfig:
         return cls(**values)
 
 
-def cost_of(revenue: float, conversion_value: float, config: CostConfig) -> float:
-    """VW's cost for one logged outcome: minus scaled, clipped revenue (module docstring)."""
+def cost_of(revenue: float, conversion_value: float, config: CostConfig, clicked: bool = False) -> float:
+    """VW's cost for one logged outcome (module docstring)."""
+    if config.objective == "clicks":
+        return -1.0 if clicked else 0.0
     value = (revenue + config.conversion_weight * conversion_value) / config.revenue_scale
     return -min(max(value, 0.0), 1.0)
 
 
-def top_k_indices(
-    candidates: Sequence[Candidate], click_probabilities: Sequence[float], k: int
+def model_values(
+    candidates: Sequence[Candidate], click_probabilities: Sequence[float] | np.ndarray, config: CostConfig
 ) -> np.ndarray:
-    """Indices of the k candidates with the highest expected revenue, in their original order.
+    """(N,) what the model expects each candidate to earn under the objective."""
+    p = np.asarray(click_probabilities, dtype=np.float64)
+    if config.objective == "clicks":
+        return p.copy()
+    cpc = np.fromiter((c.pricing is Pricing.CPC for c in candidates), bool, len(candidates))
+    bids = np.fromiter((c.bid for c in candidates), np.float64, len(candidates))
+    return np.where(cpc, bids * p, bids / 1000.0)
+
+
+def model_costs(
+    candidates: Sequence[Candidate], click_probabilities: Sequence[float] | np.ndarray, config: CostConfig
+) -> np.ndarray:
+    """(N,) the cost the model predicts for each candidate, on VW's cost scale."""
+    values = model_values(candidates, click_probabilities, config)
+    if config.objective == "clicks":
+        return -values
+    return -np.clip(values / config.revenue_scale, 0.0, 1.0)
+
+
+def top_k_indices(
+    candidates: Sequence[Candidate],
+    click_probabilities: Sequence[float] | np.ndarray,
+    k: int,
+    config: CostConfig | None = None,
+) -> np.ndarray:
+    """Indices of the k candidates the model values most, in their original order.
 
     Ties keep the earlier candidate (stable sort), so the learner rebuilds the same set from
     the logged scores that serving used.
     """
     if len(candidates) <= k:
         return np.arange(len(candidates))
-    ev = np.array([expected_value(c, float(p)) for c, p in zip(candidates, click_probabilities, strict=True)])
-    return np.sort(np.argsort(-ev, kind="stable")[:k])
+    values = model_values(candidates, click_probabilities, config or CostConfig())
+    return np.sort(np.argsort(-values, kind="stable")[:k])
+
+
+def inverse_gap_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
+    """SquareCB's pmf over predicted costs: 1 / (K + gamma · gap) for each non-best action."""
+    k = len(costs)
+    best = int(np.argmin(costs))
+    pmf = 1.0 / (k + gamma * (costs - costs[best]))
+    pmf[best] = 0.0
+    pmf[best] = 1.0 - pmf.sum()
+    return pmf
 
 
 def list_versions(root: Path) -> list[str]:
@@ -207,10 +246,11 @@ def _new_version() -> str:
 
 
 class VWPolicy:
-    """A VW `cb_explore_adf` policy; thread-safe (one workspace behind one lock).
+    """The model's ranking corrected by a VW residual, explored by inverse-gap weighting.
 
-    `examples_learned` counts every example this model has learned, across saves and loads;
-    `data_window` is the (first, last) decision time learned from, or None.
+    Thread-safe (one workspace behind one lock). `examples_learned` counts every example this
+    policy has learned, across saves and loads; `data_window` is the (first, last) decision time
+    learned from, or None; `scorer_versions` counts the examples learned per scorer version.
     """
 
     def __init__(self, config: PolicyConfig | None = None, version: str = "untrained") -> None:
@@ -218,18 +258,37 @@ class VWPolicy:
         self.version = version
         self.examples_learned = 0
         self.data_window: tuple[float, float] | None = None
+        self.scorer_versions: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._workspace = vowpalwabbit.Workspace(arg_list=self.config.vw_args())
 
+    @property
+    def gamma(self) -> float:
+        return self.config.gamma(self.examples_learned)
+
     # -- serving ---------------------------------------------------------------------------
 
-    def pmf(
-        self,
-        context: DecisionContext,
-        candidates: Sequence[Candidate],
-        click_probabilities: Sequence[float] | np.ndarray,
+    def residuals(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N,) VW's learned correction to the model's predicted cost of each candidate."""
+        lines = example_lines(context, candidates)
+        with self._lock:
+            workspace = self._workspace
+            examples = workspace.parse(lines)
+            try:
+                predicted = workspace.predict(examples)
+            finally:
+                workspace.finish_example(examples)
+        return np.asarray(predicted, dtype=np.float64)
+
+    def predicted_costs(
+        self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: np.ndarray
     ) -> np.ndarray:
-        """(N,) float64 pmf over all given candidates: VW's pmf on the top-K, 0 elsewhere."""
+        """(N,) model cost + residual for the given candidates (all of them go to VW)."""
+        return model_costs(candidates, click_probabilities, self.config.cost) + self.residuals(
+            context, candidates
+        )
+
+    def _checked(self, candidates: Sequence[Candidate], click_probabilities: Any) -> np.ndarray:
         if len(candidates) == 0:
             raise ValueError("cannot choose among zero candidates")
         if len(click_probabilities) != len(candidates):
@@ -237,24 +296,35 @@ class VWPolicy:
                 f"{len(candidates)} candidates but {len(click_probabilities)} click probabilities"
             )
         scores = np.asarray(click_probabilities, dtype=np.float64)
-        if not np.all((scores >= 0) & (scores <= 1)):  # also catches NaN, which would poison VW's text
+        if not np.all((scores >= 0) & (scores <= 1)):  # also catches NaN
             raise ValueError(
                 f"click probabilities must lie in [0, 1], got {scores[~((scores >= 0) & (scores <= 1))]}"
             )
-        top = top_k_indices(candidates, scores, self.config.top_k)
-        lines = example_lines(context, [candidates[i] for i in top], scores[top].tolist())
-        with self._lock:
-            workspace = self._workspace
-            examples = workspace.parse(lines)
-            try:
-                vw_pmf = workspace.predict(examples)
-            finally:
-                workspace.finish_example(examples)
-        probabilities = np.asarray(vw_pmf, dtype=np.float64)
+        return scores
+
+    def _pmf_and_greedy(
+        self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: Any
+    ) -> tuple[np.ndarray, int]:
+        scores = self._checked(candidates, click_probabilities)
+        top = top_k_indices(candidates, scores, self.config.top_k, self.config.cost)
+        costs = self.predicted_costs(context, [candidates[i] for i in top], scores[top])
+        if self.config.exploration is Exploration.SQUARECB:
+            top_pmf = inverse_gap_pmf(costs, self.gamma)
+        else:
+            top_pmf = np.full(len(top), self.config.epsilon / len(top))
+            top_pmf[int(np.argmin(costs))] += 1.0 - self.config.epsilon
         pmf = np.zeros(len(candidates))
-        # VW works in float32; renormalise so the logged pmf sums to 1 in float64
-        pmf[top] = probabilities / probabilities.sum()
-        return pmf
+        pmf[top] = top_pmf / top_pmf.sum()
+        return pmf, int(top[int(np.argmin(costs))])
+
+    def pmf(
+        self,
+        context: DecisionContext,
+        candidates: Sequence[Candidate],
+        click_probabilities: Sequence[float] | np.ndarray,
+    ) -> np.ndarray:
+        """(N,) float64 pmf over all given candidates: exploring over the top-K, 0 elsewhere."""
+        return self._pmf_and_greedy(context, candidates, click_probabilities)[0]
 
     def choose(
         self,
@@ -264,9 +334,8 @@ class VWPolicy:
         rng: np.random.Generator,
     ) -> Choice:
         """Sample one candidate from `pmf`; the returned `Choice.pmf` is that exact pmf."""
-        pmf = self.pmf(context, candidates, click_probabilities)
+        pmf, greedy = self._pmf_and_greedy(context, candidates, click_probabilities)
         index = int(rng.choice(len(pmf), p=pmf))
-        greedy = int(np.argmax(pmf))
         return Choice(
             pmf=tuple(pmf.tolist()),
             index=index,
@@ -274,6 +343,7 @@ class VWPolicy:
             details={
                 "greedy_index": float(greedy),
                 "actions_scored": float(min(len(pmf), self.config.top_k)),
+                "gamma": self.gamma,
             },
         )
 
@@ -283,8 +353,8 @@ class VWPolicy:
         """Learn from labelled decisions in decision-time order; returns how many were learned.
 
         Each example holds the top-K actions rebuilt from the logged scores (plus the chosen one
-        if the top-K changed since serving), labelled on the chosen action with its cost and the
-        logged propensity.
+        if the top-K changed since serving); the chosen action is labelled with the residual of
+        its observed cost against the cost its logged score predicted.
         """
         ordered = sorted(records, key=lambda r: r.context.now)
         for record in ordered:
@@ -295,6 +365,7 @@ class VWPolicy:
                     self._workspace.learn(examples)
                 finally:
                     self._workspace.finish_example(examples)
+            self.scorer_versions[record.scorer_version or "unknown"] += 1
         if ordered:
             first, last = ordered[0].context.now, ordered[-1].context.now
             if self.data_window is not None:
@@ -304,16 +375,19 @@ class VWPolicy:
         return len(ordered)
 
     def _labelled_lines(self, record: LoggedDecision) -> list[str]:
-        top = top_k_indices(record.candidates, record.click_probabilities, self.config.top_k)
+        cost_config = self.config.cost
+        top = top_k_indices(record.candidates, record.click_probabilities, self.config.top_k, cost_config)
         if record.chosen not in top:
             top = np.sort(np.append(top, record.chosen))
         chosen_position = int(np.searchsorted(top, record.chosen))
-        cost = cost_of(record.revenue, record.conversion_value, self.config.cost)
+        chosen = record.candidates[record.chosen]
+        predicted = model_costs([chosen], [record.click_probabilities[record.chosen]], cost_config)[0]
+        observed = cost_of(record.revenue, record.conversion_value, cost_config, record.clicked)
+        # probability 1: an unweighted regression of the residual (SquareCB's oracle)
         return example_lines(
             record.context,
             [record.candidates[i] for i in top],
-            [record.click_probabilities[i] for i in top],
-            labelled=(chosen_position, cost, record.propensity),
+            labelled=(chosen_position, observed - float(predicted), 1.0),
         )
 
     # -- persistence -----------------------------------------------------------------------
@@ -339,6 +413,7 @@ class VWPolicy:
                     "config": self.config.to_dict(),
                     "examples_learned": self.examples_learned,
                     "data_window": list(self.data_window) if self.data_window else None,
+                    "scorer_versions": dict(self.scorer_versions),
                     "saved_at": time.time(),
                     "vowpalwabbit": vowpalwabbit.__version__,
                     "vw_args": self.config.vw_args(),
@@ -356,32 +431,24 @@ class VWPolicy:
         """Rebuild a policy from a version directory alone (config, counters and VW weights)."""
         policy = cls.__new__(cls)
         policy._lock = threading.Lock()
-        policy._adopt(*cls._read(Path(directory)))
+        policy._adopt(cls._read(Path(directory)))
         return policy
 
     def reload(self, directory: Path | str) -> None:
         """Hot-swap to another saved version: build it off to the side, then swap one reference."""
-        config, version, learned, window, workspace = self._read(Path(directory))
+        state = self._read(Path(directory))
         with self._lock:
             old = self._workspace
-            self._adopt(config, version, learned, window, workspace)
+            self._adopt(state)
         old.finish()
 
-    def _adopt(
-        self,
-        config: PolicyConfig,
-        version: str,
-        learned: int,
-        window: tuple[float, float] | None,
-        workspace: vowpalwabbit.Workspace,
-    ) -> None:
-        self.config, self.version, self.examples_learned = config, version, learned
-        self.data_window, self._workspace = window, workspace
+    def _adopt(self, state: _SavedState) -> None:
+        self.config, self.version, self.examples_learned = state.config, state.version, state.learned
+        self.data_window, self.scorer_versions = state.window, state.scorer_versions
+        self._workspace = state.workspace
 
     @staticmethod
-    def _read(
-        directory: Path,
-    ) -> tuple[PolicyConfig, str, int, tuple[float, float] | None, vowpalwabbit.Workspace]:
+    def _read(directory: Path) -> _SavedState:
         metadata_path, model_path = directory / POLICY_FILE, directory / MODEL_FILE
         if not metadata_path.is_file() or not model_path.is_file():
             raise FileNotFoundError(
@@ -392,9 +459,26 @@ class VWPolicy:
         workspace = vowpalwabbit.Workspace(
             arg_list=[*config.vw_args(), "--initial_regressor", str(model_path)]
         )
-        window = tuple(metadata["data_window"]) if metadata.get("data_window") else None
-        return config, metadata["version"], int(metadata["examples_learned"]), window, workspace  # type: ignore[return-value]
+        window = metadata.get("data_window")
+        return _SavedState(
+            config=config,
+            version=metadata["version"],
+            learned=int(metadata["examples_learned"]),
+            window=(float(window[0]), float(window[1])) if window else None,
+            scorer_versions=Counter(metadata.get("scorer_versions") or {}),
+            workspace=workspace,
+        )
 
     def close(self) -> None:
         with self._lock:
             self._workspace.finish()
+
+
+@dataclass(frozen=True, slots=True)
+class _SavedState:
+    config: PolicyConfig
+    version: str
+    learned: int
+    window: tuple[float, float] | None
+    scorer_versions: Counter[str]
+    workspace: vowpalwabbit.Workspace

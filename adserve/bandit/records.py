@@ -37,6 +37,7 @@ class LoggedDecision:
     revenue: float
     conversion_value: float = 0.0
     decision_id: Hashable | None = None
+    scorer_version: str | None = None  # the scorer whose `click_probabilities` these are
 
     def __post_init__(self) -> None:
         n = len(self.candidates)

@@ -20,6 +20,7 @@ import torch
 
 from adserve.interest.calibration import Calibrator, calibrator_from_dict
 from adserve.interest.data import ItemVocabulary
+from adserve.interest.fusion import ClickFusion
 from adserve.interest.network import InterestConfig, InterestModel
 
 __all__ = [
@@ -48,6 +49,7 @@ class LoadedCheckpoint:
     vocab: ItemVocabulary
     calibration: Calibrator  # identity (plain sigmoid) when the click head was never trained
     click_trained: bool  # False: trained without impressions, P(click) is not meaningful
+    fusion: ClickFusion | None  # the served P(click) (fusion.py); None without impressions
     metrics: dict[str, Any]
     data_window: dict[str, Any]
     version: str
@@ -90,6 +92,7 @@ def save_checkpoint(
     data_window: dict[str, Any],
     train_config: dict[str, Any] | None = None,
     version: str | None = None,
+    fusion: ClickFusion | None = None,
 ) -> Path:
     """Write `<root>/interest/<version>/model.pt` and `metrics.json`; returns the version directory."""
     version = version or new_version()
@@ -103,6 +106,7 @@ def save_checkpoint(
         "config": asdict(model.cfg),
         "vocab": list(vocab.item_ids),
         "calibration": calibration.to_dict() if calibration is not None else None,
+        "fusion": fusion.to_dict() if fusion is not None else None,
         "metrics": metrics,
         "data_window": data_window,
         "train_config": train_config or {},
@@ -141,6 +145,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         model = InterestModel(config)
         model.load_state_dict(payload["model"])
         calibration = calibrator_from_dict(payload.get("calibration"))
+        fusion = ClickFusion.from_dict(payload.get("fusion"))
     except CheckpointError:
         raise
     except Exception as error:
@@ -152,6 +157,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         vocab=vocab,
         calibration=calibration,
         click_trained=payload.get("calibration") is not None,
+        fusion=fusion,
         metrics=payload.get("metrics", {}),
         data_window=payload.get("data_window", {}),
         version=file.parent.name,  # the directory is the registry's identity, even for a copied version

@@ -1,5 +1,10 @@
 """Runtime scorer: calibrated P(click) for a request's candidates, recommendations, attributions.
 
+`InterestScorer.score` is the one production P(click): the click head's logit, the next-item
+head's affinity for the creative's products and the user's recent behaviour, combined by the
+checkpoint's `ClickFusion` (`fusion.py`), which is also its calibration. A checkpoint trained
+without impressions has no fusion and does not score ads (`scores_ads` is False).
+
 `InterestScorer` serves one loaded version; `InterestScorerHolder` is what the app keeps: its
 `load(path)` builds a new scorer completely (read, rebuild, quantise, warm up) off to the side and
 then replaces one reference, so requests in flight finish on the old model and none fail or wait;
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import warnings
 from collections import OrderedDict
@@ -32,6 +38,7 @@ from torch import nn
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
 from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from adserve.interest.data import click_inputs, encode_history, request_gaps, stack_histories
+from adserve.interest.fusion import MIN_AFFINITY, behaviour_features
 from adserve.interest.network import InterestModel
 
 __all__ = [
@@ -76,11 +83,12 @@ class EventAttribution:
     attention: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Encoding:
     encoded: torch.Tensor  # (L, D) encoder output, L >= 1
     padding: torch.Tensor  # (L,) bool
     ts: np.ndarray  # (n,) timestamps of the encoded events
+    next_item_logp: np.ndarray | None = None  # (V,) log P(next item), computed on first use
 
 
 class InterestScorer:
@@ -105,17 +113,25 @@ class InterestScorer:
         self.config = loaded.config
         self.vocab = loaded.vocab
         self.calibration = loaded.calibration
+        self.fusion = loaded.fusion
         self.metrics = loaded.metrics
         self.click_trained = loaded.click_trained
-        if not loaded.click_trained:
-            log.warning(
-                "interest model %s has no trained click head: P(click) is uninformative", self.version
-            )
         self._fp32 = loaded.model.to(self.device).eval()  # attribution needs gradients
         self.model: Any = quantize_int8(self._fp32) if precision == "int8" else self._fp32
         self._cache: OrderedDict[tuple[str, int, float], _Encoding] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._product_rows: dict[tuple[str, ...], np.ndarray] = {}
+        self.creative_priors: dict[int, float] = self.fusion.creative_priors if self.fusion else {}
+        with torch.inference_mode():
+            prior = self._fp32.next_item.bias.detach().float().clone()
+            prior[0] = float("-inf")
+            self._prior_logp = torch.log_softmax(prior, dim=-1).cpu().numpy()
+
+    @property
+    def scores_ads(self) -> bool:
+        """Whether `score` means something: the model was fitted on logged impressions."""
+        return self.fusion is not None
 
     # --- encoding -------------------------------------------------------------------------------
 
@@ -192,9 +208,71 @@ class InterestScorer:
         flat = logits.double().cpu().numpy()
         return list(np.split(flat, np.cumsum(sizes)[:-1]))
 
+    def _next_item_logp(self, context: DecisionContext) -> np.ndarray:
+        """(V,) log-probability of each vocabulary item being the user's next (the item prior
+        without history); cached with the user's encoding."""
+        encoding = self.encoding(context)
+        if encoding is None:
+            return self._prior_logp
+        if encoding.next_item_logp is None:
+            with torch.inference_mode():
+                logits = self.model.next_item.logits(encoding.encoded[-1:], self.model.encoder.events)
+                encoding.next_item_logp = torch.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
+        return encoding.next_item_logp
+
+    def _rows_of(self, product_ids: tuple[str, ...]) -> np.ndarray:
+        rows = self._product_rows.get(product_ids)
+        if rows is None:
+            index = self.vocab.index
+            rows = np.array([index[p] for p in product_ids if p in index], dtype=np.int64)
+            if len(self._product_rows) < 100_000:
+                self._product_rows[product_ids] = rows
+        return rows
+
+    def product_affinity(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N,) log P(the user's next item is one of the candidate's linked products)."""
+        logp = self._next_item_logp(context)
+        affinity = np.full(len(candidates), MIN_AFFINITY)
+        for i, candidate in enumerate(candidates):
+            rows = self._rows_of(candidate.product_ids)
+            if rows.size:
+                values = logp[rows]
+                top = values.max()
+                if np.isfinite(top):
+                    affinity[i] = max(top + math.log(np.exp(values - top).sum()), MIN_AFFINITY)
+        return affinity
+
+    def click_features_many(
+        self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
+    ) -> list[np.ndarray]:
+        """(N_i, F) fusion feature rows per request, the click head run once for all of them."""
+        logits = self.click_logits_many(requests) if self.click_trained else None
+        rows = []
+        for i, (context, candidates) in enumerate(requests):
+            n = len(candidates)
+            click = logits[i] if logits is not None else np.zeros(n)
+            history = context.history[-self.config.max_len :]
+            priors = np.fromiter(
+                (self.creative_priors.get(c.creative_id, 0.0) for c in candidates), np.float64, n
+            )
+            rows.append(
+                np.column_stack(
+                    [
+                        np.ones(n),
+                        click,
+                        self.product_affinity(context, candidates),
+                        behaviour_features(history, context.now, candidates),
+                        priors,
+                    ]
+                )
+            )
+        return rows
+
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
         """Calibrated P(click) for several requests in one forward pass (micro-batching)."""
-        return [self.calibration(logits) for logits in self.click_logits_many(requests)]
+        if self.fusion is None:
+            return [self.calibration(logits) for logits in self.click_logits_many(requests)]
+        return [self.fusion(rows) for rows in self.click_features_many(requests)]
 
     def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
         """(N,) float64 calibrated click probabilities, all candidates in one batch."""
@@ -351,6 +429,7 @@ class InterestScorerHolder:
             "path": str(scorer.path) if scorer else None,
             "precision": scorer.precision if scorer else self._options["precision"],
             "click_trained": scorer.click_trained if scorer else None,
+            "scores_ads": scorer.scores_ads if scorer else None,
             "last_error": self.last_error,
         }
 

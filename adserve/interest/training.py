@@ -30,8 +30,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adserve.domain import BehaviourEvent
-from adserve.interest.calibration import Calibrator, fit_calibrator, reliability_by_decile
-from adserve.interest.checkpoint import config_from_dict, load_checkpoint, save_checkpoint
+from adserve.interest.calibration import (
+    Calibrator,
+    calibrator_from_dict,
+    fit_calibrator,
+    reliability_by_decile,
+)
+from adserve.interest.checkpoint import LoadedCheckpoint, config_from_dict, load_checkpoint, save_checkpoint
 from adserve.interest.data import (
     ClickExample,
     EncodedHistory,
@@ -52,8 +57,9 @@ from adserve.interest.evaluation import (
     leave_one_out,
     target_ranks,
 )
+from adserve.interest.fusion import FEATURES, ClickFusion, creative_priors
 from adserve.interest.network import InterestConfig, InterestModel, suggest_item_buckets
-from adserve.interest.scorer import quantize_int8
+from adserve.interest.scorer import InterestScorer, quantize_int8
 
 __all__ = [
     "TrainConfig",
@@ -99,6 +105,7 @@ class TrainResult:
     metrics: dict[str, Any]  # report + validation, training statistics and reliability
     data_window: dict[str, Any]
     train_config: TrainConfig
+    fusion: ClickFusion | None = None  # the served P(click); None without impressions
 
     def save(self, root: str | Path, version: str | None = None) -> Path:
         """Write `<root>/interest/<version>/` (model.pt + metrics.json); returns that directory."""
@@ -111,6 +118,7 @@ class TrainResult:
             self.data_window,
             asdict(self.train_config),
             version,
+            self.fusion,
         )
 
 
@@ -440,7 +448,8 @@ def _click_report(
     tables: tuple[_ClickTable, _ClickTable, _ClickTable],
     tc: TrainConfig,
     device: torch.device,
-) -> tuple[Calibrator, dict[str, dict[str, float]], list[dict[str, float]]]:
+) -> tuple[Calibrator, dict[str, dict[str, float]]]:
+    """The click head's own calibration (fitted on validation) and held-out figures."""
     train, val, test = tables
     local = _ClickObjective(model)
     val_logits = _click_logits(local, val, model.cfg, device)
@@ -448,14 +457,64 @@ def _click_report(
     calibration = fit_calibrator(val_logits, val_labels, tc.calibration)
     test_logits = _click_logits(local, test, model.cfg, device)
     test_labels = np.array([float(e.clicked) for e in test.examples])
-    calibrated = calibration(test_logits)
     base_rate = float(np.mean([e.clicked for e in train.examples]))
     report = {
-        "interest": click_metrics(calibrated, test_labels),
-        "interest_uncalibrated": click_metrics(1.0 / (1.0 + np.exp(-test_logits)), test_labels),
+        "click_head": click_metrics(calibration(test_logits), test_labels),
+        "click_head_uncalibrated": click_metrics(1.0 / (1.0 + np.exp(-test_logits)), test_labels),
         "base_rate": click_metrics(np.full(len(test_labels), base_rate), test_labels),
     }
-    return calibration, report, reliability_by_decile(calibrated, test_labels)
+    return calibration, report
+
+
+def _training_scorer(
+    model: InterestModel, vocab: ItemVocabulary, calibration: Calibrator | None, device: torch.device
+) -> InterestScorer:
+    """The runtime scorer over the model being trained, to compute exactly the served features."""
+    loaded = LoadedCheckpoint(
+        model=model,
+        config=model.cfg,
+        vocab=vocab,
+        calibration=calibrator_from_dict(calibration.to_dict() if calibration else None),
+        click_trained=calibration is not None,
+        fusion=None,
+        metrics={},
+        data_window={},
+        version="training",
+        path=Path("."),
+    )
+    return InterestScorer(loaded, device=device, cache_size=50_000)
+
+
+def _fusion_features(scorer: InterestScorer, examples: Sequence[ClickExample]) -> np.ndarray:
+    rows = []
+    for start in range(0, len(examples), 1024):
+        chunk = examples[start : start + 1024]
+        rows += scorer.click_features_many([(e.context, [e.candidate]) for e in chunk])
+    return np.vstack(rows) if rows else np.zeros((0, len(FEATURES)))
+
+
+def _fit_fusion(
+    scorer: InterestScorer,
+    train: Sequence[ClickExample],
+    val: Sequence[ClickExample],
+    test: Sequence[ClickExample],
+) -> tuple[ClickFusion, dict[str, float], list[dict[str, float]]]:
+    """Creative priors from the training impressions; the regression fitted on validation and
+    reported on test, then refitted on both (neither trained the network) for serving. Returns
+    the served fusion, its held-out figures and decile reliability."""
+    priors = creative_priors([e.candidate.creative_id for e in train], [e.clicked for e in train])
+    scorer.creative_priors = priors
+    x_val, x_test = _fusion_features(scorer, val), _fusion_features(scorer, test)
+    y_val = np.array([float(e.clicked) for e in val])
+    y_test = np.array([float(e.clicked) for e in test])
+    held_out = ClickFusion.fit(x_val, y_val, priors)
+    probabilities = held_out(x_test)
+    figures = click_metrics(probabilities, y_test)
+    both = np.concatenate([y_val, y_test])
+    if not 0 < both.sum() < len(both):
+        return held_out, figures, reliability_by_decile(probabilities, y_test)
+    served = ClickFusion.fit(np.vstack([x_val, x_test]), both, priors)
+    return served, figures, reliability_by_decile(probabilities, y_test)
 
 
 def train_interest(
@@ -508,18 +567,28 @@ def train_interest(
 
     clicks = sorted(click_examples, key=lambda example: example.context.now)
     calibration: Calibrator | None = None
+    fusion: ClickFusion | None = None
     labels = {example.clicked for example in clicks}
     if len(clicks) >= 100 and labels == {True, False}:
-        tables = tuple(_ClickTable.build(part, cfg) for part in split_click_examples(clicks))
+        parts = split_click_examples(clicks)
+        tables = tuple(_ClickTable.build(part, cfg) for part in parts)
         stats |= _fit_click(model, tables[0], tables[1], tc, device)
-        calibration, report["click"], metrics["click_reliability"] = _click_report(model, tables, tc, device)
+        model.eval()
+        calibration, head_report = _click_report(model, tables, tc, device)
+        scorer = _training_scorer(model, vocab, calibration, device)
+        fusion, fused, metrics["click_reliability"] = _fit_fusion(scorer, *parts)
+        # "interest" is what serves: the fused, calibrated P(click)
+        report["click"] = {"interest": fused, **head_report}
+        metrics["fusion"] = dict(zip(FEATURES, fusion.weights, strict=True))
     elif rank == 0 and clicks:
         tqdm.write(f"click head not trained: {len(clicks)} impressions, outcomes {sorted(labels)}")
 
     model.eval()
     model.cpu()
     metrics = {**report, **metrics, "training": stats}
-    return TrainResult(model, vocab, calibration, report, metrics, _data_window(sequences, clicks), tc)
+    return TrainResult(
+        model, vocab, calibration, report, metrics, _data_window(sequences, clicks), tc, fusion
+    )
 
 
 def evaluate_checkpoint(
@@ -548,12 +617,16 @@ def evaluate_checkpoint(
     clicks = sorted(click_examples, key=lambda example: example.context.now)
     if clicks:
         train, _, test = split_click_examples(clicks)
-        table = _ClickTable.build(test, loaded.config)
-        logits = _click_logits(_ClickObjective(model), table, loaded.config, target)
         labels = np.array([float(e.clicked) for e in test])
         base_rate = float(np.mean([e.clicked for e in train])) if train else float(labels.mean())
+        # the serving object itself scores the held-out impressions
+        scorer = InterestScorer(loaded, precision=precision, device=target)
+        probabilities = np.concatenate(
+            [p for start in range(0, len(test), 1024)
+             for p in scorer.score_many([(e.context, [e.candidate]) for e in test[start : start + 1024]])]
+        ) if test else np.zeros(0)  # fmt: skip
         report["click"] = {
-            "interest": click_metrics(loaded.calibration(logits), labels),
+            "interest": click_metrics(probabilities, labels),
             "base_rate": click_metrics(np.full(len(labels), base_rate), labels),
         }
     model.cpu()

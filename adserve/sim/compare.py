@@ -3,18 +3,23 @@
 Policies (the same traffic and click draws for each; see `traffic.py` on common random numbers):
 
 - `uniform`: every eligible creative equally likely (the floor);
-- `nonpersonal`: empirical CTR per creative (no history) as the score, VW bandit exploring;
-- `bandit`: VW over contextual features only, with a constant score (no interest model);
-- `interest_greedy`: the interest model's P(click), always the best (no exploration);
-- `full`: the interest model's scores fed to the VW bandit, which explores and learns online.
+- `nonpersonal`: empirical CTR per creative (no history) as the score, the serving VW policy;
+- `bandit`: the serving VW policy over a constant score (no interest model);
+- `interest_greedy`: the production `InterestScorer`, always its best (no exploration);
+- `full`: what `adserve serve` runs: the production `InterestScorer` under the serving
+  `VWPolicy` (configured from `[bandit]`), learning with the serving learner's semantics
+  (`adserve.bandit.learner`): every `jobs.bandit_s` of simulated time, the decisions whose
+  `bandit.reward_window_s` has closed are learned progressively by the learner lineage and
+  promoted into the serving policy only through the SNIPS gate.
 
-Learners learn from every outcome as it happens; the interest model is retrained on schedule
-(every `retrain_every` decisions, warm-started from the previous version, in-process) from the
-behaviour logs and the impressions served so far. Before its first version exists, the policies
-that need it serve uniformly at random, which is also where their first clicks come from.
+The interest model is retrained every `jobs.retrain_s` of simulated time (the first version once
+`warmup` decisions are logged), warm-started from the previous version, from the behaviour logs
+and the newest impressions. Before its first version, the policies that need it serve with the
+empirical-CTR scorer (the serving cold start).
 
-The objective is CTR (the goal is stated in CTR against the CTR oracle): VW's reward is the
-click, and every candidate reaches VW (top-K covers the slot).
+The objective is CTR (the goal is stated in CTR against the CTR oracle): the VW policies run
+with `objective = "clicks"` (cost −1 on a click, the model's value = P(click)); everything else
+in their configuration is the serving one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adserve.domain import Candidate, Choice, DecisionContext
+from adserve.domain import Candidate, DecisionContext
 from adserve.sim.harness import (
     ConstantScorer,
     GreedyPolicy,
@@ -48,7 +53,9 @@ from adserve.sim.oracle import ClickModel, Oracle
 from adserve.sim.world import World, WorldConfig
 
 if TYPE_CHECKING:
+    from adserve.bandit.policy import PolicyConfig
     from adserve.domain import Policy, Scorer
+    from adserve.settings import Settings
 
 __all__ = ["POLICIES", "CompareConfig", "PolicyRun", "compare", "load_runs", "summary_rows", "write_outputs"]
 
@@ -70,23 +77,21 @@ class CompareConfig:
     seed: int = 7
     windows: int = 20
     policies: tuple[str, ...] = POLICIES
-    # interest model schedule and size: tiny, so a retrain takes seconds on 2 CPU cores
-    warmup: int = 5_000  # uniform decisions before the first interest model
-    retrain_every: int = 20_000
-    click_window: int = 60_000  # newest impressions the click head trains on
+    # interest model schedule and size: small, so a retrain takes seconds on 2 CPU cores
+    warmup: int = 5_000  # decisions logged before the first interest model
+    retrain_s: float = 86_400.0  # simulated seconds between retrains (jobs.retrain_s)
+    click_window: int = 60_000  # newest impressions the click head and the fusion train on
     hidden: int = 32
     n_layers: int = 1
     max_len: int = 50
     epochs: int = 4  # next-item epochs per retrain (warm start carries the rest)
     click_epochs: int = 10
     train_seconds: float = 60.0
-    # VW
-    gamma_scale: float = 100.0
-    learning_rate: float = 0.5
     torch_threads: int = 1
-    # combine the click head with the next-item head's affinity for the creative's products
-    affinity: bool = True
-    affinity_fit: int = 15_000  # newest impressions the 3-weight combination is fitted on
+    # the serving bandit: [bandit] (objective set to clicks) and its learner cadence
+    bandit: dict[str, Any] = field(default_factory=dict)  # BanditSettings.policy_dict(); {} = defaults
+    bandit_s: float = 30.0  # simulated seconds between learning steps (jobs.bandit_s)
+    reward_window_s: float = 1_800.0  # bandit.reward_window_s
     world: WorldConfig | None = None  # default: WorldConfig(seed=seed)
     click_model: ClickModel | None = None  # default: ClickModel()
 
@@ -94,6 +99,23 @@ class CompareConfig:
         unknown = set(self.policies) - set(POLICIES)
         if unknown:
             raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CompareConfig:
+        """The comparison of what `settings` would serve: its bandit and its learning cadence."""
+        return cls(
+            bandit=settings.bandit.policy_dict(),
+            bandit_s=settings.jobs.bandit_s,
+            reward_window_s=settings.bandit.reward_window_s,
+            retrain_s=settings.jobs.retrain_s,
+            **overrides,
+        )
+
+    def policy_config(self) -> PolicyConfig:
+        from adserve.bandit.policy import PolicyConfig
+
+        base = PolicyConfig.from_dict(self.bandit) if self.bandit else PolicyConfig()
+        return replace(base, seed=self.seed, cost=replace(base.cost, objective="clicks"))
 
 
 @dataclass(slots=True)
@@ -103,6 +125,8 @@ class PolicyRun:
     seconds: float
     model_versions: list[str] = field(default_factory=list)
     train_seconds: float = 0.0
+    bandit_versions: int = 0
+    bandit_rejected: int = 0
 
 
 class _Switchable:
@@ -117,30 +141,6 @@ class _Switchable:
 
     def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
         return self.current.score(context, candidates)
-
-
-class _WarmupPolicy:
-    """Uniform random until `ready()`, then the wrapped policy."""
-
-    def __init__(self, policy: Policy, ready: Callable[[], bool]) -> None:
-        self.policy = policy
-        self.ready = ready
-        self._uniform = UniformRandomPolicy()
-
-    @property
-    def version(self) -> str:  # type: ignore[override]
-        return self.policy.version
-
-    def choose(
-        self,
-        context: DecisionContext,
-        candidates: list[Candidate],
-        scores: np.ndarray,
-        rng: np.random.Generator,
-    ) -> Choice:
-        if not self.ready():
-            return self._uniform.choose(context, candidates, scores, rng)
-        return self.policy.choose(context, candidates, scores, rng)
 
 
 class _EmpiricalCounts:
@@ -160,133 +160,69 @@ class _EmpiricalCounts:
             self.counts.clicks[creative] = self.counts.clicks.get(creative, 0) + 1
 
 
-def _vw_policy(cfg: CompareConfig, n_candidates: int) -> Any:
-    from adserve.bandit.policy import PolicyConfig, VWPolicy
+class _ServingLearner:
+    """The serving bandit's learner in simulated time (`adserve.bandit.learner`).
 
-    return VWPolicy(
-        PolicyConfig(
-            top_k=max(n_candidates, 1),
-            gamma_scale=cfg.gamma_scale,
-            learning_rate=cfg.learning_rate,
-            seed=cfg.seed,
-        ),
-        version="vw-online",
-    )
+    `champion` is the policy that serves (the object the harness calls); `learner` is the lineage
+    that learns every closed batch. Every `bandit_s` the decisions older than the reward window
+    are learned progressively and gated; a promoted learner is saved and hot-swapped into the
+    champion (`VWPolicy.reload`), as serving processes do.
+    """
 
+    def __init__(self, cfg: CompareConfig, workdir: Path) -> None:
+        from adserve.bandit.policy import VWPolicy
 
-class _VWLearner:
-    """Learns every outcome at once: reward = click (cost -1 on a click, 0 otherwise)."""
-
-    def __init__(self, policy: Any, ready: Callable[[], bool] = lambda: True) -> None:
-        self.policy = policy
-        self.ready = ready
+        config = cfg.policy_config()
+        self.champion = VWPolicy(config, version="untrained")
+        self.learner = VWPolicy(config, version="untrained")
+        self.cfg = cfg
+        self.workdir = workdir
+        self.pending: deque[Any] = deque()
+        self.next_step: float | None = None
+        self.versions = 0
+        self.rejected = 0
 
     def __call__(self, decision: SimDecision, clicked: bool) -> None:
         from adserve.bandit.records import LoggedDecision
 
-        self.policy.learn(
-            [
-                LoggedDecision(
-                    context=decision.context,
-                    candidates=tuple(decision.candidates),
-                    click_probabilities=tuple(np.clip(decision.scores, 1e-6, 1 - 1e-6).tolist()),
-                    pmf=decision.choice.pmf,
-                    chosen=decision.choice.index,
-                    clicked=clicked,
-                    revenue=1.0 if clicked else 0.0,
-                )
-            ]
-        )
-
-
-class InterestAffinityScorer:
-    """The interest model's two heads as one P(click).
-
-    Click-head logit plus the next-item head's affinity for the creative: log of the probability
-    that the user's next item is one of the creative's linked products. Which products a user
-    views follows their brand affinity and latent taste, so the self-supervised head (trained on
-    every behaviour event) carries what a few thousand clicks cannot teach the click head. The
-    two are combined by a logistic regression (intercept and two weights) fitted on the newest
-    impressions at each retrain, which also calibrates the result.
-    """
-
-    def __init__(self, scorer: Any) -> None:
-        import torch
-
-        self._torch = torch
-        self.scorer = scorer
-        self.version = f"{scorer.version}+affinity"
-        self.weights = np.array([0.0, 1.0, 0.0])
-        self._rows: dict[int, np.ndarray] = {}
-        self._logp: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        head = scorer.model.next_item
-        with torch.inference_mode():
-            prior = head.bias.detach().clone().float()
-            prior[0] = float("-inf")
-            self._prior = torch.log_softmax(prior, dim=-1).cpu().numpy()
-
-    def _next_item_logp(self, context: DecisionContext) -> np.ndarray:
-        history = context.history
-        if not history:
-            return self._prior
-        key = (context.user_key, len(history), history[-1].ts)
-        hit = self._logp.get(key)
-        if hit is not None:
-            return hit
-        encoding = self.scorer.encoding(context)
-        torch = self._torch
-        with torch.inference_mode():
-            logits = self.scorer.model.next_item.logits(
-                encoding.encoded[-1:], self.scorer.model.encoder.events
+        now = decision.context.now
+        self.pending.append(
+            LoggedDecision(
+                context=decision.context,
+                candidates=tuple(decision.candidates),
+                click_probabilities=tuple(np.clip(decision.scores, 0.0, 1.0).tolist()),
+                pmf=decision.choice.pmf,
+                chosen=decision.choice.index,
+                clicked=clicked,
+                revenue=decision.revenue,
+                scorer_version=decision.scorer_version,
             )
-            logp = torch.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
-        self._logp[key] = logp
-        if len(self._logp) > 4_000:
-            self._logp.popitem(last=False)
-        return logp
+        )
+        if self.next_step is None:
+            self.next_step = now + self.cfg.bandit_s
+        if now >= self.next_step:
+            self.next_step = now + self.cfg.bandit_s
+            self.step(now)
 
-    def _product_rows(self, candidate: Candidate) -> np.ndarray:
-        rows = self._rows.get(candidate.creative_id)
-        if rows is None:
-            index = self.scorer.vocab.index
-            rows = np.array([index[p] for p in candidate.product_ids if p in index], dtype=np.int64)
-            self._rows[candidate.creative_id] = rows
-        return rows
+    def step(self, now: float) -> None:
+        from adserve.bandit.learner import gate, learn_progressively
 
-    def features(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
-        """(N, 3): 1, click-head logit, next-item affinity."""
-        click = self.scorer.click_logits_many([(context, candidates)])[0]
-        logp = self._next_item_logp(context)
-        affinity = np.empty(len(candidates))
-        for i, candidate in enumerate(candidates):
-            rows = self._product_rows(candidate)
-            if rows.size:
-                top = logp[rows].max()
-                affinity[i] = top + np.log(np.exp(logp[rows] - top).sum())
-            else:
-                affinity[i] = -20.0
-        return np.column_stack([np.ones(len(candidates)), click, np.maximum(affinity, -20.0)])
-
-    def fit(self, examples: Sequence[Any]) -> None:
-        """Logistic regression of the clicks on the features (a few Newton steps, light L2)."""
-        if not examples or len({e.clicked for e in examples}) < 2:
+        closed = []
+        while self.pending and self.pending[0].context.now + self.cfg.reward_window_s <= now:
+            closed.append(self.pending.popleft())
+        if not closed:
             return
-        x = np.vstack([self.features(e.context, [e.candidate]) for e in examples])
-        y = np.array([float(e.clicked) for e in examples])
-        w = np.array([math.log(y.mean() / (1 - y.mean())), 0.0, 0.0])
-        for _ in range(25):
-            p = 1 / (1 + np.exp(-(x @ w)))
-            gradient = x.T @ (p - y) + 1e-3 * w
-            hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-3 * np.eye(3)
-            step = np.linalg.solve(hessian, gradient)
-            w -= step
-            if np.abs(step).max() < 1e-6:
-                break
-        self.weights = w
-
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
-        z = self.features(context, candidates) @ self.weights
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        first = self.versions == 0
+        learner_pmfs, champion_pmfs = learn_progressively(
+            self.learner, None if first else self.champion, closed
+        )
+        self.versions += 1
+        if not first:
+            verdict = gate(closed, learner_pmfs, champion_pmfs, seed=self.cfg.seed, metric="ctr")
+            if not verdict.promote:
+                self.rejected += 1
+                return
+        self.champion.reload(self.learner.save(self.workdir, f"v{self.versions:07d}"))
 
 
 class _InterestTrainer:
@@ -301,18 +237,17 @@ class _InterestTrainer:
         self.last_path: Path | None = None
         self.versions: list[str] = []
         self.train_seconds = 0.0
-        self.next_at = cfg.warmup
-
-    @property
-    def ready(self) -> bool:
-        return self.last_path is not None
+        self.next_at: float | None = None  # simulated time of the next retrain
 
     def __call__(self, decision: SimDecision, clicked: bool) -> None:
         from adserve.interest.data import ClickExample
 
         self.examples.append(ClickExample(decision.context, decision.chosen, bool(clicked)))
-        if decision.index + 1 >= self.next_at:
-            self.next_at += self.cfg.retrain_every
+        now = decision.context.now
+        if self.next_at is None and decision.index + 1 >= self.cfg.warmup:
+            self.next_at = now
+        if self.next_at is not None and now >= self.next_at:
+            self.next_at = now + self.cfg.retrain_s
             self.retrain(decision.index + 1)
 
     def retrain(self, at: int) -> None:
@@ -348,59 +283,51 @@ class _InterestTrainer:
         version = f"sim-{at:07d}"
         path = result.save(self.workdir, version)
         interest = InterestScorer(path, device="cpu", cache_size=4_000)
-        if cfg.affinity:
-            combined = InterestAffinityScorer(interest)
-            combined.fit(list(self.examples)[-cfg.affinity_fit :])
-            self.scorer.current = combined
-            log.info(
-                "affinity weights (intercept, click logit, next-item affinity): %s", combined.weights.round(3)
-            )
-        else:
+        if interest.scores_ads:  # the serving rule (ModelWatcher): only a model fitted on impressions
             self.scorer.current = interest
         self.last_path = path
         self.versions.append(version)
         seconds = time.perf_counter() - started
         self.train_seconds += seconds
-        click = result.report.get("click", {})
+        click = result.report.get("click", {}).get("interest", {})
         log.info(
-            "retrained %s on %d users, %d impressions in %.1fs: click %s",
+            "retrained %s on %d users, %d impressions in %.1fs: click %s, fusion %s",
             version,
             len(sequences),
             len(self.examples),
             seconds,
-            {k: round(v.get("ne", float("nan")), 3) for k, v in click.items() if isinstance(v, dict)},
+            {k: round(v, 3) for k, v in click.items()},
+            {k: round(v, 3) for k, v in result.metrics.get("fusion", {}).items()},
         )
 
 
 def _run_policy(name: str, world: World, oracle: Oracle, cfg: CompareConfig, workdir: Path) -> PolicyRun:
-    n_candidates = max(
-        len(world.eligible_candidates(p, d, g))
-        for p in world.placements
-        for d in ("desktop", "mobile", "tablet")
-        for g in ("US", "GB")
-    )
     hooks: list[Any] = []
     trainer: _InterestTrainer | None = None
+    learner: _ServingLearner | None = None
     scorer: Scorer
     policy: Policy
     if name == "uniform":
         scorer, policy = ConstantScorer(), UniformRandomPolicy()
-    elif name == "nonpersonal":
-        counts = _EmpiricalCounts()
-        scorer, policy = counts.scorer, _vw_policy(cfg, n_candidates)
-        hooks += [counts, _VWLearner(policy)]
     elif name == "bandit":
-        scorer, policy = ConstantScorer(0.02), _vw_policy(cfg, n_candidates)
-        hooks.append(_VWLearner(policy))
+        learner = _ServingLearner(cfg, workdir / name)
+        scorer, policy = ConstantScorer(0.02), learner.champion
+        hooks.append(learner)
     else:
-        switchable = _Switchable(ConstantScorer(0.02))
-        trainer = _InterestTrainer(world, cfg, switchable, workdir / name)
-        inner = GreedyPolicy("ctr") if name == "interest_greedy" else _vw_policy(cfg, n_candidates)
-        scorer, policy = switchable, _WarmupPolicy(inner, lambda: trainer.ready)
-        hooks.append(trainer)
-        if name == "full":
-            # VW learns from the uniform warm-up too: those are clean, fully explored logs.
-            hooks.append(_VWLearner(inner))
+        counts = _EmpiricalCounts()  # the cold-start scorer until an interest model exists
+        hooks.append(counts)
+        scorer = counts.scorer
+        if name != "nonpersonal":
+            switchable = _Switchable(counts.scorer)
+            trainer = _InterestTrainer(world, cfg, switchable, workdir / name)
+            hooks.append(trainer)
+            scorer = switchable
+        if name == "interest_greedy":
+            policy = GreedyPolicy("ctr")
+        else:
+            learner = _ServingLearner(cfg, workdir / name)
+            policy = learner.champion
+            hooks.append(learner)
     started = time.perf_counter()
     results = run(
         world, scorer, policy, cfg.decisions, oracle=oracle, history_limit=cfg.max_len, on_outcome=hooks
@@ -412,6 +339,8 @@ def _run_policy(name: str, world: World, oracle: Oracle, cfg: CompareConfig, wor
         seconds,
         trainer.versions if trainer else [],
         trainer.train_seconds if trainer else 0.0,
+        learner.versions if learner else 0,
+        learner.rejected if learner else 0,
     )
 
 

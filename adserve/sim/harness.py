@@ -61,6 +61,7 @@ class SimDecision:
     choice: Choice
     outcome: AdOutcome
     revenue: float
+    scorer_version: str = ""  # the scorer that produced `scores`
 
     @property
     def chosen(self) -> Candidate:
@@ -282,7 +283,7 @@ def run(
             cols.record(i, page, request, choice, chosen, outcome, revenue, truth, values)
             if outcome_hooks:
                 decision = SimDecision(
-                    i, page, request, context, candidates, scores, choice, outcome, revenue
+                    i, page, request, context, candidates, scores, choice, outcome, revenue, scorer.version
                 )
                 for hook in outcome_hooks:
                     hook(decision, outcome.clicked)

@@ -5,7 +5,6 @@ from adserve.bandit.features import (
     ad_namespace,
     escape,
     example_lines,
-    interest_namespace,
     money_namespace,
     price_bucket,
     shared_line,
@@ -82,38 +81,25 @@ def test_price_bucket_is_power_of_two() -> None:
     assert price_bucket(float("nan")) is None
 
 
-def test_interest_namespace_carries_logit_and_expected_revenue() -> None:
-    # logit(0.1) = ln(1/9); expected revenue = 0.5 × 0.1
-    assert interest_namespace(CPC, 0.1) == "|Interest logit:-2.19722 ev:0.05"
-    # CPM earns a thousandth of its price whatever the click probability
-    assert interest_namespace(CPM, 0.5) == "|Interest logit:0 ev:0.004"
-
-
-def test_interest_namespace_clips_extreme_probabilities() -> None:
-    assert interest_namespace(CPC, 0.0) == "|Interest logit:-13.8155 ev:0"
-    assert interest_namespace(CPC, 1.0) == "|Interest logit:13.8155 ev:0.5"
-
-
 def test_shared_and_action_lines() -> None:
     assert shared_line(CONTEXT) == (
         "shared |Slot placement=homepage-top position=2 page=running%20shoes kw=trail kw=10%3A1%7Cx "
         "|Visitor device=mobile geo=DE hour=13"
     )
-    assert action_line(CPM, 0.02) == (
-        "|Ad creative=8 campaign=4 advertiser=2 |Money pricing=cpm bid:4 |Interest logit:-3.89182 ev:0.004"
-    )
+    # the interest model's score is an offset added by the policy, never a VW feature
+    assert action_line(CPM) == "|Ad creative=8 campaign=4 advertiser=2 |Money pricing=cpm bid:4"
 
 
 def test_example_lines_label_only_the_chosen_action() -> None:
-    lines = example_lines(CONTEXT, [CPC, CPM], [0.1, 0.02], labelled=(1, -0.004, 0.25))
+    lines = example_lines(CONTEXT, [CPC, CPM], labelled=(1, -0.004, 0.25))
     assert len(lines) == 3
     assert lines[0].startswith("shared |Slot ")
-    assert lines[1] == action_line(CPC, 0.1)
-    assert lines[2] == "0:-0.004:0.25 " + action_line(CPM, 0.02)
+    assert lines[1] == action_line(CPC)
+    assert lines[2] == "0:-0.004:0.25 " + action_line(CPM)
 
 
 def test_no_line_contains_a_newline_even_with_hostile_values() -> None:
     hostile = DecisionContext(placement="a\nb", now=0.0, keywords=("x\r\ny",), geo="| shared")
-    lines = example_lines(hostile, [CPC], [0.1])
+    lines = example_lines(hostile, [CPC])
     assert all("\n" not in line and "\r" not in line for line in lines)
     assert lines[0].count("|") == 2  # only the two namespace markers

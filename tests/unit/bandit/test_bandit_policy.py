@@ -59,12 +59,25 @@ def test_implements_the_domain_policy_protocol() -> None:
     assert isinstance(VWPolicy(), Policy)
 
 
-def test_untrained_policy_is_uniform_over_top_k_and_zero_elsewhere() -> None:
-    candidates = [cpc(i, bid=float(i + 1)) for i in range(6)]  # ev grows with i
-    policy = VWPolicy(PolicyConfig(top_k=4))
+def test_untrained_policy_is_the_models_ranking_with_light_exploration() -> None:
+    candidates = [cpc(i, bid=float(i + 1)) for i in range(6)]  # ev = 0.1 × bid grows with i
+    policy = VWPolicy(PolicyConfig(top_k=4, gamma_initial=1000.0))
     pmf = policy.pmf(CONTEXT, candidates, np.full(6, 0.1))
     assert pmf.shape == (6,)
-    np.testing.assert_allclose(pmf, [0, 0, 0.25, 0.25, 0.25, 0.25])
+    assert pmf[0] == pmf[1] == 0.0  # outside the top-K: never chosen
+    # inverse-gap weighting over the model's costs: 1 / (K + gamma × gap) off the best
+    np.testing.assert_allclose(pmf[2:5], [1 / (4 + 1000 * 0.3), 1 / (4 + 1000 * 0.2), 1 / (4 + 1000 * 0.1)])
+    assert int(np.argmax(pmf)) == 5 and pmf[5] > 0.98 and sum(pmf) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_exploration_never_costs_more_than_k_over_gamma() -> None:
+    rng = np.random.default_rng(11)
+    candidates = [cpc(i, bid=1.0) for i in range(10)]
+    policy = VWPolicy(PolicyConfig(top_k=10, gamma_initial=2000.0))
+    for _ in range(50):
+        scores = rng.uniform(0.0, 0.1, 10)
+        pmf = policy.pmf(CONTEXT, candidates, scores)
+        assert scores.max() - pmf @ scores <= 9 / 2000 + 1e-12
 
 
 def test_top_k_by_expected_value_mixes_cpc_and_cpm() -> None:
@@ -125,7 +138,7 @@ def test_candidates_outside_top_k_are_never_chosen() -> None:
 
 
 def test_explored_means_not_the_greedy_action() -> None:
-    policy, candidates = trained_policy()
+    policy, candidates = trained_policy(PolicyConfig(gamma_initial=5.0, gamma_scale=0.0))
     rng = np.random.default_rng(4)
     choices = [policy.choose(CONTEXT, candidates, np.full(5, 0.05), rng) for _ in range(500)]
     greedy = int(np.argmax(choices[0].pmf))
@@ -183,12 +196,14 @@ def test_cost_is_minus_scaled_clipped_revenue() -> None:
 
 def test_config_from_settings_and_vw_arguments() -> None:
     config = PolicyConfig.from_dict(
-        {"exploration": "softmax", "softmax_lambda": 3.0, "cost": {"revenue_scale": 2}}
+        {"exploration": "epsilon_greedy", "epsilon": 0.2, "cost": {"revenue_scale": 2, "objective": "clicks"}}
     )
-    assert config.exploration is Exploration.SOFTMAX and config.cost.revenue_scale == 2
-    assert "--softmax" in config.vw_args() and "--lambda=3.0" in config.vw_args()
-    assert "--squarecb" in PolicyConfig().vw_args()
-    assert "--bag=5" in PolicyConfig(exploration=Exploration.BAGGING).vw_args()
+    assert config.exploration is Exploration.EPSILON_GREEDY and config.cost.revenue_scale == 2
+    assert config.cost.objective == "clicks"
+    # VW is the residual regressor; exploration is computed outside it
+    assert "--cb_adf" in config.vw_args() and "--cb_type=mtr" in config.vw_args()
+    assert not any("explore" in a or "squarecb" in a for a in PolicyConfig().vw_args())
+    assert PolicyConfig(gamma_initial=100, gamma_scale=10, gamma_exponent=0.5).gamma(400) == 300
     assert PolicyConfig.from_dict(PolicyConfig().to_dict()) == PolicyConfig()
     with pytest.raises(ValueError, match="unknown bandit policy settings"):
         PolicyConfig.from_dict({"explorer": "squarecb"})

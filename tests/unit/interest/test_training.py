@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from adserve.interest.checkpoint import load_checkpoint
@@ -72,7 +73,17 @@ def test_evaluate_checkpoint_matches_training_report(tiny_result, tiny_checkpoin
     sequences, _, clicks = tiny_world
     report = evaluate_checkpoint(tiny_checkpoint, sequences, clicks)
     assert report["next_item"] == tiny_result.report["next_item"]
-    assert report["click"]["interest"]["auc"] == tiny_result.report["click"]["interest"]["auc"]
+    # the click figures are those of the serving scorer itself on the newest impressions
+    from adserve.interest.evaluation import click_metrics
+    from adserve.interest.scorer import InterestScorer
+    from adserve.interest.training import split_click_examples
+
+    test = split_click_examples(sorted(clicks, key=lambda e: e.context.now))[2]
+    scorer = InterestScorer(tiny_checkpoint, device="cpu")
+    served = np.array([scorer.score(e.context, [e.candidate])[0] for e in test])
+    expected = click_metrics(served, np.array([float(e.clicked) for e in test]))
+    assert report["click"]["interest"]["auc"] == pytest.approx(expected["auc"], abs=1e-9)
+    assert report["click"]["interest"]["logloss"] == pytest.approx(expected["logloss"], rel=1e-6)
 
 
 def test_warm_start_carries_weights_and_moves_biases_with_item_ids(tiny_result, tiny_checkpoint) -> None:

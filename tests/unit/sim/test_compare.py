@@ -29,7 +29,7 @@ def test_full_system_learns_beyond_uniform(tmp_path):
         windows=4,
         policies=("uniform", "full"),
         warmup=2_000,
-        retrain_every=1_000_000,
+        retrain_s=1e9,  # one model: the first, after the warm-up
         epochs=2,
         click_epochs=4,
         world=WorldConfig(seed=3, n_users=300),
@@ -38,6 +38,10 @@ def test_full_system_learns_beyond_uniform(tmp_path):
     # ~20 s on 2 quiet cores (the learning, not the clock, is what this test checks)
     uniform, full = compare(config, progress=lambda line: None)
     assert full.model_versions == ["sim-0002000"]
+    # the serving learner ran: versions learned at window close, promoted into the serving policy
+    assert full.bandit_versions > 10
+    assert full.results.scorer_version.startswith("sim-0002000")
+    assert full.results.policy_version.startswith("v")
 
     last_u, last_f = uniform.results.window(5_000, 8_000), full.results.window(5_000, 8_000)
     # same traffic, same requests: the oracle and uniform expectations are identical
