@@ -16,7 +16,11 @@ from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from sqlalchemy import text
 
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
@@ -25,6 +29,7 @@ from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, 
 from adserve.db.migrate import head_revision
 from adserve.errors import UserError
 from adserve.events.ingest import EventIngest
+from adserve.events.invalid_hits import InvalidHitCounter
 from adserve.events.spool import SpoolLockedError
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
@@ -63,17 +68,28 @@ def _user_error(_: Request, exc: UserError) -> Response[dict[str, Any]]:
     return _problem(exc.status_code, exc.title, exc.detail, exc.errors)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:
-    response = _problem(exc.status_code, HTTPStatus(exc.status_code).phrase, exc.detail, exc.extra)
+def _route(request: Request) -> str:
+    """The route template (`/v1/users/{user_id}`), never the path, which can carry a raw id."""
+    return f"{request.method} {request.scope.get('path_template') or '(no route)'}"
+
+
+def _too_large(request: Request) -> str:
+    limit = request.route_handler.resolve_request_max_body_size()
+    return f"the request body is larger than {limit} bytes, the limit of {_route(request)}"
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    detail = _too_large(request) if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE else exc.detail
+    response = _problem(exc.status_code, HTTPStatus(exc.status_code).phrase, detail, exc.extra)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
 
 
 def _server_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    # Our fault: log it with the route (never the body, which may hold personal data) and keep
-    # the stack trace out of the response.
-    log.exception("unhandled error on %s %s", request.method, request.scope.get("path"), exc_info=exc)
+    # Our fault: log it with the route template (never the path or the body, which may hold a
+    # raw user id or other personal data) and keep the stack trace out of the response.
+    log.exception("unhandled error on %s", _route(request), exc_info=exc)
     return _problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", "an internal error occurred")
 
 
@@ -160,7 +176,7 @@ def build_policy(settings: Settings) -> Policy:
         from adserve.bandit.policy import PolicyConfig, VWPolicy
 
         # until a champion is registered (and hot-swapped in by ModelWatcher), an untrained policy
-        # configured from [bandit]: it starts from the `ev` prior of the Interest namespace
+        # configured from [bandit]: the scorer's ranking with light exploration (residual 0)
         return VWPolicy(PolicyConfig.from_dict(settings.bandit.policy_dict()))
     return EpsilonGreedyPolicy(settings.serving.epsilon)
 
@@ -185,7 +201,9 @@ async def _start_writer(url: str, settings: Settings) -> LogWriter:
     share one spool_dir, and a restarted worker adopts (and replays) a dead one's leftover spool."""
     base = Path(settings.writer.spool_dir)
     for slot in range(SPOOL_SLOTS):
-        writer = LogWriter(url, settings.writer, base / f"slot-{slot}")
+        writer = LogWriter(
+            url, settings.writer, base / f"slot-{slot}", settings.database.statement_timeout_ms
+        )
         try:
             await writer.start()
         except SpoolLockedError:
@@ -215,7 +233,10 @@ def create_app(settings: Settings) -> Litestar:
         url = app.state.database_url
         # min_size=0: the process starts (and /ready reports why) even while Postgres is away.
         pool = await asyncpg.create_pool(
-            **asyncpg_dsn(url), min_size=0, max_size=settings.database.pool_size, reset=_keep_session
+            **asyncpg_dsn(url, statement_timeout_ms=settings.database.statement_timeout_ms),
+            min_size=0,
+            max_size=settings.database.pool_size,
+            reset=_keep_session,
         )
         writer = await _start_writer(url, settings)
         catalog = CatalogCache(pool, settings.serving.catalog_refresh_s)
@@ -245,17 +266,24 @@ def create_app(settings: Settings) -> Litestar:
         watcher = ModelWatcher(pool, app.state.pipeline, scorer, settings)
         await watcher.start()
         app.state.models = watcher
-        app.state.tracker = Tracker(signer=signer, writer=writer, pool=pool, catalog=catalog)
+        invalid_hits = InvalidHitCounter(pool)
+        invalid_hits.start()
+        app.state.invalid_hits = invalid_hits
+        app.state.tracker = Tracker(
+            signer=signer, writer=writer, pool=pool, catalog=catalog, invalid_hits=invalid_hits
+        )
         app.state.ingest = EventIngest(
             writer=writer,
             pool=pool,
             user_keys=user_keys,
             attribution_window_s=settings.serving.attribution_window_s,
+            max_events=settings.serving.max_events_per_batch,
         )
         try:
             yield
         finally:
             counts_task.cancel()
+            await invalid_hits.close()
             await watcher.close()
             await catalog.close()
             await writer.close()

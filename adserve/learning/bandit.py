@@ -53,12 +53,11 @@ from adserve.learning.datasets import _context
 from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from adserve.bandit.ope import OpeReport
-    from adserve.bandit.policy import VWPolicy
     from adserve.db.tables import ModelVersion
     from adserve.settings import Settings
 
@@ -87,11 +86,8 @@ LEFT JOIN rewards r ON r.decision_id = d.id
 LEFT JOIN impressions i ON i.decision_id = d.id
 LEFT JOIN campaigns c ON c.id = d.campaign_id
 WHERE r.decision_id IS NULL AND d.chosen_creative_id IS NOT NULL
-  AND d.ts >= $1::timestamptz - make_interval(secs => $3::float8) AND d.ts <= $1::timestamptz
-  AND (d.ts < $1::timestamptz - make_interval(secs => $2::float8)
-       OR EXISTS (SELECT 1 FROM clicks k
-                  WHERE k.decision_id = d.id AND k.valid AND k.ts >= d.ts AND k.ts <= $1::timestamptz
-                    AND k.ts <= d.ts + make_interval(secs => $2::float8)))
+  AND d.ts >= $1::timestamptz - make_interval(secs => $3::float8)
+  AND d.ts < $1::timestamptz - make_interval(secs => $2::float8)
 ORDER BY d.ts
 LIMIT $4::bigint
 """
@@ -106,7 +102,7 @@ ON CONFLICT (decision_id) DO NOTHING
 
 LOGGED_SQL = """
 SELECT d.id, d.ts, d.user_id, d.context, d.candidate_ids, d.scores, d.pmf, d.chosen_creative_id,
-       COALESCE(p.key, 'placement-' || d.placement_id) AS placement, COALESCE(p.position, 0) AS position,
+       d.scorer_version, COALESCE(p.key, 'placement-' || d.placement_id) AS placement, COALESCE(p.position, 0) AS position,
        r.clicked, r.revenue, r.conversion_value
 FROM rewards r
 JOIN decisions d ON d.id = r.decision_id
@@ -311,6 +307,7 @@ def _record(row: asyncpg.Record, candidates: dict[int, Candidate]) -> LoggedDeci
             revenue=float(row["revenue"] or 0.0),
             conversion_value=float(row["conversion_value"] or 0.0),
             decision_id=row["id"],
+            scorer_version=row["scorer_version"],
         )
     except (ValueError, TypeError):
         return None
@@ -346,64 +343,6 @@ def _policy_config(settings: Settings):
     return PolicyConfig.from_dict(settings.bandit.policy_dict())
 
 
-def _learn_progressively(
-    policy: VWPolicy, baseline: VWPolicy | None, records: Sequence[LoggedDecision]
-) -> tuple[dict[Any, np.ndarray], dict[Any, np.ndarray]]:
-    """Learns records one at a time in time order; before each update, records the learner's pmf
-    (progressive validation: every example is scored by a model that has not seen it) and the
-    unchanged champion's pmf on the same record."""
-    learner_pmfs, champion_pmfs = {}, {}
-    for record in sorted(records, key=lambda r: r.context.now):
-        key = record.decision_id
-        learner_pmfs[key] = policy.pmf(record.context, record.candidates, record.click_probabilities)
-        if baseline is not None:
-            champion_pmfs[key] = baseline.pmf(record.context, record.candidates, record.click_probabilities)
-        policy.learn([record])
-    return learner_pmfs, champion_pmfs
-
-
-def _gate(
-    records: Sequence[LoggedDecision],
-    learner_pmfs: dict[Any, np.ndarray],
-    champion_pmfs: dict[Any, np.ndarray],
-    seed: int,
-) -> tuple[bool, str, dict[str, Any]]:
-    """Promote unless the new version is significantly worse than the champion on this window:
-    the learner's SNIPS revenue per decision (progressive) has a bootstrap 95% upper bound at
-    least the champion's SNIPS point estimate on the same decisions."""
-    from adserve.bandit.ope import evaluate, logged_score_model
-
-    report = evaluate(
-        records,
-        {
-            "new": lambda r: learner_pmfs[r.decision_id],
-            "champion": lambda r: champion_pmfs[r.decision_id],
-        },
-        reward_model=logged_score_model,
-        n_bootstrap=200,
-        seed=seed,
-    )
-    new = report.policies["new"].estimates["snips"]["revenue"]
-    champion = report.policies["champion"].estimates["snips"]["revenue"]
-    figures = {
-        name: {
-            "snips_revenue": report.policies[name].estimates["snips"]["revenue"].to_dict(),
-            "snips_ctr": report.policies[name].estimates["snips"]["ctr"].to_dict(),
-            "ess": report.policies[name].ess,
-        }
-        for name in ("new", "champion")
-    }
-    if np.isnan(new.high) or np.isnan(champion.value):
-        return True, "gate: no estimate on this window (zero weights); promoted", figures
-    detail = (
-        f"SNIPS revenue/decision {new.value:.6f} [{new.low:.6f}, {new.high:.6f}] "
-        f"vs champion {champion.value:.6f} on {report.n} decisions"
-    )
-    if new.high >= champion.value:
-        return True, f"not significantly worse: {detail}", figures
-    return False, f"significantly worse: {detail}", figures
-
-
 async def learn_once(
     source: Any,
     settings: Settings | None = None,
@@ -413,14 +352,16 @@ async def learn_once(
 ) -> Any:
     """One learning step of the one learner; returns the new `model_versions` row or None.
 
-    Starts from the bandit champion (or a fresh `VWPolicy` configured from `[bandit]`), feeds the
-    un-learned rewarded decisions (at most `bandit.learn_batch_max`, oldest first) to VW in time
-    order, saves `<models_dir>/bandit/<version>/`, marks those rewards learned and registers the
-    version in the same transaction. The first version becomes champion; later ones are promoted
-    unless significantly worse than the champion (`_gate`), else kept as rejected with the
-    reason. A rejected batch stays learned: the next step starts from the champion again, so the
-    champion never learns those decisions (documented trade-off; rejections should be rare).
-    Restarting the process resumes from the last champion on disk. Only one learner runs at a
+    Starts from the learner lineage (the newest registered version, whatever its status; a fresh
+    `VWPolicy` configured from `[bandit]` before the first), feeds the un-learned rewarded
+    decisions (at most `bandit.learn_batch_max`, oldest first; a decision is rewarded only once
+    its reward window has closed, so clicks and non-clicks arrive together) to VW in time order,
+    saves `<models_dir>/bandit/<version>/`, marks those rewards learned and registers the version.
+    The first version becomes champion; later ones are promoted unless significantly worse than
+    the champion (`adserve.bandit.learner.gate`), else kept as rejected with the reason. A
+    rejected batch is not lost: the next step continues from the rejected version, and the
+    champion keeps serving until a later version of the lineage passes the gate. Restarting the
+    process resumes from the newest version on disk. Only one learner runs at a
     time (a Postgres advisory lock): a concurrent call returns None.
     """
     job = _is_job_context(source)
@@ -454,22 +395,27 @@ async def _learn_locked(
     connection: asyncpg.Connection,
     seed: int,
 ) -> ModelVersion | None:
+    from adserve.bandit.learner import gate, learn_progressively
     from adserve.bandit.policy import VWPolicy
 
     async with _session(source, settings, sessionmaker) as session:
-        champion = await Registry(session).champion("bandit")
+        registry = Registry(session)
+        champion = await registry.champion("bandit")
+        lineage = await registry.latest("bandit")
     records, reward_ids = await _fetch_logged(
         connection, EPOCH, FAR_FUTURE, True, settings.bandit.learn_batch_max
     )
     if not reward_ids:
         return None
-    if champion is not None and Path(champion.path).is_dir():
-        policy = await asyncio.to_thread(VWPolicy.load, champion.path)
-        baseline = await asyncio.to_thread(VWPolicy.load, champion.path)
+    if lineage is not None and Path(lineage.path).is_dir():
+        policy = await asyncio.to_thread(VWPolicy.load, lineage.path)
     else:
-        policy, baseline = VWPolicy(_policy_config(settings)), None
+        policy = VWPolicy(_policy_config(settings))
+    baseline = None
+    if champion is not None and Path(champion.path).is_dir():
+        baseline = await asyncio.to_thread(VWPolicy.load, champion.path)
     try:
-        learner_pmfs, champion_pmfs = await asyncio.to_thread(_learn_progressively, policy, baseline, records)
+        learner_pmfs, champion_pmfs = await asyncio.to_thread(learn_progressively, policy, baseline, records)
         path = await asyncio.to_thread(policy.save, Path(settings.models_dir))
     finally:
         if baseline is not None:
@@ -483,12 +429,15 @@ async def _learn_locked(
         "data_window": [datetime.fromtimestamp(t, UTC).isoformat() for t in policy.data_window]
         if policy.data_window
         else None,
-        "base_version": champion.version if champion else None,
+        "base_version": lineage.version if lineage else None,
+        "champion_version": champion.version if champion else None,
+        "scorer_versions": dict(policy.scorer_versions),
         "config": policy.config.to_dict(),
     }
     promote, reason = True, "first bandit version"
     if baseline is not None and records:
-        promote, reason, metrics["gate"] = _gate(records, learner_pmfs, champion_pmfs, seed)
+        verdict = gate(records, learner_pmfs, champion_pmfs, seed)
+        promote, reason, metrics["gate"] = verdict.promote, verdict.reason, verdict.figures
     elif champion is not None and not records:
         promote, reason = False, "no decision could be rebuilt in this batch"
     policy.close()

@@ -61,6 +61,17 @@ class Registry:
             )
         ).scalar_one_or_none()
 
+    async def latest(self, kind: ModelKind) -> ModelVersion | None:
+        """The newest registered version of `kind`, whatever its status (a learner's lineage)."""
+        return (
+            await self.session.execute(
+                select(ModelVersion)
+                .where(ModelVersion.kind == kind)
+                .order_by(ModelVersion.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
     async def list(
         self, kind: ModelKind | None = None, limit: int = 50, offset: int = 0
     ) -> list[ModelVersion]:

@@ -90,8 +90,9 @@ class ModelWatcher:
             return
         self.errors.pop("interest", None)
         self.serving["interest"] = version
-        # A model trained without impressions ranks items but its P(click) means nothing yet.
-        scores_ads = self.settings.serving.scorer == "interest" and self.interest.current.click_trained
+        # A model fitted without impressions ranks items (recommendations) but does not score ads:
+        # the empirical scorer keeps serving them (the cold start).
+        scores_ads = self.settings.serving.scorer == "interest" and self.interest.current.scores_ads
         self.pipeline.scorer = self.interest if scores_ads else self.fallback
         log.info("interest model %s loaded; scoring with %s", version, self.pipeline.scorer.version)
 

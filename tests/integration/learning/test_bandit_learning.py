@@ -77,6 +77,18 @@ async def click(client, decision: dict, headers=BROWSER) -> None:
     assert response.status_code == 302
 
 
+async def backdate(url: str, decision_id: str, seconds: float) -> None:
+    """Move a decision and its tracking rows into the past, so its reward window has closed (the
+    join labels a decision only then) without waiting for the clock."""
+    for table, column in (("decisions", "id"), ("impressions", "decision_id"), ("clicks", "decision_id")):
+        await query(
+            url,
+            f"UPDATE {table} SET ts = ts - make_interval(secs => $2) WHERE {column} = $1",
+            uuid.UUID(decision_id),
+            seconds,
+        )
+
+
 async def latest_ts(url: str, ids: list[uuid.UUID]) -> datetime:
     return (await query(url, "SELECT max(ts) AS t FROM decisions WHERE id = ANY($1::uuid[])", ids))[0]["t"]
 
@@ -202,13 +214,10 @@ async def test_reward_join_edges(client, world, database_url) -> None:
     ids = world["ids"]
     decided = await latest_ts(database_url, ids)
 
-    # windows still open: only the decision with a valid click inside its window is labelled
-    await join_rewards_once(database_url, now=decided + timedelta(seconds=5), reward_window_s=WINDOW)
-    rewards = await rewards_of(database_url, ids)
-    assert set(rewards) == {uuid.UUID(won["decision_id"])}
-    assert rewards[uuid.UUID(won["decision_id"])]["clicked"] is True
-    assert float(rewards[uuid.UUID(won["decision_id"])]["revenue"]) == pytest.approx(0.8)
-    assert rewards[uuid.UUID(won["decision_id"])]["learned"] is False
+    # windows still open: nothing is labelled, not even the clicked decision, so positives never
+    # reach the learner ahead of the negatives of the same moment
+    assert await join_rewards_once(database_url, now=decided + timedelta(seconds=5), reward_window_s=WINDOW) == 0
+    assert await rewards_of(database_url, ids) == {}
 
     # the advertiser re-prices after serving: rewards keep the price the decision was served at
     await query(database_url, "UPDATE campaigns SET bid = 2.0 WHERE id = $1", world["cpc_campaign"])
@@ -219,6 +228,9 @@ async def test_reward_join_edges(client, world, database_url) -> None:
     assert joined >= len(ids) - 1
     rewards = await rewards_of(database_url, ids)
     assert set(rewards) == set(ids)
+    assert rewards[uuid.UUID(won["decision_id"])]["clicked"] is True
+    assert float(rewards[uuid.UUID(won["decision_id"])]["revenue"]) == pytest.approx(0.8)  # as served
+    assert rewards[uuid.UUID(won["decision_id"])]["learned"] is False
     assert rewards[uuid.UUID(invalid["decision_id"])]["clicked"] is False  # invalid click never counts
     assert rewards[late_id]["clicked"] is False  # late click does not count
     for decision in world["cpc"][1:]:
@@ -240,7 +252,9 @@ async def test_reward_join_edges(client, world, database_url) -> None:
     assert clicked.chosen_candidate.pricing is Pricing.CPC and clicked.chosen_candidate.bid == 2.0
     assert clicked.context.placement == world["first"] and clicked.context.device in ("mobile", "desktop")
     assert clicked.context.page_category == "shoes" and clicked.context.keywords == ("running",)
-    assert clicked.propensity == 1.0  # greedy logging (epsilon 0)
+    # the default serving policy (VW) logged its pmf; the propensity is its entry for the choice
+    assert sum(clicked.pmf) == pytest.approx(1.0, abs=1e-9)
+    assert clicked.propensity == clicked.pmf[clicked.chosen] > 0
 
 
 async def test_learner_saves_registers_marks_learned_and_resumes(
@@ -308,10 +322,11 @@ async def test_ope_from_logs_estimates_every_policy(world, database_url) -> None
 
 
 async def test_cli_learn_and_ope(client, world, database_url, tmp_path) -> None:
-    # one fresh clicked decision, so the CLI's own reward join (real time, windows open) has work
+    # one clicked decision whose reward window has closed, so the CLI's own reward join has work
     page = await serve(client, [world["first"]], "cli-shopper")
     await impress(client, page[0])
     await click(client, page[0])
+    await backdate(database_url, page[0]["decision_id"], 2 * WINDOW)
     env = {**os.environ, "ADSERVE_DATABASE_URL": database_url, "ADSERVE_MODELS_DIR": str(tmp_path / "models")}
     env["PYTHONPATH"] = str(REPO)
 
@@ -363,6 +378,7 @@ async def test_scheduled_job_joins_and_learns_through_its_context(
     page = await serve(client, [world["first"]], "job-shopper")
     await impress(client, page[0])
     await click(client, page[0])
+    await backdate(database_url, page[0]["decision_id"], 2 * WINDOW)
     pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=2)
     try:
         figures = await learn_bandit(JobContext(database_url, settings, pool, sessionmaker))
