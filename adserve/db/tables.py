@@ -1,6 +1,8 @@
 """The schema: SQLAlchemy 2 typed ORM models. Alembic migrations mirror this file exactly.
 
-Money is NUMERIC(18, 6) in Postgres (exact sums) and float in Python (JSON-friendly).
+Money is NUMERIC(18, 6) in Postgres (exact sums) and float in Python (JSON-friendly); columns that
+accumulate money over an unbounded number of rows (spend, daily totals, conversion values) are
+NUMERIC without a precision, which no sum can overflow.
 High-volume tables (user_events, decisions, impressions, clicks, conversions) are append-only and
 keyed by a client- or server-generated UUID so replays and retries never double count.
 """
@@ -45,6 +47,7 @@ __all__ = [
     "Decision",
     "Erasure",
     "Impression",
+    "InvalidTrackingHit",
     "JobRun",
     "ModelVersion",
     "Placement",
@@ -62,6 +65,8 @@ NAMING_CONVENTION = {
 }
 
 Money = Numeric(18, 6, asdecimal=False)
+# A running total: 1,000 purchases of 1e9 already pass NUMERIC(18, 6)'s 10^12.
+Total = Numeric(asdecimal=False)
 
 
 class Base(DeclarativeBase):
@@ -131,8 +136,8 @@ class Campaign(Base):
     targeting: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     frequency_cap: Mapped[int | None] = mapped_column(Integer)
     frequency_window_s: Mapped[int | None] = mapped_column(Integer)
-    spend_total: Mapped[float] = mapped_column(Money, server_default="0")
-    spend_today: Mapped[float] = mapped_column(Money, server_default="0")
+    spend_total: Mapped[float] = mapped_column(Total, server_default="0")
+    spend_today: Mapped[float] = mapped_column(Total, server_default="0")
     spend_day: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
@@ -320,7 +325,7 @@ class Reward(Base):
     decision_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     decision_ts: Mapped[datetime]
     clicked: Mapped[bool] = mapped_column(Boolean)
-    conversion_value: Mapped[float] = mapped_column(Money, server_default="0")
+    conversion_value: Mapped[float] = mapped_column(Total, server_default="0")
     revenue: Mapped[float] = mapped_column(Money, server_default="0")
     joined_at: Mapped[datetime] = _created()
     learned: Mapped[bool] = mapped_column(Boolean, server_default="false")
@@ -383,10 +388,22 @@ class DailyStat(Base):
     clicks: Mapped[int] = mapped_column(BigInteger, server_default="0")
     invalid_clicks: Mapped[int] = mapped_column(BigInteger, server_default="0")
     conversions: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    conversion_value: Mapped[float] = mapped_column(Money, server_default="0")
-    spend: Mapped[float] = mapped_column(Money, server_default="0")
+    conversion_value: Mapped[float] = mapped_column(Total, server_default="0")
+    spend: Mapped[float] = mapped_column(Total, server_default="0")
 
     __table_args__ = (Index("ix_daily_stats_advertiser_id_day", "advertiser_id", "day"),)
+
+
+class InvalidTrackingHit(Base):
+    """Tracking hits whose token is not ours, counted per minute, kind and reason instead of a row
+    per request (adserve/events/invalid_hits.py)."""
+
+    __tablename__ = "invalid_tracking_hits"
+
+    minute: Mapped[datetime] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hits: Mapped[int] = mapped_column(BigInteger)
 
 
 class Erasure(Base):
