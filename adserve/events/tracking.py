@@ -1,9 +1,10 @@
 """Impressions and clicks from signed tracking URLs, with invalid traffic stored but never counted.
 
-One impression per decision (the decision id is the impression's key). Every click is stored;
-a click counts (as a reward and as CPC spend) only when its token is genuine and unexpired, the
-user agent is not a bot, the decision's impression was recorded, and no valid click of the same
-decision exists yet. Otherwise it is stored with `valid = false` and the reason.
+One impression per decision (the decision id is the impression's key). Every click with a
+genuine token is stored; it counts (as a reward and as CPC spend) only when the token is
+unexpired, the user agent is not a bot, the decision's impression was recorded, and no valid click
+of the same decision exists yet. Otherwise it is stored with `valid = false` and the reason. A
+token that is not ours (tampered, garbage) is only counted (`invalid_hits`), never stored per hit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from adserve.serving.tokens import TokenError, TokenKind
 if TYPE_CHECKING:
     import asyncpg
 
+    from adserve.events.invalid_hits import InvalidHitCounter
     from adserve.serving.catalog import CatalogCache
     from adserve.serving.tokens import TrackingClaims, TrackingSigner
 
@@ -52,17 +54,28 @@ class ClickOutcome:
 
 class Tracker:
     def __init__(
-        self, *, signer: TrackingSigner, writer: Any, pool: asyncpg.Pool, catalog: CatalogCache
+        self,
+        *,
+        signer: TrackingSigner,
+        writer: Any,
+        pool: asyncpg.Pool,
+        catalog: CatalogCache,
+        invalid_hits: InvalidHitCounter,
     ) -> None:
         self.signer = signer
         self.writer = writer
         self.pool = pool
         self.catalog = catalog
+        self.invalid_hits = invalid_hits
 
     async def impression(self, token: str, now: datetime | None = None) -> TrackingClaims:
         """Records the impression; raises TokenError for tampered or expired tokens."""
         now = now or datetime.now(UTC)
-        claims = self.signer.verify(token, TokenKind.IMPRESSION, now.timestamp())
+        try:
+            claims = self.signer.verify(token, TokenKind.IMPRESSION, now.timestamp())
+        except TokenError as error:
+            self.invalid_hits.count("impression", error.reason, now)
+            raise
         await self.writer.write(
             "impressions",
             [
@@ -112,9 +125,13 @@ class Tracker:
             claims = self.signer.verify(token, TokenKind.CLICK, now.timestamp())
         except TokenError as error:
             claims, reason = error.claims, error.reason
+        if claims is None:
+            # Not our token: nothing to join, bill or redirect to, so a counter, not a row.
+            self.invalid_hits.count("click", reason or "tampered", now)
+            return ClickOutcome(valid=False, reason=reason, landing_url=None)
         if reason is None and (not user_agent or BOT_USER_AGENT.search(user_agent)):
             reason = "bot"
-        if reason is None and claims is not None:
+        if reason is None:
             impressed, clicked = await self._click_state(claims.decision_id)
             if clicked:
                 reason = "duplicate"
@@ -127,17 +144,17 @@ class Tracker:
                 make_row(
                     "clicks",
                     id=uuid.uuid4(),
-                    decision_id=claims.decision_id if claims else None,
+                    decision_id=claims.decision_id,
                     ts=now,
-                    creative_id=claims.creative_id if claims else None,
-                    campaign_id=claims.campaign_id if claims else None,
-                    placement_id=claims.placement_id if claims else None,
-                    user_id=claims.user_key if claims else None,
+                    creative_id=claims.creative_id,
+                    campaign_id=claims.campaign_id,
+                    placement_id=claims.placement_id,
+                    user_id=claims.user_key,
                     valid=valid,
                     invalid_reason=reason,
-                    cost=claims.click_cost if (valid and claims) else 0.0,
+                    cost=claims.click_cost if valid else 0.0,
                 )
             ],
         )
-        landing = await self._landing_url(claims.creative_id) if claims else None
+        landing = await self._landing_url(claims.creative_id)
         return ClickOutcome(valid=valid, reason=reason, landing_url=landing)
