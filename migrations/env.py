@@ -6,9 +6,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from adserve.db.engine import sqlalchemy_url
+from adserve.db.engine import async_engine, sqlalchemy_url
 from adserve.db.tables import Base
 
 config = context.config
@@ -18,12 +17,12 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
     if url:
-        return sqlalchemy_url(url)
+        return url
     from adserve.db.engine import resolve_database_url
     from adserve.settings import load_settings
 
     resolved, _ = resolve_database_url(load_settings())
-    return sqlalchemy_url(resolved)
+    return resolved
 
 
 def _configure(connection) -> None:
@@ -33,14 +32,15 @@ def _configure(connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    # No statement timeout: a migration may rewrite a large table.
+    engine = async_engine(_url(), poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_configure)
     await engine.dispose()
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=sqlalchemy_url(_url()), target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EmbeddedPostgres",
+    "async_engine",
     "asyncpg_dsn",
     "create_engine",
     "resolve_database_url",
@@ -71,22 +73,47 @@ def sqlalchemy_url(url: str) -> str:
     raise ValueError(f"not a postgres URL: {url.split(':', 1)[0]}://…")
 
 
-def asyncpg_dsn(url: str) -> dict[str, str | int | None]:
-    """Keyword arguments for asyncpg.connect; handles unix-socket URLs (``?host=/dir``)."""
-    parts = urlsplit(sqlalchemy_url(url).replace("postgresql+asyncpg://", "postgresql://"))
+def asyncpg_dsn(url: str, *, statement_timeout_ms: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for asyncpg.connect and asyncpg.create_pool.
+
+    Host, port, user, password and database come from the URL (``?host=/dir`` for unix sockets).
+    Every other URL parameter reaches asyncpg through `dsn`, which reads them as libpq does:
+    ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``, ``sslcrl``, ``sslpassword``,
+    ``ssl_min_protocol_version``, ``target_session_attrs``, and server settings such as
+    ``application_name``. A positive `statement_timeout_ms` becomes the session's
+    ``statement_timeout`` (0 or None: the server's default).
+    """
+    normalised = sqlalchemy_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+    parts = urlsplit(normalised)
     query = parse_qs(parts.query)
-    return {
+    kwargs: dict[str, Any] = {
+        "dsn": normalised,
         "host": query.get("host", [parts.hostname])[0] or "127.0.0.1",
         "port": parts.port or int(query.get("port", ["5432"])[0]),
         "user": parts.username or "postgres",
         "password": parts.password or None,
         "database": parts.path.lstrip("/") or "postgres",
     }
+    if statement_timeout_ms:
+        kwargs["server_settings"] = {"statement_timeout": str(statement_timeout_ms)}
+    return kwargs
+
+
+def async_engine(url: str, *, statement_timeout_ms: int | None = None, **options: Any) -> AsyncEngine:
+    """A SQLAlchemy engine whose connections asyncpg opens from `asyncpg_dsn`, so the ORM honours
+    the same URL parameters (TLS) and statement timeout as the hot path's pools."""
+    connect_kwargs = asyncpg_dsn(url, statement_timeout_ms=statement_timeout_ms)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(**connect_kwargs)
+
+    return create_async_engine("postgresql+asyncpg://", async_creator=connect, **options)
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
-    return create_async_engine(
-        sqlalchemy_url(url),
+    return async_engine(
+        url,
+        statement_timeout_ms=settings.database.statement_timeout_ms,
         pool_size=settings.database.pool_size,
         max_overflow=settings.database.max_overflow,
         pool_pre_ping=True,

@@ -15,9 +15,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from adserve.db.engine import sqlalchemy_url
+from adserve.db.engine import async_engine
 from adserve.db.tables import Base
 
 __all__ = ["alembic_config", "current_revision", "downgrade", "drift", "head_revision", "upgrade"]
@@ -45,7 +44,7 @@ def head_revision() -> str | None:
 
 
 async def _inspect(url: str, inspect_fn: Any) -> Any:
-    engine = create_async_engine(sqlalchemy_url(url))
+    engine = async_engine(url)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(inspect_fn)

@@ -304,8 +304,14 @@ class LogWriter:
     what cannot reach Postgres stays in the spool for the next start).
     """
 
-    def __init__(self, database_url: str, settings: WriterSettings, spool_dir: Path) -> None:
-        self._dsn = asyncpg_dsn(database_url)
+    def __init__(
+        self,
+        database_url: str,
+        settings: WriterSettings,
+        spool_dir: Path,
+        statement_timeout_ms: int | None = None,
+    ) -> None:
+        self._dsn = asyncpg_dsn(database_url, statement_timeout_ms=statement_timeout_ms)
         self._flush_rows = settings.flush_rows
         self._flush_s = settings.flush_ms / 1000
         self._spool_max_bytes = settings.spool_max_bytes

@@ -155,16 +155,22 @@ class JobScheduler:
 
     async def _try_lead(self) -> None:
         if self._lock_connection is None or self._lock_connection.is_closed():
-            self._lock_connection = await asyncpg.connect(
-                **asyncpg_dsn(self.url),
-                server_settings={"application_name": (APPLICATION_PREFIX + self.identity)[:63]},
-            )
+            dsn = asyncpg_dsn(self.url, statement_timeout_ms=self.settings.database.statement_timeout_ms)
+            dsn["server_settings"] = {
+                **dsn.get("server_settings", {}),
+                "application_name": (APPLICATION_PREFIX + self.identity)[:63],
+            }
+            self._lock_connection = await asyncpg.connect(**dsn)
         if await self._lock_connection.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
             await self._lead()
 
     async def _lead(self) -> None:
         log.info("jobs: %s leads; starting the scheduler", self.identity)
-        pool = await asyncpg.create_pool(**asyncpg_dsn(self.url), min_size=0, max_size=3)
+        pool = await asyncpg.create_pool(
+            **asyncpg_dsn(self.url, statement_timeout_ms=self.settings.database.statement_timeout_ms),
+            min_size=0,
+            max_size=3,
+        )
         self._engine = create_engine(self.url, self.settings)
         self._context = JobContext(self.url, self.settings, pool, sessionmaker_for(self._engine))
         started = await last_started(self._lock_connection)  # type: ignore[arg-type]
