@@ -15,7 +15,7 @@ import msgspec
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from adserve.admin import schemas
 from adserve.admin.auth import Caller, Role, generate_key
@@ -169,11 +169,25 @@ def _check_time(name: str, value: datetime | None) -> None:
         raise InvalidInput(f"{name} must be between 2000 and 2200")
 
 
-def _check_campaign(values: dict[str, Any]) -> None:
+async def _check_timezone(session: AsyncSession, name: str) -> None:
+    """Serving reads the zone with Python's zoneinfo, the writer and the jobs with Postgres's
+    ``AT TIME ZONE``: both must know it. Some names only one of them knows (``posix/UTC`` is in
+    the system's tz database but not in the embedded Postgres's), and a stored name Postgres
+    rejects would fail every statement that reads the row."""
     try:
-        ZoneInfo(values["timezone"])
+        ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidInput(f"timezone {values['timezone']!r} is not an IANA time zone name") from exc
+        raise InvalidInput(f"timezone {name!r} is not an IANA time zone name") from exc
+    try:
+        async with session.begin_nested():  # a savepoint: the rejected name must not end the transaction
+            await session.execute(text("SELECT now() AT TIME ZONE :name"), {"name": name})
+    except DBAPIError as exc:
+        raise InvalidInput(
+            f"timezone {name!r} is not a time zone the database knows; use an IANA name"
+        ) from exc
+
+
+def _check_campaign(values: dict[str, Any]) -> None:
     _check_time("start_at", values["start_at"])
     _check_time("end_at", values["end_at"])
     if values["start_at"] and values["end_at"] and values["end_at"] <= values["start_at"]:
@@ -204,17 +218,19 @@ class CampaignService(CatalogService[Campaign]):
         await AdvertiserService(self.session, None).get(advertiser_id)
         fields = msgspec.structs.asdict(body)
         _check_campaign(fields)
+        await _check_timezone(self.session, body.timezone)
         return await self._insert(Campaign(advertiser_id=advertiser_id, **_campaign_columns(fields)))
 
     async def update(self, item_id: int, body: schemas.CampaignUpdate) -> Campaign:
         campaign = await self.get(item_id)
         changes = _set_fields(body)
         merged = {
-            "timezone": changes.get("timezone", campaign.timezone),
             "start_at": changes.get("start_at", campaign.start_at),
             "end_at": changes.get("end_at", campaign.end_at),
         }
         _check_campaign(merged)
+        if "timezone" in changes:
+            await _check_timezone(self.session, changes["timezone"])
         return await self._apply(campaign, _campaign_columns(changes))
 
 

@@ -15,17 +15,19 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from adserve.jobs.gate import apply_gate
 from adserve.learning.bandit import join_rewards_once, learn_once
 from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
-    import asyncpg
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from adserve.settings import Settings
@@ -56,24 +58,91 @@ def _now(now: datetime | None) -> datetime:
     return now or datetime.now(UTC)
 
 
+async def _by_campaign(
+    connection: asyncpg.Connection,
+    job: str,
+    apply: Callable[[int | None], Awaitable[int]],
+    campaign_ids: Callable[[], Awaitable[list[int]]],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Runs `apply(None)`, one statement over every campaign, in a transaction; if Postgres rejects
+    it, `apply(campaign_id)` for each campaign in its own transaction, so one bad row (a time zone
+    Postgres does not know, a value out of range) cannot stop the others. Returns the rows changed
+    and the campaigns that failed, which are logged and land in the run's figures.
+
+    A statement timeout is not retried campaign by campaign: it would only take longer.
+    """
+    try:
+        async with connection.transaction():
+            return await apply(None), []
+    except asyncpg.QueryCanceledError:
+        raise
+    except asyncpg.PostgresError as exc:
+        log.warning("%s: one pass over all campaigns failed (%s); campaign by campaign", job, _describe(exc))
+    changed, failed = 0, []
+    for campaign_id in await campaign_ids():
+        try:
+            async with connection.transaction():
+                changed += await apply(campaign_id)
+        except asyncpg.QueryCanceledError:
+            raise
+        except asyncpg.PostgresError as exc:
+            log.error("%s: campaign %d skipped: %s", job, campaign_id, _describe(exc))
+            failed.append({"campaign_id": campaign_id, "error": _describe(exc)})
+    return changed, failed
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])
+
+
+def _campaign_sql(template: str, column: str, parameter: int) -> tuple[str, str]:
+    """(statement over every campaign, statement over one). The one-campaign filter is a plain
+    equality, so the plan fetches that campaign's row by its key before any expression over the
+    row (such as ``AT TIME ZONE timezone``) is evaluated; a bad row elsewhere is never read."""
+    return (
+        template.format(campaign_filter=""),
+        template.format(campaign_filter=f"AND {column} = ${parameter}"),
+    )
+
+
+RESET_SQL, RESET_ONE_SQL = _campaign_sql(
+    """
+    UPDATE campaigns
+    SET spend_today = 0, spend_day = ($1::timestamptz AT TIME ZONE timezone)::date
+    WHERE spend_day < ($1::timestamptz AT TIME ZONE timezone)::date {campaign_filter}
+    """,
+    "id",
+    2,
+)
+
+
 async def reset_daily_budgets(pool: asyncpg.Pool, now: datetime | None = None) -> dict[str, Any]:
     """At local midnight in each campaign's timezone: spend_today = 0, spend_day = local today.
 
     Only campaigns whose spend_day is before their local today change, so it runs every minute
-    and is a no-op between midnights. The log writer's own day rollover agrees with it.
+    and is a no-op between midnights. The log writer's own day rollover agrees with it. A campaign
+    whose row Postgres rejects is skipped and reported under "failed"; the others still reset.
     """
-    status = await pool.execute(
-        """
-        UPDATE campaigns
-        SET spend_today = 0, spend_day = ($1::timestamptz AT TIME ZONE timezone)::date
-        WHERE spend_day < ($1::timestamptz AT TIME ZONE timezone)::date
-        """,
-        _now(now),
-    )
-    return {"reset": int(status.split()[-1])}
+    now = _now(now)
+    async with pool.acquire() as connection:
+
+        async def apply(campaign_id: int | None) -> int:
+            if campaign_id is None:
+                return _count(await connection.execute(RESET_SQL, now))
+            return _count(await connection.execute(RESET_ONE_SQL, now, campaign_id))
+
+        async def campaign_ids() -> list[int]:
+            return [row["id"] for row in await connection.fetch("SELECT id FROM campaigns ORDER BY id")]
+
+        reset, failed = await _by_campaign(connection, "budget_reset", apply, campaign_ids)
+    return {"reset": reset, **({"failed": failed} if failed else {})}
 
 
-ROLLUP_SQL = """
+ROLLUP_TEMPLATE = """
 WITH facts AS (
     SELECT d.ts, d.campaign_id, d.chosen_creative_id AS creative_id, d.placement_id,
            1 AS decisions, 0 AS impressions, 0 AS clicks, 0 AS invalid_clicks,
@@ -99,6 +168,7 @@ WITH facts AS (
 local AS (
     SELECT (f.ts AT TIME ZONE c.timezone)::date AS day, f.*, c.advertiser_id
     FROM facts f JOIN campaigns c ON c.id = f.campaign_id
+    WHERE true {campaign_filter}
 )
 INSERT INTO daily_stats (day, campaign_id, creative_id, placement_id, advertiser_id, decisions,
                          impressions, clicks, invalid_clicks, conversions, conversion_value, spend)
@@ -115,11 +185,24 @@ ON CONFLICT (day, campaign_id, creative_id, placement_id) DO UPDATE SET
 """
 
 
+ROLLUP_SQL, ROLLUP_ONE_SQL = _campaign_sql(ROLLUP_TEMPLATE, "c.id", 5)
+ROLLUP_DELETE_SQL, ROLLUP_DELETE_ONE_SQL = _campaign_sql(
+    "DELETE FROM daily_stats WHERE day BETWEEN $1 AND $2 {campaign_filter}", "campaign_id", 3
+)
+
+# Campaigns a rollup touches: every campaign, and those of rows already rolled up in the range.
+ROLLUP_CAMPAIGNS_SQL = """
+SELECT id FROM campaigns UNION SELECT campaign_id FROM daily_stats WHERE day BETWEEN $1 AND $2 ORDER BY 1
+"""
+
+
 async def rollup_daily_stats(pool: asyncpg.Pool, days: int, now: datetime | None = None) -> dict[str, Any]:
     """Recomputes daily_stats for the last `days` local days (each campaign's timezone).
 
     The touched days are deleted and rebuilt from the raw logs in one transaction, so a rerun
-    never double counts and late clicks or conversions land on their day at the next run.
+    never double counts and late clicks or conversions land on their day at the next run. A
+    campaign whose rows Postgres rejects keeps its previous figures and is reported under
+    "failed"; the others are still rolled up.
     """
     now = _now(now)
     first_day = (now - timedelta(days=days)).date()
@@ -127,10 +210,27 @@ async def rollup_daily_stats(pool: asyncpg.Pool, days: int, now: datetime | None
     # Raw rows a day either side of the UTC range cover every timezone's local day.
     since = datetime.combine(first_day, datetime.min.time(), UTC) - timedelta(days=1)
     until = datetime.combine(last_day, datetime.min.time(), UTC) + timedelta(days=1)
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("DELETE FROM daily_stats WHERE day BETWEEN $1 AND $2", first_day, last_day)
-        status = await connection.execute(ROLLUP_SQL, first_day, last_day, since, until)
-    return {"from": first_day.isoformat(), "to": last_day.isoformat(), "rows": int(status.split()[-1])}
+    async with pool.acquire() as connection:
+
+        async def apply(campaign_id: int | None) -> int:
+            if campaign_id is None:
+                await connection.execute(ROLLUP_DELETE_SQL, first_day, last_day)
+                return _count(await connection.execute(ROLLUP_SQL, first_day, last_day, since, until))
+            await connection.execute(ROLLUP_DELETE_ONE_SQL, first_day, last_day, campaign_id)
+            status = await connection.execute(ROLLUP_ONE_SQL, first_day, last_day, since, until, campaign_id)
+            return _count(status)
+
+        async def campaign_ids() -> list[int]:
+            rows = await connection.fetch(ROLLUP_CAMPAIGNS_SQL, first_day, last_day)
+            return [row["id"] for row in rows]
+
+        rows, failed = await _by_campaign(connection, "rollup", apply, campaign_ids)
+    return {
+        "from": first_day.isoformat(),
+        "to": last_day.isoformat(),
+        "rows": rows,
+        **({"failed": failed} if failed else {}),
+    }
 
 
 async def purge_user_events(
