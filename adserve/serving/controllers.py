@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
+import msgspec
 from litestar import Request, Response, Router, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
 from litestar.params import Parameter
 from litestar.response import Redirect
 
-from adserve.admin.auth import Role, authenticate
+from adserve.admin.auth import Caller, Role, authenticate
 from adserve.events.erasure import ErasureResult, erase_user
 from adserve.events.ingest import EventIngest
 from adserve.events.tracking import Tracker
@@ -25,6 +26,9 @@ from adserve.serving.schemas import (
 )
 from adserve.serving.tokens import TokenError
 
+if TYPE_CHECKING:
+    from adserve.serving.catalog import Catalog
+
 __all__ = ["serving_router"]
 
 # A 1×1 transparent GIF: the impression answer an <img> pixel can render.
@@ -39,10 +43,57 @@ def pipeline_of(request: Request) -> DecisionPipeline:
     return request.app.state.pipeline
 
 
-@post("/v1/decisions", status_code=200, tags=["serving"])
+async def _explain_caller(request: Request) -> Caller | None:
+    """The key behind an `explain` request, if it sent one (a bad key is a 401, not a silent
+    downgrade to the public explanation)."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    async with request.app.state.sessionmaker() as session:
+        return await authenticate(session, header)
+
+
+def _sees_diagnostics(caller: Caller | None, decision: PlacementDecision, catalog: Catalog) -> bool:
+    """Admins see every decision's diagnostics; a manager only those that chose its own ad."""
+    if caller is None or decision.creative is None:
+        return False
+    if caller.role is Role.ADMIN:
+        return True
+    entry = catalog.creatives.get(decision.creative.id)
+    return (
+        caller.role is Role.MANAGER
+        and entry is not None
+        and entry.campaign.advertiser_id == caller.advertiser_id
+    )
+
+
+def _public_explanations(
+    response: DecisionResponse, caller: Caller | None, catalog: Catalog
+) -> DecisionResponse:
+    decisions = [
+        decision
+        if decision.explanation is None or _sees_diagnostics(caller, decision, catalog)
+        else msgspec.structs.replace(
+            decision, explanation=msgspec.structs.replace(decision.explanation, diagnostics=None)
+        )
+        for decision in response.decisions
+    ]
+    return msgspec.structs.replace(response, decisions=decisions)
+
+
+@post("/v1/decisions", status_code=200, tags=["serving"], security=[{}, {"apiKey": []}])
 async def decide(request: Request, data: DecisionRequest) -> DecisionResponse:
-    """Chooses one creative per placement of a page view; `creative: null` when nothing is eligible."""
-    return await pipeline_of(request).decide(data)
+    """Chooses one creative per placement of a page view; `creative: null` when nothing is eligible.
+
+    `"explain": true` adds, per placement, the user's own events that made the ad relevant
+    (`reasons`). Bids, scores, the pmf and versions (`diagnostics`) need an admin key, or a
+    manager key for decisions that chose the manager's own ads.
+    """
+    caller = await _explain_caller(request) if data.explain else None
+    response = await pipeline_of(request).decide(data)
+    if not data.explain:
+        return response
+    return _public_explanations(response, caller, request.app.state.catalog.catalog)
 
 
 @get("/v1/ad", tags=["serving"])

@@ -21,7 +21,16 @@ from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, S
 from adserve.errors import NotFound
 from adserve.events.writer import make_row
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
-from adserve.serving.schemas import AdCreative, DecisionRequest, DecisionResponse, PlacementDecision
+from adserve.serving.schemas import (
+    AdCreative,
+    DecisionRequest,
+    DecisionResponse,
+    Diagnostics,
+    Explanation,
+    InfluentialEvent,
+    PlacementDecision,
+    Reason,
+)
 from adserve.serving.scoring import empirical_attribution
 from adserve.serving.tokens import TokenKind, TrackingClaims
 
@@ -249,7 +258,9 @@ class DecisionPipeline:
             await self.writer.write("decisions", rows)
         return DecisionResponse(request_id=request_id, decisions=decisions)
 
-    def _influential_events(self, context: DecisionContext, candidate, top: int = 5) -> list[dict[str, Any]]:
+    def _influential_events(
+        self, context: DecisionContext, candidate, top: int = 5
+    ) -> list[InfluentialEvent]:
         """The user's recent events that most moved this candidate's score (gradient × input for
         the interest model; the matching events behind the empirical scorer's lift)."""
         if not context.history:
@@ -261,13 +272,13 @@ class DecisionPipeline:
             weighted = empirical_attribution(context, candidate)
         ranked = sorted(weighted, key=lambda pair: abs(pair[1]), reverse=True)[:top]
         return [
-            {
-                "event_type": str(event.event_type),
-                "item_id": event.item_id,
-                "category": event.category,
-                "seconds_before": round(context.now - event.ts, 1),
-                "weight": round(weight, 6),
-            }
+            InfluentialEvent(
+                event_type=str(event.event_type),
+                item_id=event.item_id,
+                category=event.category,
+                seconds_before=round(context.now - event.ts, 1),
+                weight=round(float(weight), 6),
+            )
             for event, weight in ranked
             if weight
         ]
@@ -296,22 +307,34 @@ class DecisionPipeline:
 
         explanation = None
         if explain:
+            # Built in full here; the controller drops `diagnostics` for callers without the key.
             p_click = float(scores[choice.index])
-            explanation = {
-                "eligible": len(eligible.creatives),
-                "considered": eligible.considered,
-                "removed_by_rule": dict(eligible.removed),
-                "p_click": p_click,
-                "bid": chosen.campaign.bid,
-                "pricing": chosen.campaign.pricing.value,
-                "expected_value": expected_value(chosen.candidate, p_click),
-                "pmf": list(choice.pmf),
-                "propensity": choice.propensity,
-                "explored": choice.explored,
-                "scorer_version": self.scorer.version,
-                "policy_version": self.policy.version,
-                "influential_events": self._influential_events(context, chosen.candidate),
-            }
+            influential = self._influential_events(context, chosen.candidate)
+            explanation = Explanation(
+                # what raised the score, once each: the person's reasons in their own terms
+                reasons=list(
+                    dict.fromkeys(
+                        Reason(event_type=e.event_type, category=e.category, item_id=e.item_id)
+                        for e in influential
+                        if e.weight > 0
+                    )
+                ),
+                diagnostics=Diagnostics(
+                    eligible=len(eligible.creatives),
+                    considered=eligible.considered,
+                    removed_by_rule=dict(eligible.removed),
+                    p_click=p_click,
+                    bid=chosen.campaign.bid,
+                    pricing=chosen.campaign.pricing.value,
+                    expected_value=float(expected_value(chosen.candidate, p_click)),
+                    pmf=[float(p) for p in choice.pmf],
+                    propensity=float(choice.propensity),
+                    explored=bool(choice.explored),
+                    scorer_version=str(self.scorer.version),
+                    policy_version=str(self.policy.version),
+                    influential_events=influential,
+                ),
+            )
         return PlacementDecision(
             placement=placement.key,
             decision_id=decision_id,

@@ -13,11 +13,15 @@ __all__ = [
     "AdCreative",
     "DecisionRequest",
     "DecisionResponse",
+    "Diagnostics",
     "EventBatch",
     "EventIn",
     "EventsAccepted",
+    "Explanation",
+    "InfluentialEvent",
     "PageContext",
     "PlacementDecision",
+    "Reason",
 ]
 
 Text = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$")]
@@ -58,13 +62,58 @@ class AdCreative(Struct, kw_only=True):
     height: int
 
 
+class Reason(Struct, frozen=True, kw_only=True):
+    """Something the person did that made this ad relevant to them."""
+
+    event_type: str
+    category: str | None
+    item_id: str | None
+
+
+class InfluentialEvent(Struct, kw_only=True):
+    """A recent event of the user and how much it moved this ad's score (gradient × input for the
+    interest model; the empirical scorer's share of its lift)."""
+
+    event_type: str
+    item_id: str | None
+    category: str | None
+    seconds_before: float
+    weight: float
+
+
+class Diagnostics(Struct, kw_only=True):
+    """Why the server chose this ad: eligibility, scores, price, the policy's pmf and versions."""
+
+    eligible: int
+    considered: int
+    removed_by_rule: dict[str, int]
+    p_click: float
+    bid: float
+    pricing: str
+    expected_value: float
+    pmf: list[float]
+    propensity: float
+    explored: bool
+    scorer_version: str
+    policy_version: str
+    influential_events: list[InfluentialEvent]
+
+
+class Explanation(Struct, kw_only=True, omit_defaults=True):
+    """`reasons`: the person's own events that made the ad relevant (empty without consent).
+    `diagnostics`: only for an admin key, or a manager key when the ad is the manager's own."""
+
+    reasons: list[Reason]
+    diagnostics: Diagnostics | None = None
+
+
 class PlacementDecision(Struct, kw_only=True):
     placement: str
     decision_id: uuid.UUID | None
     creative: AdCreative | None
     impression_url: str | None
     click_url: str | None
-    explanation: dict | None = None
+    explanation: Explanation | None = None
 
 
 class DecisionResponse(Struct, kw_only=True):

@@ -84,10 +84,10 @@ async def test_without_consent_history_is_not_used(client, slot) -> None:
     assert (await client.post("/v1/events", json={"consent": True, "events": events})).json()["stored"] == 3
     with_consent = await decide(client, key, user=user, consent=True, explain=True)
     assert with_consent["creative"]["title"].startswith(favourite)
-    assert with_consent["explanation"]["influential_events"]
+    assert with_consent["explanation"]["reasons"]
     without = await decide(client, key, user=user, consent=False, explain=True)
     assert without["creative"]["title"] == baseline["creative"]["title"]
-    assert without["explanation"]["influential_events"] == []
+    assert without["explanation"]["reasons"] == []
 
 
 async def test_without_consent_caps_use_a_short_lived_session_key(
@@ -172,14 +172,17 @@ async def test_erasure_deletes_behaviour_unlinks_logs_and_is_audited(
     assert admin.status_code == 200 and admin.json()["events_deleted"] == 0
 
 
-async def test_why_this_ad_names_the_event_that_drove_the_choice(client, slot) -> None:
+async def test_why_this_ad_names_the_event_that_drove_the_choice(client, slot, tenants: Tenants) -> None:
     key, _ = slot
     user = f"why-{uuid.uuid4().hex[:6]}"
     noise = [event(user, "garden", item=f"g{i}", minutes_ago=30 - i) for i in range(9)]
     planted = event(user, "audio", item="headphones-1", minutes_ago=2)
     await client.post("/v1/events", json={"consent": True, "events": [*noise, planted]})
-    decision = await decide(client, key, user=user, consent=True, explain=True)
-    explanation = decision["explanation"]
+    decision = await decide(
+        client, key, user=user, consent=True, explain=True, headers=bearer(tenants.admin_key)
+    )
+    assert [r["item_id"] for r in decision["explanation"]["reasons"]] == ["headphones-1"]
+    explanation = decision["explanation"]["diagnostics"]
     assert decision["creative"]["title"].startswith("audio")
     assert [e["item_id"] for e in explanation["influential_events"]] == ["headphones-1"]
     assert explanation["eligible"] == 3 and explanation["considered"] == 3

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from adserve.db.engine import asyncpg_dsn
+from tests.integration.conftest import bearer
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 
@@ -20,8 +21,10 @@ async def fetch(database_url: str, sql: str, *args):
         await connection.close()
 
 
-async def decide(client, key, user="u1", **body):
-    response = await client.post("/v1/decisions", json={"user_id": user, "placements": [key], **body})
+async def decide(client, key, user="u1", headers=None, **body):
+    response = await client.post(
+        "/v1/decisions", json={"user_id": user, "placements": [key], **body}, headers=headers or {}
+    )
     assert response.status_code == 200, response.text
     return response.json()["decisions"][0]
 
@@ -125,16 +128,16 @@ async def test_targeting_rules(client, builder, targeting, context, served) -> N
     assert (decision["creative"] is not None) is served
 
 
-async def test_schedule_edges(client, builder) -> None:
+async def test_schedule_edges(client, builder, tenants) -> None:
     now = datetime.now(UTC)
     await builder.campaign("future", start_at=now + timedelta(hours=1))
     await builder.campaign("past", start_at=now - timedelta(days=2), end_at=now - timedelta(seconds=1))
     await builder.campaign("running", start_at=now - timedelta(seconds=1), end_at=now + timedelta(hours=1))
     key = await builder.placement("sched")
     await wait_for_placement(client, key)
-    decision = await decide(client, key, explain=True)
+    decision = await decide(client, key, explain=True, headers=bearer(tenants.admin_key))
     assert decision["creative"]["id"] == builder.built.creatives["running#0"]
-    assert decision["explanation"]["removed_by_rule"] == {"schedule": 2}
+    assert decision["explanation"]["diagnostics"]["removed_by_rule"] == {"schedule": 2}
 
 
 async def test_frequency_cap(client, builder) -> None:
@@ -154,7 +157,7 @@ async def test_frequency_cap(client, builder) -> None:
     assert (await decide(client, key, user="other", consent=True))["creative"]["id"] == capped
 
 
-async def test_total_and_daily_budget_and_pacing(client, builder, database_url) -> None:
+async def test_total_and_daily_budget_and_pacing(client, builder, database_url, tenants) -> None:
     await builder.campaign("spent", bid=5.0, total_budget=10.0)
     await builder.campaign("daily", bid=4.0, daily_budget=10.0)
     await builder.campaign("open", bid=0.1)
@@ -171,9 +174,9 @@ async def test_total_and_daily_budget_and_pacing(client, builder, database_url) 
         await connection.close()
     key = await builder.placement("budget")
     await wait_for_placement(client, key)
-    decision = await decide(client, key, explain=True)
+    decision = await decide(client, key, explain=True, headers=bearer(tenants.admin_key))
     assert decision["creative"]["id"] == builder.built.creatives["open#0"]
-    removed = decision["explanation"]["removed_by_rule"]
+    removed = decision["explanation"]["diagnostics"]["removed_by_rule"]
     assert removed["total_budget"] == 1
     assert removed.get("daily_budget", 0) + removed.get("pacing", 0) == 1
 
