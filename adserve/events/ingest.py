@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from adserve.errors import InvalidInput
 from adserve.events.writer import make_row
-from adserve.serving.schemas import EventBatch, EventsAccepted
+from adserve.serving.schemas import MAX_EVENTS_PER_BATCH, EventBatch, EventsAccepted
+from adserve.settings import SettingsError
 
 if TYPE_CHECKING:
     import asyncpg
@@ -43,8 +44,20 @@ ON CONFLICT (id) DO UPDATE SET consent = true, last_seen_at = now()
 
 class EventIngest:
     def __init__(
-        self, *, writer: Any, pool: asyncpg.Pool, user_keys: UserKeys, attribution_window_s: int
+        self,
+        *,
+        writer: Any,
+        pool: asyncpg.Pool,
+        user_keys: UserKeys,
+        attribution_window_s: int,
+        max_events: int = MAX_EVENTS_PER_BATCH,
     ) -> None:
+        if not 1 <= max_events <= MAX_EVENTS_PER_BATCH:
+            # the API schema and the body limit of POST /v1/events are sized for this maximum
+            raise SettingsError(
+                f"serving.max_events_per_batch must be within [1, {MAX_EVENTS_PER_BATCH}], got {max_events}"
+            )
+        self.max_events = max_events
         self.writer = writer
         self.pool = pool
         self.user_keys = user_keys
@@ -52,6 +65,8 @@ class EventIngest:
 
     async def ingest(self, batch: EventBatch, now: datetime | None = None) -> EventsAccepted:
         now = now or datetime.now(UTC)
+        if len(batch.events) > self.max_events:
+            raise InvalidInput(f"at most {self.max_events} events per batch, got {len(batch.events)}")
         for index, event in enumerate(batch.events):
             if event.ts.tzinfo is None:
                 raise InvalidInput(f"events[{index}].ts must include a UTC offset")

@@ -17,6 +17,7 @@ from adserve.events.tracking import Tracker
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.recommendations import Recommendations, recommend
 from adserve.serving.schemas import (
+    EVENT_BATCH_MAX_BYTES,
     DecisionRequest,
     DecisionResponse,
     EventBatch,
@@ -142,9 +143,10 @@ async def click(request: Request, token: Token) -> Redirect:
     return Redirect(outcome.landing_url, status_code=302, headers=NO_STORE)
 
 
-@post("/v1/events", status_code=202, tags=["events"])
+@post("/v1/events", status_code=202, tags=["events"], request_max_body_size=EVENT_BATCH_MAX_BYTES)
 async def ingest_events(request: Request, data: EventBatch) -> EventsAccepted:
-    """Stores a batch (≤ 500) of behaviour events; idempotent by event id."""
+    """Stores a batch (≤ 500) of behaviour events; idempotent by event id. The body limit follows
+    from the batch maximum (4 KiB an event); a larger body is a 413 that states the limit."""
     ingest: EventIngest = request.app.state.ingest
     return await ingest.ingest(data)
 

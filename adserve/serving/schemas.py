@@ -10,6 +10,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "EVENT_BATCH_MAX_BYTES",
+    "MAX_EVENTS_PER_BATCH",
     "AdCreative",
     "DecisionRequest",
     "DecisionResponse",
@@ -28,6 +30,13 @@ Text = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$")]
 UserId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 PlacementKey = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Url = Annotated[str, Meta(max_length=2048, pattern=r"^[^\x00]*$")]
+
+
+# The documented batch maximum, and the body it needs: an event with every text field at its
+# longest, in 4-byte UTF-8, with its JSON punctuation, stays under 4 KiB.
+MAX_EVENTS_PER_BATCH = 500
+MAX_EVENT_BYTES = 4096
+EVENT_BATCH_MAX_BYTES = MAX_EVENTS_PER_BATCH * MAX_EVENT_BYTES + 1024
 
 
 class Body(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -136,7 +145,7 @@ class EventIn(Body):
 
 
 class EventBatch(Body):
-    events: Annotated[list[EventIn], Meta(min_length=1, max_length=500)]
+    events: Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_EVENTS_PER_BATCH)]
     consent: bool = False
 
 
