@@ -2,7 +2,8 @@
 
 With ADSERVE_TEST_DATABASE_URL set (CI points it at a real server), a new database is created on
 that server for this session and dropped at the end. Otherwise an embedded Postgres (pgserver) is
-started in a temporary folder. Nothing is shared between runs.
+started in a temporary folder. Nothing is shared between runs, and the session fails if any
+process it started is still running at its end (tests/process_leaks.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 
 from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn
 from adserve.db.migrate import upgrade
+
+pytest_plugins = ["tests.process_leaks"]
 
 
 def _with_database(url: str, name: str) -> str:

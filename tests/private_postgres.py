@@ -7,6 +7,7 @@ stopping a shared server would break every other test.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,14 +41,20 @@ class PrivatePostgres:
 
 
 def private_postgres_server(prefix: str) -> Iterator[PrivatePostgres]:
-    """A migrated private server for a fixture to yield from; stopped cleanly afterwards."""
+    """A migrated private server for a fixture to yield from; stopped and removed afterwards.
+
+    Stopped with our own pg_ctl, not pgserver's cleanup: once a test has stopped and restarted the
+    server, pgserver's record names the first postmaster, so its cleanup judged the wrong process
+    and left the restarted server running after the session.
+    """
     # Not under pytest's basetemp: any pytest run on this machine resets /tmp/pytest-of-<user>
     # to mode 0700, which locks the `pgserver` user out of its data folder mid-test.
     embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix=prefix)))
     url = embedded.start()
-    upgrade(url)
-    server = PrivatePostgres(embedded.data_dir, url)
-    yield server
-    if not (embedded.data_dir / "postmaster.pid").exists():
-        server.start()  # so that pgserver's own cleanup stops it normally
-    embedded.stop()
+    try:
+        upgrade(url)
+        yield PrivatePostgres(embedded.data_dir, url)
+    finally:
+        if (embedded.data_dir / "postmaster.pid").exists():
+            PrivatePostgres(embedded.data_dir, url).stop()
+        shutil.rmtree(embedded.data_dir, ignore_errors=True)
