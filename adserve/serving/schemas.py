@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 Text = Annotated[str, Meta(max_length=200, pattern=r"^[^\x00]*$")]
+# user_events.item_id and .category are VARCHAR(100): a longer value made Postgres reject the whole
+# batch it was written in, everyone's events with it; it is a 400 for its own request instead.
+ItemText = Annotated[str, Meta(max_length=100, pattern=r"^[^\x00]*$")]
 UserId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 PlacementKey = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Url = Annotated[str, Meta(max_length=2048, pattern=r"^[^\x00]*$")]
@@ -138,8 +141,8 @@ class EventIn(Body):
     user_id: UserId
     type: EventType
     ts: datetime
-    item_id: Text | None = None
-    category: Text | None = None
+    item_id: ItemText | None = None
+    category: ItemText | None = None
     price: Annotated[float, Meta(ge=0, le=1e9)] | None = None
     query: Text | None = None
 
