@@ -8,6 +8,10 @@ impressions after the network is trained, over:
 - `click_logit`: the click head's logit (target attention over the sequence, creative and slot);
 - `product_affinity`: the next-item head's log-probability that the user's next item is one of
   the creative's linked products (log-sum-exp over them);
+- `category_affinity`: the same over every catalogue item of the creative's category (the
+  Transformer's estimate of where the user's interest is heading);
+- `brand_affinity`: the same over the linked products of every candidate of the creative's brand
+  in this request (a wider view of the brand than one creative's products);
 - `category_recent`, `product_recent`: how much of the user's latest behaviour (decayed with a
   half-hour time constant) is about the creative's category / its linked products;
 - `category_share`: the share of the whole visible history in the creative's category;
@@ -23,7 +27,7 @@ This module is numpy only: the scorer computes the network's two inputs and call
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +36,25 @@ import numpy as np
 from adserve.domain import EventType
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from adserve.domain import BehaviourEvent, Candidate
 
-__all__ = ["FEATURES", "MIN_AFFINITY", "ClickFusion", "behaviour_features", "creative_priors"]
+__all__ = [
+    "FEATURES",
+    "MIN_AFFINITY",
+    "ClickFusion",
+    "behaviour_features",
+    "creative_priors",
+    "item_categories",
+]
 
 FEATURES = (
     "intercept",
     "click_logit",
     "product_affinity",
+    "category_affinity",
+    "brand_affinity",
     "category_recent",
     "category_share",
     "product_recent",
@@ -95,6 +108,16 @@ def behaviour_features(
     return np.array([profile.features(c) for c in candidates], dtype=np.float64).reshape(len(candidates), 4)
 
 
+def item_categories(sequences: Iterable[Sequence[BehaviourEvent]]) -> dict[str, str]:
+    """Each item's most frequent category in the behaviour log (items seen without one: absent)."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for events in sequences:
+        for event in events:
+            if event.item_id and event.category:
+                counts[event.item_id][event.category] += 1
+    return {item: seen.most_common(1)[0][0] for item, seen in counts.items()}
+
+
 def creative_priors(creative_ids: Sequence[int], clicked: Sequence[bool]) -> dict[int, float]:
     """Per-creative click log-odds minus the base rate's, shrunk by PRIOR_IMPRESSIONS."""
     impressions: dict[int, int] = defaultdict(int)
@@ -123,6 +146,7 @@ class ClickFusion:
     weights: tuple[float, ...]
     features: tuple[str, ...] = FEATURES
     creative_priors: dict[int, float] = field(default_factory=dict)
+    item_categories: dict[str, str] = field(default_factory=dict)  # catalogue item → its category
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.features):
@@ -137,6 +161,7 @@ class ClickFusion:
             "weights": list(self.weights),
             "features": list(self.features),
             "creative_priors": {str(k): v for k, v in self.creative_priors.items()},
+            "item_categories": dict(self.item_categories),
         }
 
     @classmethod
@@ -147,7 +172,8 @@ class ClickFusion:
         if features != FEATURES:
             raise ValueError(f"fusion features {features} differ from this version's {FEATURES}")
         priors = {int(k): float(v) for k, v in (data.get("creative_priors") or {}).items()}
-        return cls(tuple(float(w) for w in data["weights"]), features, priors)
+        categories = {str(k): str(v) for k, v in (data.get("item_categories") or {}).items()}
+        return cls(tuple(float(w) for w in data["weights"]), features, priors, categories)
 
     @classmethod
     def fit(
@@ -155,6 +181,7 @@ class ClickFusion:
         x: np.ndarray,
         labels: np.ndarray,
         creative_priors: dict[int, float] | None = None,
+        item_categories: dict[str, str] | None = None,
         l2: float = 1.0,
         iterations: int = 50,
     ) -> ClickFusion:
@@ -184,4 +211,6 @@ class ClickFusion:
             previous, current = current, loss(w)
             if previous - current < 1e-9 * max(1.0, abs(previous)):
                 break
-        return cls(tuple(float(v) for v in w), FEATURES, dict(creative_priors or {}))
+        return cls(
+            tuple(float(v) for v in w), FEATURES, dict(creative_priors or {}), dict(item_categories or {})
+        )

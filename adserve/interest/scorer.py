@@ -123,6 +123,7 @@ class InterestScorer:
         self._lock = threading.Lock()
         self._product_rows: dict[tuple[str, ...], np.ndarray] = {}
         self.creative_priors: dict[int, float] = self.fusion.creative_priors if self.fusion else {}
+        self.set_item_categories(self.fusion.item_categories if self.fusion else {})
         with torch.inference_mode():
             prior = self._fp32.next_item.bias.detach().float().clone()
             prior[0] = float("-inf")
@@ -229,18 +230,46 @@ class InterestScorer:
                 self._product_rows[product_ids] = rows
         return rows
 
-    def product_affinity(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
-        """(N,) log P(the user's next item is one of the candidate's linked products)."""
+    def set_item_categories(self, item_categories: dict[str, str]) -> None:
+        """Which vocabulary rows belong to each category (for `category_affinity`)."""
+        rows: dict[str, list[int]] = {}
+        for item, category in item_categories.items():
+            row = self.vocab.index.get(item)
+            if row is not None:
+                rows.setdefault(category, []).append(row)
+        self._category_rows = {c: np.array(r, dtype=np.int64) for c, r in rows.items()}
+
+    @staticmethod
+    def _log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
+        if not rows.size:
+            return MIN_AFFINITY
+        values = logp[rows]
+        top = values.max()
+        if not np.isfinite(top):
+            return MIN_AFFINITY
+        return max(top + math.log(np.exp(values - top).sum()), MIN_AFFINITY)
+
+    def affinities(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N, 3) log P(the user's next item is one of: the candidate's linked products, its
+        category's items, the linked products of this request's candidates of its brand)."""
         logp = self._next_item_logp(context)
-        affinity = np.full(len(candidates), MIN_AFFINITY)
+        brand_rows: dict[str, list[np.ndarray]] = {}
+        for candidate in candidates:
+            if candidate.brand:
+                brand_rows.setdefault(candidate.brand, []).append(self._rows_of(candidate.product_ids))
+        brand_mass = {b: self._log_mass(logp, np.unique(np.concatenate(r))) for b, r in brand_rows.items()}
+        category_mass: dict[str | None, float] = {}
+        out = np.full((len(candidates), 3), MIN_AFFINITY)
         for i, candidate in enumerate(candidates):
-            rows = self._rows_of(candidate.product_ids)
-            if rows.size:
-                values = logp[rows]
-                top = values.max()
-                if np.isfinite(top):
-                    affinity[i] = max(top + math.log(np.exp(values - top).sum()), MIN_AFFINITY)
-        return affinity
+            out[i, 0] = self._log_mass(logp, self._rows_of(candidate.product_ids))
+            category = candidate.category
+            if category not in category_mass:
+                rows = self._category_rows.get(category) if category else None
+                category_mass[category] = self._log_mass(logp, rows) if rows is not None else MIN_AFFINITY
+            out[i, 1] = category_mass[category]
+            if candidate.brand:
+                out[i, 2] = brand_mass[candidate.brand]
+        return out
 
     def click_features_many(
         self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]
@@ -251,7 +280,6 @@ class InterestScorer:
         for i, (context, candidates) in enumerate(requests):
             n = len(candidates)
             click = logits[i] if logits is not None else np.zeros(n)
-            history = context.history[-self.config.max_len :]
             priors = np.fromiter(
                 (self.creative_priors.get(c.creative_id, 0.0) for c in candidates), np.float64, n
             )
@@ -260,8 +288,8 @@ class InterestScorer:
                     [
                         np.ones(n),
                         click,
-                        self.product_affinity(context, candidates),
-                        behaviour_features(history, context.now, candidates),
+                        self.affinities(context, candidates),
+                        behaviour_features(context.history, context.now, candidates),
                         priors,
                     ]
                 )

@@ -57,7 +57,7 @@ from adserve.interest.evaluation import (
     leave_one_out,
     target_ranks,
 )
-from adserve.interest.fusion import FEATURES, ClickFusion, creative_priors
+from adserve.interest.fusion import FEATURES, ClickFusion, creative_priors, item_categories
 from adserve.interest.network import InterestConfig, InterestModel, suggest_item_buckets
 from adserve.interest.scorer import InterestScorer, quantize_int8
 
@@ -495,6 +495,7 @@ def _fusion_features(scorer: InterestScorer, examples: Sequence[ClickExample]) -
 
 def _fit_fusion(
     scorer: InterestScorer,
+    categories: dict[str, str],
     train: Sequence[ClickExample],
     val: Sequence[ClickExample],
     test: Sequence[ClickExample],
@@ -504,16 +505,17 @@ def _fit_fusion(
     the served fusion, its held-out figures and decile reliability."""
     priors = creative_priors([e.candidate.creative_id for e in train], [e.clicked for e in train])
     scorer.creative_priors = priors
+    scorer.set_item_categories(categories)
     x_val, x_test = _fusion_features(scorer, val), _fusion_features(scorer, test)
     y_val = np.array([float(e.clicked) for e in val])
     y_test = np.array([float(e.clicked) for e in test])
-    held_out = ClickFusion.fit(x_val, y_val, priors)
+    held_out = ClickFusion.fit(x_val, y_val, priors, categories)
     probabilities = held_out(x_test)
     figures = click_metrics(probabilities, y_test)
     both = np.concatenate([y_val, y_test])
     if not 0 < both.sum() < len(both):
         return held_out, figures, reliability_by_decile(probabilities, y_test)
-    served = ClickFusion.fit(np.vstack([x_val, x_test]), both, priors)
+    served = ClickFusion.fit(np.vstack([x_val, x_test]), both, priors, categories)
     return served, figures, reliability_by_decile(probabilities, y_test)
 
 
@@ -576,7 +578,8 @@ def train_interest(
         model.eval()
         calibration, head_report = _click_report(model, tables, tc, device)
         scorer = _training_scorer(model, vocab, calibration, device)
-        fusion, fused, metrics["click_reliability"] = _fit_fusion(scorer, *parts)
+        categories = item_categories(sequences[u] for u in users)
+        fusion, fused, metrics["click_reliability"] = _fit_fusion(scorer, categories, *parts)
         # "interest" is what serves: the fused, calibrated P(click)
         report["click"] = {"interest": fused, **head_report}
         metrics["fusion"] = dict(zip(FEATURES, fusion.weights, strict=True))

@@ -1,10 +1,18 @@
 """The champion/challenger gate for interest models.
 
 Both versions are evaluated by `evaluate_checkpoint` on the same data: next-item NDCG@10 by
-leave-one-out (each user's last item is held out of training) and, when both click heads were
-trained, log loss on the newest 15% of impressions (a time split). The challenger is promoted only
-if its NDCG@10 is higher and its log loss no worse; otherwise it is kept as rejected. Either way
-the reason, with both sets of figures, is recorded on its `model_versions` row.
+leave-one-out (each user's last item is held out of training), over events whose items both
+versions know (a model that knows fewer items would otherwise be ranked on an easier subset), and,
+for versions that score ads, the served P(click)'s log loss on the newest 15% of impressions.
+
+- A version that scores ads replaces one that does not (the first model fitted on impressions),
+  and never the other way round.
+- Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10 no
+  more than `NDCG_TOLERANCE` (relative) below the champion's: click quality may not be bought with
+  next-item quality.
+- Two versions that do not: the challenger needs a higher NDCG@10.
+
+Either way the reason, with both sets of figures, is recorded on its `model_versions` row.
 
 `evaluate_pair` is CPU/GPU work and runs in the training process (adserve/jobs/retrain.py), never
 on a serving event loop; `decide` and `apply_gate` are cheap and run in the scheduler.
@@ -28,15 +36,19 @@ if TYPE_CHECKING:
 __all__ = ["GateDecision", "HoldoutFigures", "apply_gate", "decide", "evaluate_pair", "holdout_figures"]
 
 
+NDCG_TOLERANCE = 0.02
+
+
 @dataclass(frozen=True, slots=True)
 class HoldoutFigures:
     ndcg_at_10: float
-    logloss: float | None  # None when the click head was never trained
-    click_trained: bool
+    logloss: float | None  # None when the version does not score ads
+    scores_ads: bool
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoldoutFigures:
-        return cls(data["ndcg_at_10"], data.get("logloss"), bool(data["click_trained"]))
+        scores_ads = data.get("scores_ads", data.get("click_trained", False))
+        return cls(data["ndcg_at_10"], data.get("logloss"), bool(scores_ads))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +64,23 @@ def holdout_figures(
     from adserve.interest.checkpoint import load_checkpoint
     from adserve.interest.training import evaluate_checkpoint
 
-    click_trained = load_checkpoint(path).click_trained
+    scores_ads = load_checkpoint(path).fusion is not None
     report = evaluate_checkpoint(path, sequences, click_examples, device="cpu")
-    logloss = report["click"].get("interest", {}).get("logloss") if click_trained else None
-    return HoldoutFigures(float(report["next_item"]["interest"]["ndcg@10"]), logloss, click_trained)
+    logloss = report["click"].get("interest", {}).get("logloss") if scores_ads else None
+    return HoldoutFigures(float(report["next_item"]["interest"]["ndcg@10"]), logloss, scores_ads)
+
+
+def _known_to_both(
+    sequences: Mapping[str, Sequence], challenger: str | Path, champion: str | Path
+) -> dict[str, list]:
+    """The sequences without item events one of the two versions has never seen."""
+    from adserve.interest.checkpoint import load_checkpoint
+
+    known = set(load_checkpoint(challenger).vocab.index) & set(load_checkpoint(champion).vocab.index)
+    return {
+        user: [e for e in events if e.item_id is None or e.item_id in known]
+        for user, events in sequences.items()
+    }
 
 
 def evaluate_pair(
@@ -65,6 +90,8 @@ def evaluate_pair(
     click_examples: Sequence,
 ) -> dict[str, dict[str, Any] | None]:
     """Both versions on the same holdout, as JSON-ready dicts."""
+    if champion:
+        sequences = _known_to_both(sequences, challenger, champion)
     return {
         "challenger": asdict(holdout_figures(challenger, sequences, click_examples)),
         "champion": asdict(holdout_figures(champion, sequences, click_examples)) if champion else None,
@@ -75,14 +102,20 @@ def decide(challenger: HoldoutFigures, champion: HoldoutFigures | None) -> GateD
     if champion is None:
         return GateDecision(True, f"first interest model (NDCG@10 {challenger.ndcg_at_10:.4f})")
     ndcg = f"NDCG@10 {challenger.ndcg_at_10:.4f} vs champion {champion.ndcg_at_10:.4f}"
-    if challenger.ndcg_at_10 <= champion.ndcg_at_10:
-        return GateDecision(False, f"rejected: next-item {ndcg} is not better")
-    if challenger.logloss is not None and champion.logloss is not None:
-        loss = f"click log loss {challenger.logloss:.4f} vs champion {champion.logloss:.4f}"
-        if challenger.logloss > champion.logloss:
-            return GateDecision(False, f"rejected: {loss} is worse ({ndcg})")
-        return GateDecision(True, f"promoted: {ndcg}, {loss}")
-    return GateDecision(True, f"promoted: {ndcg} (click log loss not compared: a click head is untrained)")
+    if challenger.scores_ads != champion.scores_ads:
+        if challenger.scores_ads:
+            return GateDecision(True, f"promoted: the first version that scores ads ({ndcg})")
+        return GateDecision(False, f"rejected: does not score ads, the champion does ({ndcg})")
+    if not challenger.scores_ads:
+        if challenger.ndcg_at_10 <= champion.ndcg_at_10:
+            return GateDecision(False, f"rejected: next-item {ndcg} is not better")
+        return GateDecision(True, f"promoted: {ndcg} (neither scores ads)")
+    loss = f"click log loss {challenger.logloss:.4f} vs champion {champion.logloss:.4f}"
+    if challenger.logloss is None or champion.logloss is None or challenger.logloss > champion.logloss:
+        return GateDecision(False, f"rejected: {loss} is worse ({ndcg})")
+    if challenger.ndcg_at_10 < champion.ndcg_at_10 * (1 - NDCG_TOLERANCE):
+        return GateDecision(False, f"rejected: next-item {ndcg} fell ({loss})")
+    return GateDecision(True, f"promoted: {loss}, {ndcg}")
 
 
 def _metrics(path: Path) -> dict[str, Any]:

@@ -40,13 +40,20 @@ def _train(world, tmp_path, name, train_config, with_clicks=True, seed=0):
     return result.save(tmp_path, version=f"{name}-{uuid.uuid4().hex[:6]}")
 
 
-def test_decide_needs_better_ndcg_and_no_worse_log_loss() -> None:
+def test_decide_needs_no_worse_log_loss_and_next_item_quality_kept() -> None:
     champion = HoldoutFigures(0.30, 0.50, True)
     assert decide(HoldoutFigures(0.35, 0.49, True), champion).promote
-    assert not decide(HoldoutFigures(0.30, 0.40, True), champion).promote
+    assert decide(HoldoutFigures(0.30, 0.40, True), champion).promote  # better clicks, same next item
+    fell = decide(HoldoutFigures(0.25, 0.40, True), champion)  # better clicks bought with next item
+    assert not fell.promote and "fell" in fell.reason
+    # the first version that scores ads replaces one that does not, never the other way round
+    assert decide(HoldoutFigures(0.20, 0.45, True), HoldoutFigures(0.40, None, False)).promote
+    assert not decide(HoldoutFigures(0.45, None, False), champion).promote
+    # neither scores ads: next-item quality decides
+    assert decide(HoldoutFigures(0.35, None, False), HoldoutFigures(0.30, None, False)).promote
+    assert not decide(HoldoutFigures(0.30, None, False), HoldoutFigures(0.30, None, False)).promote
     worse_loss = decide(HoldoutFigures(0.40, 0.60, True), champion)
     assert not worse_loss.promote and "log loss" in worse_loss.reason
-    assert decide(HoldoutFigures(0.35, None, False), champion).promote
     assert decide(HoldoutFigures(0.01, None, False), None).promote
 
 
@@ -73,7 +80,8 @@ async def test_better_challenger_promoted_worse_rejected(world, tmp_path, jobs_s
         assert (await registry.champion("interest")).version == strong.name
         strong_row = await registry.get("interest", strong.name)
         worse_row = await registry.get("interest", worse.name)
-    assert strong_row.status == "champion" and strong_row.reason.startswith("promoted: NDCG@10")
+    # the weak champion never saw an impression: the strong one is the first to score ads
+    assert strong_row.status == "champion" and strong_row.reason.startswith("promoted: the first version")
     assert worse_row.status == "rejected" and worse_row.reason.startswith("rejected:")
     assert worse_row.metrics["gate"]["champion"]["ndcg_at_10"] == pair["champion"]["ndcg_at_10"]
 
