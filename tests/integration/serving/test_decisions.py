@@ -64,9 +64,9 @@ async def test_decision_is_served_signed_and_logged(client, builder, database_ur
     assert len(row["scores"]) == len(row["pmf"]) == 2
     assert row["propensity"] == row["pmf"][row["candidate_ids"].index(creative["id"])]
     assert abs(sum(row["pmf"]) - 1) < 1e-9
-    assert row["scorer_version"].startswith("empirical-ctr") and row["policy_version"].startswith(
-        "epsilon-greedy"
-    )
+    # the cold start of the defaults: the empirical scorer (no interest model yet) under a VW
+    # policy that has learned nothing yet (the scorer's ranking with light exploration)
+    assert row["scorer_version"].startswith("empirical-ctr") and row["policy_version"] == "untrained"
     assert row["user_id"] != "alice" and len(row["user_id"]) == 32  # pseudonymous
     assert "email" not in row["context"]  # the page URL's query string is not kept
 
