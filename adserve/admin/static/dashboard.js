@@ -237,7 +237,23 @@
       body.appendChild(row);
     }
     section.hidden = false;
+    await loadServing();
     return true;
+  }
+
+  // What this process's decision pipeline uses right now (the champion may not have loaded yet).
+  async function loadServing() {
+    const line = $("serving-now");
+    try {
+      const response = await fetch("/ready", { cache: "no-store", credentials: "omit" });
+      const serving = (await response.json()).serving || {};
+      const scorer = serving.scorer || {};
+      const policy = serving.policy || {};
+      const learned = policy.examples_learned == null ? "" : ` (${policy.examples_learned} decisions learned)`;
+      line.textContent = `Serving now: scorer ${scorer.kind || "?"} ${scorer.version || "?"} · policy ${policy.kind || "?"} ${policy.version || "?"}${learned}`;
+    } catch (error) {
+      line.textContent = "Serving now: unknown (" + String(error.message) + ")";
+    }
   }
 
   // ---- session ----
