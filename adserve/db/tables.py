@@ -39,6 +39,7 @@ __all__ = [
     "Advertiser",
     "ApiKey",
     "Base",
+    "BudgetReservation",
     "Campaign",
     "Click",
     "Conversion",
@@ -247,6 +248,9 @@ class Decision(Base):
     explored: Mapped[bool] = mapped_column(Boolean, server_default="false")
     scorer_version: Mapped[str] = mapped_column(String(64))
     policy_version: Mapped[str] = mapped_column(String(64))
+    # Expected cost held against the campaign's budget while the decision's tokens are valid
+    # (CPC: bid × P(click); CPM: price / 1000); 0 for campaigns without a budget.
+    reserved: Mapped[float] = mapped_column(Money, server_default="0")
 
     __table_args__ = (
         Index("ix_decisions_ts", "ts"),
@@ -255,7 +259,8 @@ class Decision(Base):
 
 
 class Impression(Base):
-    """At most one impression per decision: the decision id is the key."""
+    """At most one impression per decision: the decision id is the key. `cost` is what was billed;
+    `unbilled` what the impression was worth but could not be billed (the budget was spent)."""
 
     __tablename__ = "impressions"
 
@@ -266,6 +271,7 @@ class Impression(Base):
     placement_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[str | None] = mapped_column(String(64))
     cost: Mapped[float] = mapped_column(Money, server_default="0")
+    unbilled: Mapped[float] = mapped_column(Money, server_default="0")
 
     __table_args__ = (
         Index("ix_impressions_user_id_campaign_id_ts", "user_id", "campaign_id", "ts"),
@@ -274,7 +280,8 @@ class Impression(Base):
 
 
 class Click(Base):
-    """Every click is stored; only one valid click per decision counts (partial unique index)."""
+    """Every click is stored; only one valid click per decision counts (partial unique index).
+    A valid click's `cost` is what was billed, `unbilled` what it was worth beyond the budget."""
 
     __tablename__ = "clicks"
 
@@ -288,6 +295,7 @@ class Click(Base):
     valid: Mapped[bool] = mapped_column(Boolean)
     invalid_reason: Mapped[str | None] = mapped_column(String(32))
     cost: Mapped[float] = mapped_column(Money, server_default="0")
+    unbilled: Mapped[float] = mapped_column(Money, server_default="0")
 
     __table_args__ = (
         Index(
@@ -389,9 +397,23 @@ class DailyStat(Base):
     invalid_clicks: Mapped[int] = mapped_column(BigInteger, server_default="0")
     conversions: Mapped[int] = mapped_column(BigInteger, server_default="0")
     conversion_value: Mapped[float] = mapped_column(Total, server_default="0")
-    spend: Mapped[float] = mapped_column(Total, server_default="0")
+    spend: Mapped[float] = mapped_column(Total, server_default="0")  # billed
+    unbilled: Mapped[float] = mapped_column(Total, server_default="0")  # delivered beyond the budget
 
     __table_args__ = (Index("ix_daily_stats_advertiser_id_day", "advertiser_id", "day"),)
+
+
+class BudgetReservation(Base):
+    """Expected cost of served decisions whose tracking tokens are still valid, summed per campaign
+    and minute of serving. A bucket counts against the budget until its tokens expire
+    (`serving.token_ttl_s` after its minute ends); a billed-or-unbilled delivery takes its
+    decision's share back out. Written by the log writer (adserve/events/writer.py)."""
+
+    __tablename__ = "budget_reservations"
+
+    campaign_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    served_minute: Mapped[datetime] = mapped_column(primary_key=True)
+    amount: Mapped[float] = mapped_column(Total)
 
 
 class InvalidTrackingHit(Base):
