@@ -54,8 +54,9 @@ def test_row_helper_orders_columns_and_fills_defaults():
         "placement_id",
         "user_id",
         "cost",
+        "unbilled",
     )
-    assert row[5] is None and row[6] == 0.0
+    assert row[5] is None and row[6] == 0.0 and row[7] == 0.0
     received_at = make_row(
         "user_events", id=uuid.uuid4(), user_id="u", event_type="search", ts=datetime.now(UTC)
     )[-1]
