@@ -239,7 +239,7 @@ def create_app(settings: Settings) -> Litestar:
             reset=_keep_session,
         )
         writer = await _start_writer(url, settings)
-        catalog = CatalogCache(pool, settings.serving.catalog_refresh_s)
+        catalog = CatalogCache(pool, settings.serving.catalog_refresh_s, settings.serving.token_ttl_s)
         await catalog.start()
         scorer = EmpiricalCTRScorer(
             settings.serving.ctr_prior_clicks,

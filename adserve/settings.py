@@ -50,7 +50,9 @@ class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    token_ttl_s: int = 86400
+    # Tracking tokens (impression and click URLs) expire after this long; a served decision's
+    # budget reservation lasts as long, so it bounds how long budget is held for unfired URLs.
+    token_ttl_s: int = 3600
     catalog_refresh_s: float = 2.0
     scorer: Literal["empirical", "interest"] = "interest"
     policy: Literal["epsilon_greedy", "vw"] = "vw"

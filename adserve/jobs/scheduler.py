@@ -61,7 +61,11 @@ def job_specs(settings: Settings) -> list[JobSpec]:
     """The jobs and their cadences, from `[jobs]` and `[retention]` in the configs."""
     jobs = settings.jobs
     specs = [
-        JobSpec("budget_reset", jobs.budget_reset_s, lambda c: reset_daily_budgets(c.pool)),
+        JobSpec(
+            "budget_reset",
+            jobs.budget_reset_s,
+            lambda c: reset_daily_budgets(c.pool, reservation_ttl_s=settings.serving.token_ttl_s),
+        ),
         JobSpec(
             "rollup_recent",
             jobs.rollup_recent_s,

@@ -120,14 +120,30 @@ RESET_SQL, RESET_ONE_SQL = _campaign_sql(
 )
 
 
-async def reset_daily_budgets(pool: asyncpg.Pool, now: datetime | None = None) -> dict[str, Any]:
+# Buckets no serving process counts any more (adserve/serving/catalog.py counts one until a
+# minute after its tokens' TTL); a further minute of margin.
+RESERVATIONS_EXPIRED_SQL = """
+DELETE FROM budget_reservations
+WHERE served_minute < $1::timestamptz - make_interval(secs => $2 + 120) OR amount <= 0
+"""
+
+
+async def reset_daily_budgets(
+    pool: asyncpg.Pool, now: datetime | None = None, reservation_ttl_s: float | None = None
+) -> dict[str, Any]:
     """At local midnight in each campaign's timezone: spend_today = 0, spend_day = local today.
 
     Only campaigns whose spend_day is before their local today change, so it runs every minute
     and is a no-op between midnights. The log writer's own day rollover agrees with it. A campaign
     whose row Postgres rejects is skipped and reported under "failed"; the others still reset.
+    With `reservation_ttl_s` (the token TTL) it also deletes budget reservations that have lapsed
+    (serving already ignores them; this only keeps the table small).
     """
     now = _now(now)
+    released: dict[str, Any] = {}
+    if reservation_ttl_s is not None:
+        status = await pool.execute(RESERVATIONS_EXPIRED_SQL, now, float(reservation_ttl_s))
+        released = {"reservations_deleted": _count(status)}
     async with pool.acquire() as connection:
 
         async def apply(campaign_id: int | None) -> int:
@@ -139,29 +155,30 @@ async def reset_daily_budgets(pool: asyncpg.Pool, now: datetime | None = None) -
             return [row["id"] for row in await connection.fetch("SELECT id FROM campaigns ORDER BY id")]
 
         reset, failed = await _by_campaign(connection, "budget_reset", apply, campaign_ids)
-    return {"reset": reset, **({"failed": failed} if failed else {})}
+    return {"reset": reset, **released, **({"failed": failed} if failed else {})}
 
 
 ROLLUP_TEMPLATE = """
 WITH facts AS (
     SELECT d.ts, d.campaign_id, d.chosen_creative_id AS creative_id, d.placement_id,
            1 AS decisions, 0 AS impressions, 0 AS clicks, 0 AS invalid_clicks,
-           0 AS conversions, 0::numeric AS conversion_value, 0::numeric AS spend
+           0 AS conversions, 0::numeric AS conversion_value, 0::numeric AS spend,
+           0::numeric AS unbilled
     FROM decisions d
     WHERE d.ts >= $3 AND d.ts < $4 AND d.chosen_creative_id IS NOT NULL AND d.campaign_id IS NOT NULL
     UNION ALL
-    SELECT i.ts, i.campaign_id, i.creative_id, i.placement_id, 0, 1, 0, 0, 0, 0, i.cost
+    SELECT i.ts, i.campaign_id, i.creative_id, i.placement_id, 0, 1, 0, 0, 0, 0, i.cost, i.unbilled
     FROM impressions i
     WHERE i.ts >= $3 AND i.ts < $4
     UNION ALL
     SELECT k.ts, k.campaign_id, k.creative_id, k.placement_id, 0, 0,
            CASE WHEN k.valid THEN 1 ELSE 0 END, CASE WHEN k.valid THEN 0 ELSE 1 END,
-           0, 0, CASE WHEN k.valid THEN k.cost ELSE 0 END
+           0, 0, CASE WHEN k.valid THEN k.cost ELSE 0 END, CASE WHEN k.valid THEN k.unbilled ELSE 0 END
     FROM clicks k
     WHERE k.ts >= $3 AND k.ts < $4
       AND k.campaign_id IS NOT NULL AND k.creative_id IS NOT NULL AND k.placement_id IS NOT NULL
     UNION ALL
-    SELECT v.ts, d.campaign_id, d.chosen_creative_id, d.placement_id, 0, 0, 0, 0, 1, v.value, 0
+    SELECT v.ts, d.campaign_id, d.chosen_creative_id, d.placement_id, 0, 0, 0, 0, 1, v.value, 0, 0
     FROM conversions v JOIN decisions d ON d.id = v.decision_id
     WHERE v.ts >= $3 AND v.ts < $4 AND d.chosen_creative_id IS NOT NULL AND d.campaign_id IS NOT NULL
 ),
@@ -171,9 +188,11 @@ local AS (
     WHERE true {campaign_filter}
 )
 INSERT INTO daily_stats (day, campaign_id, creative_id, placement_id, advertiser_id, decisions,
-                         impressions, clicks, invalid_clicks, conversions, conversion_value, spend)
+                         impressions, clicks, invalid_clicks, conversions, conversion_value, spend,
+                         unbilled)
 SELECT day, campaign_id, creative_id, placement_id, advertiser_id, sum(decisions), sum(impressions),
-       sum(clicks), sum(invalid_clicks), sum(conversions), sum(conversion_value), sum(spend)
+       sum(clicks), sum(invalid_clicks), sum(conversions), sum(conversion_value), sum(spend),
+       sum(unbilled)
 FROM local
 WHERE day BETWEEN $1 AND $2
 GROUP BY day, campaign_id, creative_id, placement_id, advertiser_id
@@ -181,7 +200,7 @@ ON CONFLICT (day, campaign_id, creative_id, placement_id) DO UPDATE SET
     advertiser_id = EXCLUDED.advertiser_id, decisions = EXCLUDED.decisions,
     impressions = EXCLUDED.impressions, clicks = EXCLUDED.clicks,
     invalid_clicks = EXCLUDED.invalid_clicks, conversions = EXCLUDED.conversions,
-    conversion_value = EXCLUDED.conversion_value, spend = EXCLUDED.spend
+    conversion_value = EXCLUDED.conversion_value, spend = EXCLUDED.spend, unbilled = EXCLUDED.unbilled
 """
 
 

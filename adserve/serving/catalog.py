@@ -3,7 +3,8 @@
 A snapshot is immutable; a refresh builds a new one and swaps one reference, so a request sees
 one consistent catalogue. Refreshes happen when the admin API changes the catalogue (Postgres
 NOTIFY on `adserve_catalog`, delivered to every process) and at least every
-`serving.catalog_refresh_s` seconds, which also picks up spend from other processes.
+`serving.catalog_refresh_s` seconds, which also picks up spend and budget reservations from other
+processes (a reservation counts until its tokens expire, `serving.token_ttl_s`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class CampaignState:
     spend_total: float
     spend_today: float
     spend_day: date | None
+    reserved: float = 0.0  # unexpired reservations of served decisions (adserve/serving/budget.py)
 
     @property
     def cost_per_event(self) -> float:
@@ -104,7 +106,7 @@ class Catalog:
     placements: dict[str, PlacementEntry]
     creatives: dict[int, CreativeEntry]
     by_size: dict[tuple[int, int], tuple[CreativeEntry, ...]]
-    loaded_at: float = field(default_factory=time.time)
+    loaded_at: float = field(default_factory=time.time)  # when its read began (unix seconds)
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -123,16 +125,25 @@ SELECT cr.id, cr.width, cr.height, cr.title, cr.image_url, cr.landing_url, cr.ca
        cr.product_ids, cr.price,
        c.id AS campaign_id, c.advertiser_id, c.pricing, c.bid, c.total_budget, c.daily_budget,
        c.start_at, c.end_at, c.timezone, c.targeting, c.frequency_cap, c.frequency_window_s,
-       c.spend_total, c.spend_today, c.spend_day
+       c.spend_total, c.spend_today, c.spend_day, coalesce(r.reserved, 0) AS reserved
 FROM creatives cr
 JOIN campaigns c ON c.id = cr.campaign_id
 JOIN advertisers a ON a.id = c.advertiser_id
+LEFT JOIN (
+    -- a bucket's tokens were issued within its minute: it lapses a minute after the oldest expiry
+    SELECT campaign_id, sum(amount) AS reserved FROM budget_reservations
+    WHERE served_minute > now() - make_interval(secs => $1 + 60)
+    GROUP BY campaign_id
+) r ON r.campaign_id = c.id
 WHERE cr.status = 'active' AND c.status = 'active' AND a.status = 'active'
 """
 
 
-async def load_catalog(connection: asyncpg.Connection) -> Catalog:
+async def load_catalog(connection: asyncpg.Connection, reservation_ttl_s: float = 3600.0) -> Catalog:
+    """The active catalogue; budget reservations count for `reservation_ttl_s` (the token TTL)."""
     import json
+
+    started = time.time()
 
     placements = {
         row["key"]: PlacementEntry(
@@ -148,7 +159,7 @@ async def load_catalog(connection: asyncpg.Connection) -> Catalog:
     campaigns: dict[int, CampaignState] = {}
     creatives: dict[int, CreativeEntry] = {}
     by_size: dict[tuple[int, int], list[CreativeEntry]] = defaultdict(list)
-    for row in await connection.fetch(CREATIVES_SQL):
+    for row in await connection.fetch(CREATIVES_SQL, float(reservation_ttl_s)):
         campaign = campaigns.get(row["campaign_id"])
         if campaign is None:
             targeting = row["targeting"]
@@ -170,6 +181,7 @@ async def load_catalog(connection: asyncpg.Connection) -> Catalog:
                 spend_total=float(row["spend_total"]),
                 spend_today=float(row["spend_today"]),
                 spend_day=row["spend_day"],
+                reserved=float(row["reserved"]),
             )
             campaigns[campaign.id] = campaign
         candidate = Candidate(
@@ -199,6 +211,7 @@ async def load_catalog(connection: asyncpg.Connection) -> Catalog:
         placements=placements,
         creatives=creatives,
         by_size={size: tuple(entries) for size, entries in by_size.items()},
+        loaded_at=started,
     )
 
 
@@ -209,9 +222,10 @@ def _float(value: object) -> float | None:
 class CatalogCache:
     """Holds the current snapshot; `run()` refreshes it on NOTIFY and on a timer."""
 
-    def __init__(self, pool: asyncpg.Pool, refresh_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, refresh_s: float, reservation_ttl_s: float = 3600.0) -> None:
         self.pool = pool
         self.refresh_s = refresh_s
+        self.reservation_ttl_s = reservation_ttl_s
         self.catalog = Catalog.empty()
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -220,7 +234,7 @@ class CatalogCache:
 
     async def refresh(self) -> Catalog:
         async with self.pool.acquire() as connection:
-            self.catalog = await load_catalog(connection)
+            self.catalog = await load_catalog(connection, self.reservation_ttl_s)
         self.refreshes += 1
         return self.catalog
 

@@ -3,6 +3,11 @@
 Pure functions over the catalogue snapshot and the user's serving history, so every rule is unit
 tested without a database. Rules run in a fixed order and each removal is counted under the first
 rule that removed it (the counts feed "why this ad?").
+
+Budgets and pacing judge committed spend: what was billed plus what served decisions still hold in
+reservations (the snapshot's `CampaignState.reserved`, every process's, and this process's own since
+the snapshot, `EligibilityRequest.reserved`; see adserve/serving/budget.py). A campaign serves
+only while one more event at full price still fits its budgets.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ __all__ = [
     "RULES",
     "EligibilityRequest",
     "Eligible",
+    "committed_today",
+    "committed_total",
     "daily_budget_left",
     "eligible_creatives",
     "local_day_fraction",
@@ -61,6 +68,8 @@ class EligibilityRequest:
     # campaigns are then skipped rather than risk exceeding their cap.
     served: Mapping[int, Sequence[datetime]] | None = field(default_factory=dict)
     excluded_campaigns: frozenset[int] = frozenset()
+    # campaign id -> this process's reservations not yet in the catalogue snapshot
+    reserved: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -89,18 +98,28 @@ def spend_today(campaign: CampaignState, now: datetime) -> float:
     return campaign.spend_today if campaign.spend_day == now.astimezone(campaign.timezone).date() else 0.0
 
 
-def daily_budget_left(campaign: CampaignState, now: datetime) -> float | None:
+def committed_total(campaign: CampaignState, pending: float = 0.0) -> float:
+    """Billed spend plus reservations (the snapshot's and `pending`, this process's newer ones)."""
+    return campaign.spend_total + campaign.reserved + pending
+
+
+def committed_today(campaign: CampaignState, now: datetime, pending: float = 0.0) -> float:
+    """Today's billed spend plus every unexpired reservation (all count against today)."""
+    return spend_today(campaign, now) + campaign.reserved + pending
+
+
+def daily_budget_left(campaign: CampaignState, now: datetime, pending: float = 0.0) -> float | None:
     if campaign.daily_budget is None:
         return None
-    return campaign.daily_budget - spend_today(campaign, now)
+    return campaign.daily_budget - committed_today(campaign, now, pending)
 
 
-def pacing_allows(campaign: CampaignState, now: datetime) -> bool:
+def pacing_allows(campaign: CampaignState, now: datetime, pending: float = 0.0) -> bool:
     """Even pacing: by a given moment, at most that share of the day's budget (plus a lead)."""
     if campaign.daily_budget is None:
         return True
     allowed = campaign.daily_budget * min(1.0, local_day_fraction(now, campaign) + PACING_LEAD)
-    return spend_today(campaign, now) < allowed
+    return committed_today(campaign, now, pending) < allowed
 
 
 def _cap_reached(campaign: CampaignState, request: EligibilityRequest) -> bool:
@@ -128,15 +147,16 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
         return "keywords"
     if targeting.segments and not targeting.segments & request.segments:
         return "segments"
+    pending = request.reserved.get(campaign.id, 0.0)
     if (
         campaign.total_budget is not None
-        and campaign.spend_total + campaign.cost_per_event > campaign.total_budget
+        and committed_total(campaign, pending) + campaign.cost_per_event > campaign.total_budget
     ):
         return "total_budget"
-    left = daily_budget_left(campaign, now)
+    left = daily_budget_left(campaign, now, pending)
     if left is not None and left < campaign.cost_per_event:
         return "daily_budget"
-    if not pacing_allows(campaign, now):
+    if not pacing_allows(campaign, now, pending):
         return "pacing"
     if _cap_reached(campaign, request):
         return "frequency_cap"

@@ -20,6 +20,7 @@ import numpy as np
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
 from adserve.errors import NotFound
 from adserve.events.writer import make_row
+from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import (
     AdCreative,
@@ -144,6 +145,7 @@ class DecisionPipeline:
         self.public_url = public_url.rstrip("/")
         self.history_length = history_length
         self.rng = rng or np.random.default_rng()
+        self.reservations = LocalReservations()  # budget held by decisions newer than the snapshot
 
     async def decide(self, request: DecisionRequest, now: datetime | None = None) -> DecisionResponse:
         now = now or datetime.now(UTC)
@@ -177,6 +179,7 @@ class DecisionPipeline:
             keywords=frozenset(k.lower() for k in context.keywords),
             segments=frozenset(context.segments),
             served=state.served,
+            reserved=self.reservations.since(snapshot.loaded_at),
         )
         request_id = uuid.uuid4()
         logged_context = _loggable_context(request, hour)
@@ -216,6 +219,8 @@ class DecisionPipeline:
             choice = self.policy.choose(decision_context, candidates, scores, self.rng)
             chosen = eligible.creatives[choice.index]
             chosen_campaigns.add(chosen.campaign.id)
+            reserved = expected_cost(chosen.campaign, scores[choice.index])
+            self.reservations.add(chosen.campaign.id, reserved)
             decision_id = uuid.uuid4()
             rows.append(
                 make_row(
@@ -238,6 +243,7 @@ class DecisionPipeline:
                     explored=choice.explored,
                     scorer_version=self.scorer.version,
                     policy_version=self.policy.version,
+                    reserved=reserved,
                 )
             )
             decisions.append(
