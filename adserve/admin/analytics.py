@@ -10,7 +10,8 @@
 - ``/analytics/ctr``: impressions, valid clicks and CTR by segment, placement, device or page
   category (the decision's logged context), scoped to the caller's advertiser for manager and
   viewer keys (impressions → campaigns.advertiser_id).
-- ``/analytics/daily``: impressions, valid clicks, CTR and spend per UTC day, scoped the same way;
+- ``/analytics/daily``: impressions, valid clicks, CTR, billed spend and unbilled deliveries per UTC
+  day, scoped the same way;
   the dashboard uses it for days the hourly rollup behind ``/reports`` has not reached yet.
 """
 
@@ -119,7 +120,8 @@ class DailyRow(Struct, kw_only=True):
     impressions: int
     clicks: int
     ctr: float | None
-    spend: float  # impression (CPM) and valid-click (CPC) charges
+    spend: float  # impression (CPM) and valid-click (CPC) charges billed
+    unbilled: float  # what deliveries beyond the total or daily budget were worth, never billed
 
 
 class DailySeries(Struct, kw_only=True):
@@ -159,12 +161,14 @@ CTR_SQL = """
 DAILY_SQL = text(
     """
     WITH imp AS (
-        SELECT (i.ts AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions, sum(i.cost) AS cost
+        SELECT (i.ts AT TIME ZONE 'UTC')::date AS day, count(*) AS impressions, sum(i.cost) AS cost,
+               sum(i.unbilled) AS unbilled
         FROM impressions i JOIN campaigns k ON k.id = i.campaign_id
         WHERE i.ts >= :since AND (CAST(:advertiser_id AS bigint) IS NULL OR k.advertiser_id = :advertiser_id)
         GROUP BY 1
     ), clk AS (
-        SELECT (c.ts AT TIME ZONE 'UTC')::date AS day, count(*) AS clicks, sum(c.cost) AS cost
+        SELECT (c.ts AT TIME ZONE 'UTC')::date AS day, count(*) AS clicks, sum(c.cost) AS cost,
+               sum(c.unbilled) AS unbilled
         FROM clicks c JOIN campaigns k ON k.id = c.campaign_id
         WHERE c.valid AND c.ts >= :since
           AND (CAST(:advertiser_id AS bigint) IS NULL OR k.advertiser_id = :advertiser_id)
@@ -173,7 +177,8 @@ DAILY_SQL = text(
     SELECT coalesce(imp.day, clk.day) AS day,
            coalesce(imp.impressions, 0) AS impressions,
            coalesce(clk.clicks, 0) AS clicks,
-           coalesce(imp.cost, 0) + coalesce(clk.cost, 0) AS spend
+           coalesce(imp.cost, 0) + coalesce(clk.cost, 0) AS spend,
+           coalesce(imp.unbilled, 0) + coalesce(clk.unbilled, 0) AS unbilled
     FROM imp FULL JOIN clk ON clk.day = imp.day
     ORDER BY 1
     """
@@ -429,8 +434,9 @@ class AnalyticsController(Controller):
         days: Days = 14,
         advertiser_id: AdvertiserFilter = None,
     ) -> DailySeries:
-        """Impressions, valid clicks, CTR and spend per UTC day, live from the raw tables (days
-        without traffic are left out; at most 90 rows, so no pagination)."""
+        """Impressions, valid clicks, CTR, billed spend and unbilled deliveries (beyond a budget)
+        per UTC day, live from the raw tables (days without traffic are left out; at most 90 rows,
+        so no pagination)."""
         scoped = _scope(caller, advertiser_id)
         params = {"since": _window_start(days, datetime.now(UTC)), "advertiser_id": scoped}
         rows = (await db_session.execute(DAILY_SQL, params)).all()
@@ -441,6 +447,7 @@ class AnalyticsController(Controller):
                 clicks=int(row.clicks),
                 ctr=_ctr(int(row.impressions), int(row.clicks)),
                 spend=round(float(row.spend), 6),
+                unbilled=round(float(row.unbilled), 6),
             )
             for row in rows
         ]

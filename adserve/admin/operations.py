@@ -82,7 +82,8 @@ class ReportRow(Struct, kw_only=True, omit_defaults=True):
     clicks: int  # valid clicks
     invalid_clicks: int
     ctr: float | None  # valid clicks per impression
-    spend: float
+    spend: float  # billed
+    unbilled: float  # delivered beyond the total or daily budget, never billed
     conversions: int
     conversion_value: float
 
@@ -227,6 +228,7 @@ class ReportsController(Controller):
                 clicks.label("clicks"),
                 func.sum(DailyStat.invalid_clicks).label("invalid_clicks"),
                 func.sum(DailyStat.spend).label("spend"),
+                func.sum(DailyStat.unbilled).label("unbilled"),
                 func.sum(DailyStat.conversions).label("conversions"),
                 func.sum(DailyStat.conversion_value).label("conversion_value"),
                 func.count().over().label("total"),
@@ -252,6 +254,7 @@ class ReportsController(Controller):
                 invalid_clicks=int(row.invalid_clicks),
                 ctr=int(row.clicks) / int(row.impressions) if row.impressions else None,
                 spend=float(row.spend),
+                unbilled=float(row.unbilled),
                 conversions=int(row.conversions),
                 conversion_value=float(row.conversion_value),
             )
