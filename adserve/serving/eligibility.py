@@ -4,10 +4,13 @@ Pure functions over the catalogue snapshot and the user's serving history, so ev
 tested without a database. Rules run in a fixed order and each removal is counted under the first
 rule that removed it (the counts feed "why this ad?").
 
-Budgets and pacing judge committed spend: what was billed plus what served decisions still hold in
-reservations (the snapshot's `CampaignState.reserved`, every process's, and this process's own since
-the snapshot, `EligibilityRequest.reserved`; see adserve/serving/budget.py). A campaign serves
-only while one more event at full price still fits its budgets.
+The total and daily budget rules judge committed spend: what was billed plus what served
+decisions still hold in reservations (the snapshot's `CampaignState.reserved`, every process's,
+and this process's own since the snapshot, `EligibilityRequest.reserved`; see
+adserve/serving/budget.py). A campaign serves only while one more event at full price still fits
+both. Every unexpired reservation counts against today, including those of decisions served
+before midnight (for at most one token lifetime). Pacing, a smoothing rule, follows billed spend:
+reservations would cancel its one-hour lead, and yesterday's would hold back today's first hour.
 """
 
 from __future__ import annotations
@@ -114,12 +117,12 @@ def daily_budget_left(campaign: CampaignState, now: datetime, pending: float = 0
     return campaign.daily_budget - committed_today(campaign, now, pending)
 
 
-def pacing_allows(campaign: CampaignState, now: datetime, pending: float = 0.0) -> bool:
-    """Even pacing: by a given moment, at most that share of the day's budget (plus a lead)."""
+def pacing_allows(campaign: CampaignState, now: datetime) -> bool:
+    """Even pacing: by a given moment, at most that share of the day's budget (plus a lead) billed."""
     if campaign.daily_budget is None:
         return True
     allowed = campaign.daily_budget * min(1.0, local_day_fraction(now, campaign) + PACING_LEAD)
-    return committed_today(campaign, now, pending) < allowed
+    return spend_today(campaign, now) < allowed
 
 
 def _cap_reached(campaign: CampaignState, request: EligibilityRequest) -> bool:
@@ -156,7 +159,7 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
     left = daily_budget_left(campaign, now, pending)
     if left is not None and left < campaign.cost_per_event:
         return "daily_budget"
-    if not pacing_allows(campaign, now, pending):
+    if not pacing_allows(campaign, now):
         return "pacing"
     if _cap_reached(campaign, request):
         return "frequency_cap"

@@ -77,24 +77,11 @@ async def ledger(database_url: str, campaign_id: int) -> dict[str, float]:
     return dict(rows[0])
 
 
-def busy_zone() -> str:
-    """A fixed-offset zone where the local day is 50-90 % done now, so even pacing (judged on
-    spend + reservations) does not hold back a test's handful of decisions at any UTC hour."""
-    now = datetime.now(UTC)
-    for hours in range(-12, 15):
-        name = "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"  # Etc/GMT-5 is UTC+5
-        local = now.astimezone(ZoneInfo(name))
-        fraction = (local.hour * 3600 + local.minute * 60 + local.second) / 86400
-        if 0.5 <= fraction <= 0.9:
-            return name
-    raise AssertionError("some whole-hour offset is always 50-90 % into its day")
-
-
 async def make_campaign(client, sessionmaker, **fields) -> tuple[int, str, int]:
     """(campaign id, placement key, placement id): one creative, a placement no other test uses."""
     async with sessionmaker() as session:
         builder = CatalogBuilder(session)
-        campaign_id = await builder.campaign("budget", timezone=busy_zone(), **fields)
+        campaign_id = await builder.campaign("budget", **fields)
         key = await builder.placement("slot")
     await wait_for_placement(client, key)
     return campaign_id, key, builder.built.placements["slot"]
@@ -497,9 +484,9 @@ def test_eligibility_counts_reservations_as_committed_spend() -> None:
     assert _verdict(_campaign(reserved=0.51)) == "total_budget"
     assert _verdict(_campaign(reserved=0.3), {1: 0.21}) == "total_budget"  # this process's own
     assert _verdict(_campaign(total_budget=None, daily_budget=1.0, reserved=0.6)) == "daily_budget"
-    # pacing at 18:00 allows 19/24 of the day's budget: committed, not only billed, spend
-    assert _verdict(_campaign(total_budget=None, daily_budget=10.0, reserved=8.0)) == "pacing"
-    assert _verdict(_campaign(total_budget=None, daily_budget=10.0, spend_today=7.0)) is None
+    # pacing (at 18:00 up to 19/24 of the day's budget) follows billed spend only
+    assert _verdict(_campaign(total_budget=None, daily_budget=10.0, reserved=8.0)) is None
+    assert _verdict(_campaign(total_budget=None, daily_budget=10.0, spend_today=8.0)) == "pacing"
 
 
 def test_expected_cost_and_the_local_ledger() -> None:
