@@ -110,13 +110,14 @@ class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     exploration: Literal["squarecb", "epsilon_greedy"] = "squarecb"
     top_k: int = 10
     epsilon: float = 0.05
-    gamma_initial: float = 5_000.0
+    gamma_initial: float = 20_000.0
     gamma_scale: float = 20.0
     gamma_exponent: float = 0.5
-    learning_rate: float = 0.1
+    learning_rate: float = 0.01
     bit_precision: int = 18
-    interactions: list[str] = msgspec.field(default_factory=lambda: ["SA", "VA"])
+    interactions: list[str] = msgspec.field(default_factory=list)
     seed: int = 0
+    max_importance_weight: float = 1.0
     objective: Literal["revenue", "clicks"] = "revenue"
     revenue_scale: float = 1.0
     conversion_weight: float = 0.0

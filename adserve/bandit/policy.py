@@ -120,13 +120,14 @@ class PolicyConfig:
     exploration: Exploration = Exploration.SQUARECB
     top_k: int = 10
     epsilon: float = 0.05
-    gamma_initial: float = 5_000.0
+    gamma_initial: float = 20_000.0
     gamma_scale: float = 20.0
     gamma_exponent: float = 0.5
-    learning_rate: float = 0.1
+    learning_rate: float = 0.01
     bit_precision: int = 18
-    interactions: tuple[str, ...] = ("SA", "VA")
+    interactions: tuple[str, ...] = ()
     seed: int = 0
+    max_importance_weight: float = 1.0
     cost: CostConfig = field(default_factory=CostConfig)
 
     def __post_init__(self) -> None:
@@ -138,6 +139,8 @@ class PolicyConfig:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.gamma_initial < 0 or self.gamma_scale < 0:
             raise ValueError("gamma_initial and gamma_scale must be >= 0")
+        if self.max_importance_weight < 1:
+            raise ValueError(f"max_importance_weight must be >= 1, got {self.max_importance_weight}")
 
     def vw_args(self) -> list[str]:
         """The VW command line of the residual regressor (without model-file arguments)."""
@@ -383,11 +386,13 @@ class VWPolicy:
         chosen = record.candidates[record.chosen]
         predicted = model_costs([chosen], [record.click_probabilities[record.chosen]], cost_config)[0]
         observed = cost_of(record.revenue, record.conversion_value, cost_config, record.clicked)
-        # probability 1: an unweighted regression of the residual (SquareCB's oracle)
+        # VW weights the regression by 1 / probability: the logged propensity, floored so no
+        # weight exceeds max_importance_weight (1: an unweighted regression, SquareCB's oracle)
+        probability = max(record.propensity, 1.0 / self.config.max_importance_weight)
         return example_lines(
             record.context,
             [record.candidates[i] for i in top],
-            labelled=(chosen_position, observed - float(predicted), 1.0),
+            labelled=(chosen_position, observed - float(predicted), min(probability, 1.0)),
         )
 
     # -- persistence -----------------------------------------------------------------------

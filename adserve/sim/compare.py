@@ -103,13 +103,13 @@ class CompareConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CompareConfig:
         """The comparison of what `settings` would serve: its bandit and its learning cadence."""
-        return cls(
-            bandit=settings.bandit.policy_dict(),
-            bandit_s=settings.jobs.bandit_s,
-            reward_window_s=settings.bandit.reward_window_s,
-            retrain_s=settings.jobs.retrain_s,
-            **overrides,
-        )
+        values: dict[str, Any] = {
+            "bandit": settings.bandit.policy_dict(),
+            "bandit_s": settings.jobs.bandit_s,
+            "reward_window_s": settings.bandit.reward_window_s,
+            "retrain_s": settings.jobs.retrain_s,
+        }
+        return cls(**(values | overrides))
 
     def policy_config(self) -> PolicyConfig:
         from adserve.bandit.policy import PolicyConfig

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 LINE = re.compile(
     r"^\[sim\] decisions (?P<n>[\d,]+) · CTR (?P<ctr>[\d.]+)% "
     r"\(oracle (?P<oracle>[\d.]+)%, uniform (?P<uniform>[\d.]+)%\) · "
-    r"last (?P<window>[\d,]+) (?P<last>[\d.]+)% \(expected [\d.]+%, oracle (?P<last_oracle>[\d.]+)%, "
+    r"last (?P<window>[\d,]+) (?P<last>[\d.]+)% \(expected (?P<last_expected>[\d.]+)%, oracle (?P<last_oracle>[\d.]+)%, "
     r"uniform (?P<last_uniform>[\d.]+)%\) · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
     r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
     r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head\))? · "
@@ -275,6 +275,15 @@ def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server
             last = progress_lines(demo.log())[-1]
             assert last["scorer"] == "interest" and last["policy"] == "vw", last.string
             assert serving["champions_loaded"].get("interest") == serving["scorer"]["version"]
+            # a whole window of 2,000 decisions served by the learned models beats uniform random
+            served_from = number(last["n"])
+            demo.wait_for(
+                lambda: number(progress_lines(demo.log())[-1]["n"]) >= served_from + 2_000 or None,
+                240,
+                "2,000 decisions served by the learned models",
+            )
+            window = progress_lines(demo.log())[-1]
+            assert float(window["last_expected"]) > float(window["last_uniform"]), window.string
             demo.process.send_signal(signal.SIGTERM)
             demo.process.wait(timeout=60)
             stopped = STOPPED.search(demo.log())

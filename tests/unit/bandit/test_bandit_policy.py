@@ -130,7 +130,7 @@ def test_propensity_is_over_the_masked_candidates_the_caller_gave() -> None:
 
 
 def test_candidates_outside_top_k_are_never_chosen() -> None:
-    policy = VWPolicy(PolicyConfig(top_k=2))
+    policy = VWPolicy(PolicyConfig(top_k=2, gamma_initial=10.0, gamma_scale=0.0))  # explores a lot
     candidates = [cpc(0, 0.1), cpc(1, 2.0), cpc(2, 0.2), cpc(3, 3.0)]
     rng = np.random.default_rng(3)
     chosen = {policy.choose(CONTEXT, candidates, np.full(4, 0.1), rng).index for _ in range(300)}
