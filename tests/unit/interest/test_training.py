@@ -129,3 +129,19 @@ def test_length_bucketed_batches_cover_every_window_once() -> None:
     assert all(len(b) <= 32 for b in batches)
     spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
     assert spread < 60  # random batches of 32 from 1..200 would spread ~180
+
+
+def test_click_training_leaves_next_item_quality_unchanged(tiny_result, tiny_world) -> None:
+    """The click head trains with the encoder frozen and the fusion is fitted after the network:
+    the same seed with and without impressions gives the same next-item figures."""
+    from adserve.interest.fusion import FEATURES
+    from tests.unit.interest.conftest import FAST, TINY
+
+    sequences, _, _ = tiny_world
+    without_clicks = train_interest(sequences, (), model_config=TINY, train_config=FAST)
+    assert without_clicks.fusion is None and tiny_result.fusion is not None
+    assert without_clicks.report["next_item"] == tiny_result.report["next_item"]
+    # what serves ads is calibrated on held-out impressions and reported with the version
+    served = tiny_result.report["click"]["interest"]
+    assert set(served) == {"auc", "logloss", "ne", "calibration"}
+    assert tiny_result.metrics["fusion"].keys() == set(FEATURES)
