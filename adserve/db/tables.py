@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Advertiser",
     "ApiKey",
+    "AuditEntry",
     "Base",
     "BudgetReservation",
     "Campaign",
@@ -439,3 +440,34 @@ class Erasure(Base):
     requested_by_role: Mapped[str] = mapped_column(String(16))
     erased_at: Mapped[datetime] = _created()
     counts: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class AuditEntry(Base):
+    """One admin write: who (the API key's id and role; 'system' for the CLI and jobs, never the
+    secret), what (resource, id, action), when, and the row before and after as JSON.
+
+    No foreign keys: the trail outlives the advertisers, keys and rows it describes.
+    `advertiser_id` is the advertiser the resource belongs to (NULL for placements, models and
+    admin or site keys), so a manager or viewer reads its own advertiser's trail only."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = _created()
+    key_id: Mapped[int | None] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(16))
+    advertiser_id: Mapped[int | None] = mapped_column(BigInteger)
+    resource: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(16))
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('create', 'update', 'delete', 'archive', 'revoke', 'promote', 'rollback')",
+            name="action",
+        ),
+        Index("ix_audit_log_advertiser_id_id", "advertiser_id", "id"),
+        Index("ix_audit_log_resource_resource_id", "resource", "resource_id"),
+    )
