@@ -348,16 +348,21 @@ def _ope_logs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from adserve.admin.audit import audited_champion_change
     from adserve.learning.registry import Registry
 
     url = _migrate(settings)
 
     async def act(session: AsyncSession) -> object:
-        registry = Registry(session)
         if args.models_command == "promote":
-            await registry.promote(args.kind, args.version, args.reason)
+            await audited_champion_change(
+                session, None, args.kind, "promote", lambda r: r.promote(args.kind, args.version, args.reason)
+            )
         elif args.models_command == "rollback":
-            await registry.rollback(args.kind, args.reason)
+            await audited_champion_change(
+                session, None, args.kind, "rollback", lambda r: r.rollback(args.kind, args.reason)
+            )
+        registry = Registry(session)
         return [(r.kind, r.version, r.status, r.reason or "") for r in await registry.list(args.kind)]
 
     for kind, version, status, reason in _with_session(settings, url, act):  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adserve.admin import schemas
 from adserve.admin.analytics import AnalyticsController
+from adserve.admin.audit import AuditController, audited_champion_change
 from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
 from adserve.admin.ope import OpeController
 from adserve.admin.operations import JobsController, ReportsController
@@ -347,17 +348,26 @@ class ModelController(Controller):
 
     @post("/{kind:str}/{version:str}/promote", status_code=200)
     async def promote_model(
-        self, db_session: AsyncSession, kind: ModelKindParam, version: VersionParam, data: schemas.ModelChange
+        self,
+        db_session: AsyncSession,
+        caller: Caller,
+        kind: ModelKindParam,
+        version: VersionParam,
+        data: schemas.ModelChange,
     ) -> schemas.ModelVersionOut:
-        return _convert(
-            await Registry(db_session).promote(kind, version, data.reason), schemas.ModelVersionOut
+        row = await audited_champion_change(
+            db_session, caller, kind, "promote", lambda registry: registry.promote(kind, version, data.reason)
         )
+        return _convert(row, schemas.ModelVersionOut)
 
     @post("/{kind:str}/rollback", status_code=200)
     async def rollback_model(
-        self, db_session: AsyncSession, kind: ModelKindParam, data: schemas.ModelChange
+        self, db_session: AsyncSession, caller: Caller, kind: ModelKindParam, data: schemas.ModelChange
     ) -> schemas.ModelVersionOut:
-        return _convert(await Registry(db_session).rollback(kind, data.reason), schemas.ModelVersionOut)
+        row = await audited_champion_change(
+            db_session, caller, kind, "rollback", lambda registry: registry.rollback(kind, data.reason)
+        )
+        return _convert(row, schemas.ModelVersionOut)
 
 
 class UserController(Controller):
@@ -396,6 +406,7 @@ admin_router = Router(
         ReportsController,
         AnalyticsController,
         OpeController,
+        AuditController,
     ],
     middleware=[DefineMiddleware(ApiKeyAuthMiddleware)],
     guards=[requires_staff],

@@ -3,6 +3,8 @@
 The same services serve the HTTP handlers, the CLI and scheduled jobs. A `Caller` of role manager
 or viewer sees only rows of its own advertiser; anything else is reported as not found (404), so
 another advertiser's ids reveal nothing. `caller=None` means the system itself (CLI, jobs, demo).
+
+Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from adserve.admin import schemas
+from adserve.admin.audit import record, snapshot
 from adserve.admin.auth import Caller, Role, generate_key
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
 from adserve.errors import Conflict, InvalidInput, NotFound
@@ -25,6 +28,8 @@ from adserve.errors import Conflict, InvalidInput, NotFound
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from adserve.admin.audit import Action
 
 __all__ = [
     "AdvertiserService",
@@ -92,31 +97,50 @@ class CatalogService(Generic[ModelT]):
             await self.session.rollback()
             raise Conflict(_integrity_message(exc)) from exc
 
+    def _audit(
+        self, action: Action, item: ModelT, before: dict[str, Any] | None, after: ModelT | None
+    ) -> None:
+        record(
+            self.session,
+            self.caller,
+            action,
+            self.model.__tablename__[:-1],
+            item.id,
+            item.id if self.model is Advertiser else getattr(item, "advertiser_id", None),
+            before,
+            snapshot(after) if after is not None else None,
+        )
+
+    async def _flush(self, item: ModelT) -> None:
+        """Writes the change and reads back what the database set (ids, defaults, updated_at)."""
+        try:
+            await self.session.flush()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(_integrity_message(exc)) from exc
+        await self.session.refresh(item)
+
     async def _insert(self, item: ModelT) -> ModelT:
         self.session.add(item)
-        try:
-            await self.session.flush()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict(_integrity_message(exc)) from exc
+        await self._flush(item)
+        self._audit("create", item, None, item)
         await self._commit()
-        await self.session.refresh(item)
         return item
 
-    async def _apply(self, item: ModelT, values: dict[str, Any]) -> ModelT:
+    async def _apply(self, item: ModelT, values: dict[str, Any], action: Action = "update") -> ModelT:
+        before = snapshot(item)
         for name, value in values.items():
             setattr(item, name, value)
-        try:
-            await self.session.flush()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict(_integrity_message(exc)) from exc
+        await self._flush(item)
+        self._audit(action, item, before, item)
         await self._commit()
-        await self.session.refresh(item)
         return item
 
     async def delete(self, item_id: int) -> None:
-        item = await self.get(item_id)
+        await self._remove(await self.get(item_id))
+
+    async def _remove(self, item: ModelT) -> None:
+        self._audit("delete", item, snapshot(item), None)
         await self.session.delete(item)
         await self._commit()
 
@@ -270,11 +294,13 @@ class ApiKeyService(CatalogService[ApiKey]):
             raise Conflict("a key cannot revoke itself; revoke it with another admin key")
         row = await self.get(item_id)
         if row.revoked_at is None:
+            before = snapshot(row)
             await self.session.execute(
                 update(ApiKey).where(ApiKey.id == item_id).values(revoked_at=datetime.now(UTC))
             )
-            await self._commit()
             await self.session.refresh(row)
+            self._audit("revoke", row, before, row)
+            await self._commit()
         return row
 
     async def count_admins(self) -> int:
