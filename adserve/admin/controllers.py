@@ -148,9 +148,8 @@ class CampaignController(Controller):
         name: TextFilter = None,
         advertiser_id: OptionalId = None,
     ) -> schemas.CampaignPage:
-        filters = []
-        if status:
-            filters.append(Campaign.status == status)
+        # archived campaigns (deleted after delivery) are listed only when asked for
+        filters = [Campaign.status == status if status else Campaign.status != "archived"]
         if pricing:
             filters.append(Campaign.pricing == pricing)
         if name:

@@ -4,7 +4,9 @@ The same services serve the HTTP handlers, the CLI and scheduled jobs. A `Caller
 or viewer sees only rows of its own advertiser; anything else is reported as not found (404), so
 another advertiser's ids reveal nothing. `caller=None` means the system itself (CLI, jobs, demo).
 
-Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change.
+Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change. A
+campaign with delivery (billed spend or an impression) is archived, not deleted, so the rollups
+and reports keep its spend; an advertiser with such a campaign cannot be deleted at all.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import select, text, update
+from sqlalchemy import exists, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from adserve.admin import schemas
 from adserve.admin.audit import record, snapshot
 from adserve.admin.auth import Caller, Role, generate_key
-from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
+from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Impression, Placement
 from adserve.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
+    from sqlalchemy import ColumnElement, Exists
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from adserve.admin.audit import Action
@@ -162,6 +164,14 @@ def _set_fields(body: msgspec.Struct) -> dict[str, Any]:
     }
 
 
+def _delivered(*where: ColumnElement[bool]) -> Exists:
+    """Some campaign matching `where` has delivery: billed spend, or an impression (billed or not).
+    Raw impressions are kept for good (retention purges behaviour events only), so none is missed."""
+    return exists().where(
+        *where, or_(Campaign.spend_total > 0, exists().where(Impression.campaign_id == Campaign.id))
+    )
+
+
 class AdvertiserService(CatalogService[Advertiser]):
     model = Advertiser
     scoped = False
@@ -171,6 +181,17 @@ class AdvertiserService(CatalogService[Advertiser]):
 
     async def update(self, item_id: int, body: schemas.AdvertiserUpdate) -> Advertiser:
         return await self._apply(await self.get(item_id), _set_fields(body))
+
+    async def delete(self, item_id: int) -> None:
+        """Deleting an advertiser deletes its campaigns (ON DELETE CASCADE), and with them the
+        spend of any that delivered; such an advertiser is archived instead (PATCH status)."""
+        advertiser = await self.get(item_id)
+        if await self.session.scalar(select(_delivered(Campaign.advertiser_id == item_id))):
+            raise Conflict(
+                f"advertiser {item_id} has campaigns with delivery, which reports must keep; "
+                "set its status to archived and revoke its keys instead"
+            )
+        await self._remove(advertiser)
 
 
 class PlacementService(CatalogService[Placement]):
@@ -256,6 +277,15 @@ class CampaignService(CatalogService[Campaign]):
         if "timezone" in changes:
             await _check_timezone(self.session, changes["timezone"])
         return await self._apply(campaign, _campaign_columns(changes))
+
+    async def delete(self, item_id: int) -> None:
+        """A campaign with delivery is archived (never served again, hidden from default lists)
+        so the rollups and reports keep its spend; one without delivery is deleted."""
+        campaign = await self.get(item_id)
+        if not await self.session.scalar(select(_delivered(Campaign.id == item_id))):
+            await self._remove(campaign)
+        elif campaign.status != "archived":
+            await self._apply(campaign, {"status": "archived"}, action="archive")
 
 
 class CreativeService(CatalogService[Creative]):
