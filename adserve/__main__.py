@@ -133,6 +133,8 @@ DEMO_ENVIRONMENT = {
     "ADSERVE_JOBS_RETRAIN_MAX_EPOCHS": "5",
     "ADSERVE_JOBS_RETRAIN_TIMEOUT_S": "600",
     "ADSERVE_JOBS_ROLLUP_RECENT_S": "60",
+    # every simulated shopper calls from 127.0.0.1: a per-address limit would throttle the demo
+    "ADSERVE_SERVER_RATE_LIMIT_PER_MINUTE": "0",
 }
 
 

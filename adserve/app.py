@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.status_codes import (
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from litestar.stores.memory import MemoryStore
 from sqlalchemy import text
 
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
@@ -39,6 +41,7 @@ from adserve.serving.identity import UserKeys
 from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.rate_limit import STORE, public_rate_limit, purge_expired, retry_after
 from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
 from adserve.serving.tokens import TrackingSigner
 
@@ -79,10 +82,18 @@ def _too_large(request: Request) -> str:
 
 
 def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
-    detail = _too_large(request) if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE else exc.detail
+    detail = exc.detail
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        detail = _too_large(request)
+    elif exc.status_code == HTTP_429_TOO_MANY_REQUESTS:
+        headers["Retry-After"] = str(retry_after(headers))
+        limit = headers.get("RateLimit-Limit", "?")
+        detail = (
+            f"more than {limit} requests a minute from this client; retry after {headers['Retry-After']} s"
+        )
     response = _problem(exc.status_code, HTTPStatus(exc.status_code).phrase, detail, exc.extra)
-    if exc.headers:
-        response.headers.update(exc.headers)
+    response.headers.update(headers)
     return response
 
 
@@ -305,9 +316,28 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await scheduler.close()
 
+    rate_limit_store = MemoryStore()
+
+    @asynccontextmanager
+    async def rate_limits(app: Litestar) -> AsyncIterator[None]:
+        purge = asyncio.create_task(purge_expired(rate_limit_store))
+        try:
+            yield
+        finally:
+            purge.cancel()
+
+    per_minute = settings.server.rate_limit_per_minute
+    public = (
+        Router(
+            path="/", route_handlers=[serving_router], middleware=[public_rate_limit(per_minute).middleware]
+        )
+        if per_minute
+        else serving_router
+    )
     app = Litestar(
-        route_handlers=[health, ready, admin_router, dashboard_router, serving_router, pages_router],
-        lifespan=[database, serving, jobs],
+        route_handlers=[health, ready, admin_router, dashboard_router, public, pages_router],
+        lifespan=[database, serving, jobs, rate_limits],
+        stores={STORE: rate_limit_store},
         exception_handlers={
             UserError: _user_error,
             HTTPException: _http_error,

@@ -42,6 +42,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 65536
     cors_origins: list[str] = msgspec.field(default_factory=list)
+    # Requests a minute one client address may make to the public endpoints, per process; 0 = none.
+    rate_limit_per_minute: int = 600
 
 
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -249,6 +251,10 @@ def _validate(settings: Settings) -> Settings:
     for name, value in positive.items():
         if value <= 0:
             raise SettingsError(f"{name} must be positive, got {value}")
+    if settings.server.rate_limit_per_minute < 0:
+        raise SettingsError(
+            f"server.rate_limit_per_minute must be 0 (none) or positive, got {settings.server.rate_limit_per_minute}"
+        )
     if settings.database.statement_timeout_ms < 0:
         raise SettingsError(
             f"database.statement_timeout_ms must be 0 (none) or positive, got {settings.database.statement_timeout_ms}"

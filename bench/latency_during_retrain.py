@@ -78,6 +78,7 @@ async def bench(args: argparse.Namespace) -> str:
             "ADSERVE_WRITER_SPOOL_DIR": str(work / "spool"),
             "ADSERVE_MODELS_DIR": str(work / "models"),
             "ADSERVE_JOBS_ENABLED": "false",
+            "ADSERVE_SERVER_RATE_LIMIT_PER_MINUTE": "0",  # the load generator is one client address
         }
         os.environ.update(env)  # the training child reads its settings from the environment
         port = base.free_port()

@@ -498,6 +498,7 @@ async def bench(args: argparse.Namespace) -> str:
                 "ADSERVE_JOBS_ENABLED": "false",
                 "ADSERVE_SERVING_TOKEN_TTL_S": str(args.ttl),
                 "ADSERVE_LOG_LEVEL": "WARNING",
+                "ADSERVE_SERVER_RATE_LIMIT_PER_MINUTE": "0",  # the load generator is one client address
             }
             argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
             servers.append(

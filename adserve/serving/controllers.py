@@ -15,6 +15,7 @@ from adserve.events.erasure import ErasureResult, erase_user
 from adserve.events.ingest import EventIngest
 from adserve.events.tracking import Tracker
 from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.rate_limit import EXEMPT
 from adserve.serving.recommendations import Recommendations, recommend
 from adserve.serving.schemas import (
     EVENT_BATCH_MAX_BYTES,
@@ -181,7 +182,13 @@ async def erase(request: Request, user_id: str) -> ErasureResult:
         )
 
 
-@delete("/v1/users/{user_id:str}", status_code=200, tags=["privacy"], security=[{"apiKey": []}])
+@delete(
+    "/v1/users/{user_id:str}",
+    status_code=200,
+    tags=["privacy"],
+    security=[{"apiKey": []}],
+    opt={EXEMPT: True},  # keyed (a site's back end erasing users in bulk), not a public call
+)
 async def erase_user_for_site(request: Request, user_id: UserIdPath) -> ErasureResult:
     """Erases a user (site or admin key): behaviour deleted, links in logs removed, audited."""
     return await erase(request, user_id)
