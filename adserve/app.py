@@ -29,7 +29,7 @@ from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
 from adserve.admin.dashboard import dashboard_router
 from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
 from adserve.db.migrate import head_revision
-from adserve.errors import UserError
+from adserve.errors import ServiceUnavailable, UserError
 from adserve.events.ingest import EventIngest
 from adserve.events.invalid_hits import InvalidHitCounter
 from adserve.events.spool import SpoolLockedError
@@ -68,7 +68,10 @@ def _problem(status: int, title: str, detail: str, errors: Any = None) -> Respon
 
 
 def _user_error(_: Request, exc: UserError) -> Response[dict[str, Any]]:
-    return _problem(exc.status_code, exc.title, exc.detail, exc.errors)
+    response = _problem(exc.status_code, exc.title, exc.detail, exc.errors)
+    if isinstance(exc, ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def _route(request: Request) -> str:

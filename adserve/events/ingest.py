@@ -1,9 +1,11 @@
 """Behaviour events: stored under the user's pseudonymous key, durable before the call returns.
 
 The POST answers only after the batch is committed (or spooled), so the user's very next decision,
-served by any process, sees it. Events without consent are not stored at all. A purchase by a user
-who made a valid click within the attribution window becomes a conversion of that click's decision;
-its id derives from the purchase event's id, so a retried batch never converts twice.
+served by any process, sees it; when it can be kept in neither, the writer's SpoolFullError makes
+it a 503 with Retry-After, never an acceptance. Events without consent are not stored at all. A
+purchase by a user who made a valid click within the attribution window becomes a conversion of
+that click's decision; its id derives from the purchase event's id, so a retried batch never
+converts twice.
 """
 
 from __future__ import annotations

@@ -33,10 +33,12 @@ cost 0. Invalid clicks never charge and are stored with cost 0 and unbilled 0.
 
 When Postgres is unreachable each batch is appended to the spool (`adserve.events.spool`) and a
 background task probes Postgres (backoff 0.5 s doubling to 2 s) and replays segments in order,
-deleting each only after its batch committed. While anything is spooled, new batches go to the
-spool too, so replay order is arrival order. A full spool drops new rows with one ERROR line per
-episode. A batch Postgres rejects for its content is retried row by row so only bad rows are
-dropped (counted, logged without row contents).
+deleting each only after its batch committed. While Postgres is away new batches go to the spool
+too, so replay order is arrival order. `write` never reports what did not happen: it returns only
+once its rows are committed or fsync'd to the spool, and raises otherwise: `SpoolFullError` (a
+503 with Retry-After for HTTP callers) when the spool has no room, with one ERROR line per episode,
+and `RowsRejectedError` when Postgres rejected rows for their content. Such a batch is retried row
+by row so only the bad rows are lost (counted, logged without row contents).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from sqlalchemy import Boolean, DateTime, Integer, Numeric
 
 from adserve.db.engine import asyncpg_dsn
 from adserve.db.tables import Base
+from adserve.errors import ServiceUnavailable
 from adserve.events.spool import Spool
 
 if TYPE_CHECKING:
@@ -64,7 +67,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WRITABLE_TABLES",
+    "LogWriteError",
     "LogWriter",
+    "RowsRejectedError",
+    "SpoolFullError",
     "WriteOutcome",
     "WriterCounters",
     "columns",
@@ -73,7 +79,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WriteOutcome = Literal["stored", "spooled", "dropped"]
+WriteOutcome = Literal["stored", "spooled"]
 
 # Append-only tables keyed by a unique id, so ON CONFLICT DO NOTHING makes every write idempotent.
 WRITABLE_TABLES = ("user_events", "decisions", "impressions", "clicks", "conversions", "rewards")
@@ -86,6 +92,7 @@ COMMAND_TIMEOUT_S = 30.0
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 2.0
 TRANSIENT_ATTEMPTS = 3
+SPOOL_FULL_RETRY_AFTER_S = 30  # what a refused caller is told to wait: Postgres back, spool draining
 
 # Errors meaning "Postgres is not there right now": the batch is spooled and retried later.
 # (TimeoutError, e.g. a pool acquire timeout, is an OSError since Python 3.11.)
@@ -100,6 +107,24 @@ CONNECTIVITY_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Errors that a retry of the same transaction resolves (two flushes charging the same campaigns).
 TRANSIENT_ERRORS = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+class LogWriteError(Exception):
+    """Rows of an awaited `write` were neither committed nor spooled."""
+
+
+class SpoolFullError(LogWriteError, ServiceUnavailable):
+    """Postgres is unreachable and the spool has no room: the rows are not kept anywhere."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"the {table} log cannot be written: the database is unreachable and the spool is full",
+            retry_after_s=SPOOL_FULL_RETRY_AFTER_S,
+        )
+
+
+class RowsRejectedError(LogWriteError):
+    """Postgres rejected some of the rows for their content (a bug upstream; logged, counted)."""
 
 
 def _stage(table: str) -> str:
@@ -385,6 +410,10 @@ class _Batch:
     waiters: list[tuple[int, int, asyncio.Future[WriteOutcome] | None]]
 
 
+# What one waiter of a batch gets: its outcome, or the error its `write` raises.
+_Result = WriteOutcome | LogWriteError
+
+
 class _TableQueue:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
@@ -483,8 +512,9 @@ class LogWriter:
 
     async def write(self, table: str, rows: list[tuple]) -> WriteOutcome:
         """Queues rows and waits until their batch is committed ("stored") or fsync'd to the spool
-        ("spooled"); "dropped" only when the spool is full or Postgres rejected a row's content.
-        Never raises for Postgres being down."""
+        ("spooled"). Raises `SpoolFullError` when Postgres is unreachable and the spool has no room,
+        `RowsRejectedError` when Postgres rejected rows for their content, so no caller can mistake
+        rows kept nowhere for kept ones."""
         if not rows:
             return "stored"
         future: asyncio.Future[WriteOutcome] = asyncio.get_running_loop().create_future()
@@ -492,7 +522,8 @@ class LogWriter:
         return await future
 
     def write_nowait(self, table: str, rows: list[tuple]) -> None:
-        """Queues rows for the same durable path without waiting for it."""
+        """Queues rows for the same durable path without waiting for it (rows that find the spool
+        full are only counted in `dropped_rows`)."""
         if rows:
             self._enqueue(table, rows, None)
 
@@ -583,7 +614,7 @@ class LogWriter:
         self._slots.release()
 
     async def _flush(self, table: str, batch: _Batch) -> None:
-        outcomes: list[WriteOutcome] | None = None
+        outcomes: list[_Result] | None = None
         try:
             if self._online:
                 try:
@@ -591,15 +622,23 @@ class LogWriter:
                 except CONNECTIVITY_ERRORS as exc:
                     self._go_offline(exc)
             if outcomes is None:
-                outcome = await self._to_spool(table, batch.rows)
+                outcome: _Result = await self._to_spool(table, batch.rows)
                 outcomes = [outcome] * len(batch.waiters)
+        except SpoolFullError:
+            # one error per waiter: each caller raises its own
+            outcomes = [SpoolFullError(table) for _ in batch.waiters]
         except Exception:
             log.exception("log writer: unexpected error; %d %s rows dropped", len(batch.rows), table)
             self.counters.dropped_rows += len(batch.rows)
-            outcomes = ["dropped"] * len(batch.waiters)
+            outcomes = [
+                RowsRejectedError(f"{table} rows were lost to an unexpected error") for _ in batch.waiters
+            ]
         for (_, _, future), outcome in zip(batch.waiters, outcomes, strict=True):
             if future is not None and not future.done():
-                future.set_result(outcome)
+                if isinstance(outcome, LogWriteError):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
         self._pending -= len(batch.rows)
         if self._pending == 0:
             self._idle.set()
@@ -646,7 +685,7 @@ class LogWriter:
             return inserted
         raise AssertionError("unreachable")
 
-    async def _store(self, table: str, batch: _Batch) -> list[WriteOutcome]:
+    async def _store(self, table: str, batch: _Batch) -> list[_Result]:
         """Commits a batch; if Postgres rejects its content, commits row by row and drops only the
         rejected rows. Connectivity errors propagate (the caller spools)."""
         try:
@@ -681,7 +720,9 @@ class LogWriter:
                 _describe(first_error) if first_error else "?",
             )
         return [
-            "dropped" if any(start <= index < end for index in rejected) else "stored"
+            RowsRejectedError(f"Postgres rejected {table} rows ({_describe(first_error)})")
+            if first_error is not None and any(start <= index < end for index in rejected)
+            else "stored"
             for start, end, _ in batch.waiters
         ]
 
@@ -705,6 +746,7 @@ class LogWriter:
             self._recovery = asyncio.create_task(self._recover())
 
     async def _to_spool(self, table: str, rows: list[tuple]) -> WriteOutcome:
+        """Appends rows to the spool ("spooled"); raises SpoolFullError when there is no room."""
         payload = Spool.encode(rows)
         async with self._spool_lock:
             if self._spool.size + len(payload) > self._spool_max_bytes:
@@ -713,12 +755,12 @@ class LogWriter:
                     self._spool_full = True
                     log.error(
                         "log writer: spool %s is full (%d of %d bytes) while Postgres is unreachable; "
-                        "dropping new rows until it drains (dropped_rows counts them)",
+                        "refusing new rows until it drains (dropped_rows counts them)",
                         self._spool.directory,
                         self._spool.size,
                         self._spool_max_bytes,
                     )
-                return "dropped"
+                raise SpoolFullError(table)
             await asyncio.to_thread(self._spool.append, table, payload)
             self._spool_full = False
         self.counters.spooled_rows += len(rows)

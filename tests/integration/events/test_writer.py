@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from adserve.events.writer import columns, make_row
+from adserve.events.writer import RowsRejectedError, SpoolFullError, columns, make_row
 from tests.integration.events.rows import (
     UNREACHABLE_URL,
     click_row,
@@ -224,20 +224,29 @@ async def test_rows_postgres_rejects_are_dropped_alone(make_writer, db, caplog):
             writer.write("user_events", good[:2]),
             writer.write("user_events", [bad, too_long]),
             writer.write("user_events", good[2:]),
+            return_exceptions=True,
         )
-    assert outcomes == ["stored", "dropped", "stored"]
+    assert outcomes[0] == outcomes[2] == "stored"
+    assert isinstance(outcomes[1], RowsRejectedError)
     assert writer.counters.dropped_rows == 2
     assert await count(db, "user_events", [row[0] for row in good]) == 4
     assert "u" * 65 not in caplog.text and "user_events" in caplog.text
 
 
-async def test_unreachable_postgres_spools_and_a_full_spool_drops(make_writer, caplog, tmp_path):
+async def test_unreachable_postgres_spools_and_a_full_spool_refuses(make_writer, caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="adserve.events.writer"):
         writer = await make_writer(url=UNREACHABLE_URL, spool_max_bytes=600)
         assert not writer.online
-        outcomes = [await writer.write("user_events", [event_row()]) for _ in range(12)]
+        outcomes: list[object] = []
+        for _ in range(12):
+            try:
+                outcomes.append(await writer.write("user_events", [event_row()]))
+            except SpoolFullError as refusal:
+                outcomes.append(refusal)
     assert outcomes[0] == "spooled"
-    assert "dropped" in outcomes
+    refused = [outcome for outcome in outcomes if isinstance(outcome, SpoolFullError)]
+    assert refused and refused[0].retry_after_s > 0
+    assert set(outcomes) - set(refused) == {"spooled"}
     assert 0 < writer.spool_bytes <= 600
     assert writer.counters.spooled_rows + writer.counters.dropped_rows == 12
     full_lines = [r for r in caplog.records if r.levelno == logging.ERROR and "full" in r.getMessage()]
