@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from adserve.events.writer import make_row
+from adserve.events.writer import REPLAY_LOCK_KEY, make_row
 from adserve.serving.tokens import TokenError, TokenKind
 
 if TYPE_CHECKING:
@@ -37,9 +37,12 @@ BOT_USER_AGENT = re.compile(
     re.IGNORECASE,
 )
 
-CLICK_STATE_SQL = """
+# `replaying`: some process's log writer is replaying a spool (it holds REPLAY_LOCK_KEY shared).
+CLICK_STATE_SQL = f"""
 SELECT EXISTS (SELECT 1 FROM impressions WHERE decision_id = $1) AS impressed,
-       EXISTS (SELECT 1 FROM clicks WHERE decision_id = $1 AND valid) AS clicked
+       EXISTS (SELECT 1 FROM clicks WHERE decision_id = $1 AND valid) AS clicked,
+       EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 0
+               AND objid = {REPLAY_LOCK_KEY} AND objsubid = 1) AS replaying
 """
 
 LANDING_SQL = "SELECT landing_url FROM creatives WHERE id = $1"
@@ -94,15 +97,16 @@ class Tracker:
         return claims
 
     async def _click_state(self, decision_id: uuid.UUID) -> tuple[bool, bool]:
-        """(impression recorded, valid click exists). While Postgres is away, or the writer is still
-        replaying its spool, stored rows are incomplete: the token is trusted then, and the unique
-        index on valid clicks still keeps them to one per decision."""
-        if not self.writer.online:
+        """(impression recorded, valid click exists). While Postgres is away, or this process's
+        writer or any other process's is still replaying a spool, stored rows are incomplete: the
+        impression is taken on the token's word then, and the writer still stores at most one
+        valid click per decision."""
+        if not self.writer.caught_up:
             return True, False
         try:
             async with self.pool.acquire(timeout=1.0) as connection:
                 row = await connection.fetchrow(CLICK_STATE_SQL, decision_id)
-            return bool(row["impressed"]), bool(row["clicked"])
+            return bool(row["impressed"] or row["replaying"]), bool(row["clicked"])
         except Exception:
             log.warning("click state unavailable; validating the click by its token alone")
             return True, False

@@ -39,6 +39,11 @@ once its rows are committed or fsync'd to the spool, and raises otherwise: `Spoo
 503 with Retry-After for HTTP callers) when the spool has no room, with one ERROR line per episode,
 and `RowsRejectedError` when Postgres rejected rows for their content. Such a batch is retried row
 by row so only the bad rows are lost (counted, logged without row contents).
+
+While a spool replays, stored rows are incomplete (an impression may still be on its way), so the
+writer says so: `caught_up` is false in this process, and a shared advisory lock
+(`REPLAY_LOCK_KEY`, visible in ``pg_locks``) tells every other process (click validation,
+adserve/events/tracking.py).
 """
 
 from __future__ import annotations
@@ -60,12 +65,13 @@ from adserve.errors import ServiceUnavailable
 from adserve.events.spool import Spool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from adserve.settings import WriterSettings
 
 __all__ = [
+    "REPLAY_LOCK_KEY",
     "WRITABLE_TABLES",
     "LogWriteError",
     "LogWriter",
@@ -93,6 +99,8 @@ RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 2.0
 TRANSIENT_ATTEMPTS = 3
 SPOOL_FULL_RETRY_AFTER_S = 30  # what a refused caller is told to wait: Postgres back, spool draining
+# Advisory lock keys (bigint; the scheduler's leader lock is 0x61647376 "adsv").
+REPLAY_LOCK_KEY = 0x61647372  # "adsr": held shared by every writer replaying a spool
 
 # Errors meaning "Postgres is not there right now": the batch is spooled and retried later.
 # (TimeoutError, e.g. a pool acquire timeout, is an OSError since Python 3.11.)
@@ -445,6 +453,7 @@ class LogWriter:
         statement_timeout_ms: int | None = None,
     ) -> None:
         self._dsn = asyncpg_dsn(database_url, statement_timeout_ms=statement_timeout_ms)
+        self._replays = 0  # spools this writer is replaying now
         self._flush_rows = settings.flush_rows
         self._flush_s = settings.flush_ms / 1000
         self._spool_max_bytes = settings.spool_max_bytes
@@ -551,7 +560,14 @@ class LogWriter:
 
     @property
     def online(self) -> bool:
+        """Postgres answers: new batches go straight to it (a spool may still be replaying)."""
         return self._online
+
+    @property
+    def caught_up(self) -> bool:
+        """Postgres answers and nothing this writer spooled waits to be replayed: what
+        it accepted is in Postgres. False while replaying, when stored rows are incomplete."""
+        return self._online and not self._spool.segments and self._replays == 0
 
     def stats(self) -> dict[str, int]:
         """Flat counters for a metrics endpoint."""
@@ -783,7 +799,9 @@ class LogWriter:
                         len(self._spool.segments),
                     )
                 self._online = True
-                await self._replay()
+                if self._spool.segments:
+                    async with self._replaying():
+                        await self._replay(self._spool, self._spool_lock)
                 async with self._spool_lock:
                     if self._online and not self._spool.segments:
                         self._drained.set()
@@ -796,10 +814,39 @@ class LogWriter:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
 
-    async def _replay(self) -> None:
-        """Commits spooled segments in order, consecutive ones of a table together (up to
-        flush_rows rows), deleting them only after their transaction committed."""
-        segments = self._spool.segments
+    @contextlib.asynccontextmanager
+    async def _replaying(self) -> AsyncIterator[None]:
+        """While a spool replays: `caught_up` is false here, and a shared advisory lock on a
+        connection of its own tells every process that stored rows are incomplete. That lock is
+        best effort: a replay does not wait for a spare connection (closing the session releases
+        the lock)."""
+        self._replays += 1
+        connection: asyncpg.Connection | None = None
+        try:
+            try:
+                connection = await asyncpg.connect(**self._dsn, timeout=CONNECT_TIMEOUT_S)
+                await connection.execute(f"SELECT pg_advisory_lock_shared({REPLAY_LOCK_KEY})")
+            except (asyncpg.PostgresError, *CONNECTIVITY_ERRORS) as exc:
+                log.warning(
+                    "log writer: replaying without the replay lock (%s); other processes may judge a "
+                    "click before its spooled impression arrives",
+                    _describe(exc),
+                )
+            yield
+        finally:
+            self._replays -= 1
+            if connection is not None:
+                try:
+                    await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_S)
+                except (TimeoutError, *CONNECTIVITY_ERRORS):
+                    connection.terminate()
+
+    async def _replay(self, spool: Spool, lock: asyncio.Lock) -> int:
+        """Commits `spool`'s segments in order, consecutive ones of a table together (up to
+        flush_rows rows), deleting them only after their transaction committed; `lock` guards
+        the spool against appends. Returns the rows replayed."""
+        segments = spool.segments
+        replayed = 0
         index = 0
         while index < len(segments):
             table = segments[index].table
@@ -808,10 +855,10 @@ class LogWriter:
                 segment = segments[index]
                 index += 1
                 try:
-                    rows.extend(await asyncio.to_thread(self._spool.read, segment))
+                    rows.extend(await asyncio.to_thread(spool.read, segment))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    async with self._spool_lock:
-                        kept = await asyncio.to_thread(self._spool.quarantine, segment)
+                    async with lock:
+                        kept = await asyncio.to_thread(spool.quarantine, segment)
                     log.error(
                         "log writer: spool segment unreadable (%s); moved to %s", type(exc).__name__, kept
                     )
@@ -820,7 +867,9 @@ class LogWriter:
             if not group:
                 continue
             await self._store(table, _Batch(rows, [(0, len(rows), None)]))
-            async with self._spool_lock:
+            async with lock:
                 for segment in group:
-                    await asyncio.to_thread(self._spool.remove, segment)
+                    await asyncio.to_thread(spool.remove, segment)
             self.counters.replayed_rows += len(rows)
+            replayed += len(rows)
+        return replayed
