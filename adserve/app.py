@@ -211,12 +211,17 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 async def _start_writer(url: str, settings: Settings) -> LogWriter:
-    """Each process owns one spool slot folder. Taking the first free slot lets several workers
-    share one spool_dir, and a restarted worker adopts (and replays) a dead one's leftover spool."""
+    """Each process owns one spool slot folder: the first free one, so several workers share one
+    spool_dir. Every writer also replays the slots no live process holds (adopt_from), so no slot
+    waits for a worker of its number (fewer workers than before, a dead one not restarted)."""
     base = Path(settings.writer.spool_dir)
     for slot in range(SPOOL_SLOTS):
         writer = LogWriter(
-            url, settings.writer, base / f"slot-{slot}", settings.database.statement_timeout_ms
+            url,
+            settings.writer,
+            base / f"slot-{slot}",
+            settings.database.statement_timeout_ms,
+            adopt_from=base,
         )
         try:
             await writer.start()

@@ -43,7 +43,8 @@ by row so only the bad rows are lost (counted, logged without row contents).
 While a spool replays, stored rows are incomplete (an impression may still be on its way), so the
 writer says so: `caught_up` is false in this process, and a shared advisory lock
 (`REPLAY_LOCK_KEY`, visible in ``pg_locks``) tells every other process (click validation,
-adserve/events/tracking.py).
+adserve/events/tracking.py). With `adopt_from`, the writer also replays every other spool folder
+there that no live process holds (a slot of a worker that is gone, whatever the worker count now).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from sqlalchemy import Boolean, DateTime, Integer, Numeric
 from adserve.db.engine import asyncpg_dsn
 from adserve.db.tables import Base
 from adserve.errors import ServiceUnavailable
-from adserve.events.spool import Spool
+from adserve.events.spool import Spool, SpoolLockedError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,7 @@ RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 2.0
 TRANSIENT_ATTEMPTS = 3
 SPOOL_FULL_RETRY_AFTER_S = 30  # what a refused caller is told to wait: Postgres back, spool draining
+ADOPT_EVERY_S = 30.0  # how often a writer looks for spool folders that no live process holds
 # Advisory lock keys (bigint; the scheduler's leader lock is 0x61647376 "adsv").
 REPLAY_LOCK_KEY = 0x61647372  # "adsr": held shared by every writer replaying a spool
 
@@ -408,6 +410,7 @@ class WriterCounters:
     batches: int = 0  # batches committed to Postgres (replays and row-by-row retries included)
     spooled_rows: int = 0
     replayed_rows: int = 0
+    adopted_rows: int = 0  # of replayed_rows, those from spool folders of processes that are gone
     dropped_rows: int = 0  # rejected by Postgres, undecodable in the spool, or spool full
 
 
@@ -442,7 +445,8 @@ class LogWriter:
     """Batched, durable writes of append-only rows; one per process, with its own spool folder.
 
     ``await start()`` before writing and ``await close()`` at shutdown (flushes what is queued;
-    what cannot reach Postgres stays in the spool for the next start).
+    what cannot reach Postgres stays in the spool for the next start). `adopt_from`: a folder of
+    spool folders (one per process, `spool_dir` among them) whose unheld ones this writer replays.
     """
 
     def __init__(
@@ -451,9 +455,13 @@ class LogWriter:
         settings: WriterSettings,
         spool_dir: Path,
         statement_timeout_ms: int | None = None,
+        *,
+        adopt_from: Path | None = None,
     ) -> None:
         self._dsn = asyncpg_dsn(database_url, statement_timeout_ms=statement_timeout_ms)
-        self._replays = 0  # spools this writer is replaying now
+        self._adopt_from = adopt_from
+        self._adopter: asyncio.Task[None] | None = None
+        self._replays = 0  # spools this writer is replaying now (its own, adopted ones)
         self._flush_rows = settings.flush_rows
         self._flush_s = settings.flush_ms / 1000
         self._spool_max_bytes = settings.spool_max_bytes
@@ -495,6 +503,8 @@ class LogWriter:
             self._drained.set()
         self._queues = {table: _TableQueue() for table in WRITABLE_TABLES}
         self._loops = [asyncio.create_task(self._run_table(t, q)) for t, q in self._queues.items()]
+        if self._adopt_from is not None:
+            self._adopter = asyncio.create_task(self._adopt_orphans(self._adopt_from))
         self._started = True
 
     async def close(self) -> None:
@@ -502,9 +512,10 @@ class LogWriter:
         if self._closed or not self._started:
             return
         self._closed = True
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        for task in (*self._loops, self._adopter):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._loops, *filter(None, [self._adopter]), return_exceptions=True)
         final = [self._flush(table, queue.take()) for table, queue in self._queues.items() if queue.rows]
         await asyncio.gather(*self._inflight, *final)
         if self._recovery is not None:
@@ -565,7 +576,7 @@ class LogWriter:
 
     @property
     def caught_up(self) -> bool:
-        """Postgres answers and nothing this writer spooled waits to be replayed: what
+        """Postgres answers and nothing this writer spooled or adopted waits to be replayed: what
         it accepted is in Postgres. False while replaying, when stored rows are incomplete."""
         return self._online and not self._spool.segments and self._replays == 0
 
@@ -873,3 +884,45 @@ class LogWriter:
             self.counters.replayed_rows += len(rows)
             replayed += len(rows)
         return replayed
+
+    async def _adopt_orphans(self, base: Path) -> None:
+        """Replays, every ADOPT_EVERY_S while caught up, the spool folders under `base` that no
+        live process holds: a worker that is gone left them, and the first free slot a new worker
+        takes need not be theirs (fewer workers now, or a restart while others ran)."""
+        own = self._spool.directory.resolve()
+
+        def left_behind() -> list[Path]:
+            if not base.is_dir():
+                return []
+            return sorted(
+                folder
+                for folder in base.iterdir()
+                if folder.is_dir() and folder.resolve() != own and any(folder.glob("*.seg"))
+            )
+
+        while True:
+            await self._drained.wait()
+            for folder in await asyncio.to_thread(left_behind):
+                if not self._online:
+                    break
+                spool = Spool(folder)
+                try:
+                    await asyncio.to_thread(spool.open)
+                except SpoolLockedError:
+                    continue  # a live process owns it and replays it itself
+                try:
+                    if spool.segments:
+                        log.info(
+                            "log writer: replaying %d batches left in %s by a process that is gone",
+                            len(spool.segments),
+                            folder,
+                        )
+                        async with self._replaying():
+                            self.counters.adopted_rows += await self._replay(spool, asyncio.Lock())
+                except CONNECTIVITY_ERRORS as exc:
+                    log.warning("log writer: adopting %s paused (%s)", folder, _describe(exc))
+                except Exception:
+                    log.exception("log writer: adopting %s failed; retrying later", folder)
+                finally:
+                    await asyncio.to_thread(spool.close)
+            await asyncio.sleep(ADOPT_EVERY_S)
