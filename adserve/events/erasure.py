@@ -5,6 +5,13 @@ counts and the bandit's propensities) with their user column set to NULL. The us
 tombstone (`erased_at`), which every training query excludes. Keys erased: the consented key and
 the no-consent day keys of the last `SESSION_KEY_DAYS` days (keys of explicit session ids cannot
 be derived from the user id and expire with the session anyway).
+
+Rows of the user that are not in Postgres yet (queued in some process's log writer, or spooled on
+its disk while Postgres was away) are reached too: every key gets a tombstone, committed first, and
+the log writer stores a row from before its key's tombstone without the user, or not at all for
+behaviour events (adserve/events/writer.py). Then the erasure waits for every writer transaction
+that may have started before the tombstones were visible (`WRITE_BARRIER_KEY`), and only then
+deletes and unlinks, so no row slips between the two.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
+
+from adserve.events.writer import WRITE_BARRIER_KEY
 
 if TYPE_CHECKING:
     import asyncpg
@@ -52,6 +61,17 @@ async def erase_user(
         user_keys.session(user_id, None, now - timedelta(days=d)) for d in range(SESSION_KEY_DAYS)
     ]
     async with connection.transaction():
+        # Tombstones first, committed: from here on, log writers keep the user out of new rows.
+        await connection.execute(
+            "INSERT INTO users (id, consent, erased_at) SELECT unnest($1::text[]), false, $2 "
+            "ON CONFLICT (id) DO UPDATE SET consent = false, segments = '{}', erased_at = $2",
+            keys,
+            now,
+        )
+    async with connection.transaction():
+        # Every writer transaction that began before the tombstones were visible has ended.
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_BARRIER_KEY)
+    async with connection.transaction():
         counts = {
             "events_deleted": _count(
                 await connection.execute("DELETE FROM user_events WHERE user_id = ANY($1)", keys)
@@ -62,12 +82,6 @@ async def erase_user(
                 f"UPDATE {table} SET user_id = NULL WHERE user_id = ANY($1)", keys
             )
             counts[f"{table}_unlinked"] = _count(status)
-        await connection.execute(
-            "INSERT INTO users (id, consent, erased_at) VALUES ($1, false, $2) "
-            "ON CONFLICT (id) DO UPDATE SET consent = false, segments = '{}', erased_at = $2",
-            key,
-            now,
-        )
         await connection.execute(
             "INSERT INTO erasures (user_id, requested_by_key_id, requested_by_role, erased_at, counts) "
             "VALUES ($1, $2, $3, $4, $5::jsonb)",

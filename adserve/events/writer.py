@@ -45,6 +45,13 @@ writer says so: `caught_up` is false in this process, and a shared advisory lock
 (`REPLAY_LOCK_KEY`, visible in ``pg_locks``) tells every other process (click validation,
 adserve/events/tracking.py). With `adopt_from`, the writer also replays every other spool folder
 there that no live process holds (a slot of a worker that is gone, whatever the worker count now).
+
+Erasure (adserve/events/erasure.py) reaches rows still queued or spooled: every statement that
+stores rows checks the user's tombstone (``users.erased_at``), so a row from before its user's
+erasure is stored without the user (decisions, impressions, clicks, conversions) or not at all
+(behaviour events), whenever and through whichever writer it arrives. Each writer transaction
+holds `WRITE_BARRIER_KEY` shared; the erasure takes it exclusively once its tombstones are
+committed, so every row that was stored without seeing them is committed before it sweeps.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REPLAY_LOCK_KEY",
     "WRITABLE_TABLES",
+    "WRITE_BARRIER_KEY",
     "LogWriteError",
     "LogWriter",
     "RowsRejectedError",
@@ -103,6 +111,7 @@ SPOOL_FULL_RETRY_AFTER_S = 30  # what a refused caller is told to wait: Postgres
 ADOPT_EVERY_S = 30.0  # how often a writer looks for spool folders that no live process holds
 # Advisory lock keys (bigint; the scheduler's leader lock is 0x61647376 "adsv").
 REPLAY_LOCK_KEY = 0x61647372  # "adsr": held shared by every writer replaying a spool
+WRITE_BARRIER_KEY = 0x61647377  # "adsw": held shared by every writer transaction; erasure waits
 
 # Errors meaning "Postgres is not there right now": the batch is spooled and retried later.
 # (TimeoutError, e.g. a pool acquire timeout, is an OSError since Python 3.11.)
@@ -287,16 +296,29 @@ release AS (
 )"""
 
 
+# Erasure: a staged row `s` from before its user's erasure (``users.erased_at``, the tombstone that
+# adserve/events/erasure.py commits for every key of the user) arrives without the user.
+def _erased_before(time_column: str) -> str:
+    return f"EXISTS (SELECT 1 FROM users u WHERE u.id = s.user_id AND u.erased_at >= s.{time_column})"
+
+
+_UNLINKED = {"user_id": f"CASE WHEN {_erased_before('ts')} THEN NULL ELSE s.user_id END"}
+# Behaviour events of an erased user are not stored at all (their time: when we received them).
+_KEEP_EVENT = f"NOT {_erased_before('received_at')}"
+_ERASABLE_TABLES = frozenset({"user_events", "decisions", "impressions", "clicks", "conversions"})
+
+
 def _insert_sql(table: str) -> str:
     """One statement moving the staged rows into `table`; its result is the inserted row count."""
     names = columns(table)
     cols = _quoted(names)
     stage = _stage(table)
+    unlinked = ", ".join(_UNLINKED.get(name, f's."{name}"') for name in names)
     if table == "decisions":
         # A decision reserves its expected cost in its campaign's bucket of the serving minute.
         return f"""
 WITH inserted AS (
-    INSERT INTO decisions ({cols}) SELECT {cols} FROM {stage}
+    INSERT INTO decisions ({cols}) SELECT {unlinked} FROM {stage} s
     ON CONFLICT DO NOTHING RETURNING campaign_id, ts, reserved
 ),
 reserving AS (
@@ -310,7 +332,7 @@ reserving AS (
 )
 SELECT count(*) FROM inserted"""
     if table == "impressions":
-        billed = ", ".join(_BILLED.get(name, f's."{name}"') for name in names)
+        billed = ", ".join({**_BILLED, **_UNLINKED}.get(name, f's."{name}"') for name in names)
         return f"""
 WITH staged AS (
     SELECT s.*, row_number() OVER (PARTITION BY s.decision_id ORDER BY s.ts) AS nth FROM {stage} s
@@ -330,8 +352,9 @@ SELECT count(*) FROM inserted"""
         # The first valid click of each decision in the batch is tried as valid; any that loses to
         # a stored valid click of the same decision, and every later valid one in the batch, is
         # stored as an invalid duplicate. ON CONFLICT (id) keeps replays of either kind idempotent.
-        billed = ", ".join(_BILLED.get(name, f's."{name}"') for name in names)
+        billed = ", ".join({**_BILLED, **_UNLINKED}.get(name, f's."{name}"') for name in names)
         overrides = {
+            **_UNLINKED,
             "valid": "false",
             "invalid_reason": "CASE WHEN s.valid THEN 'duplicate' ELSE s.invalid_reason END",
             "cost": "0",
@@ -362,11 +385,19 @@ invalid_inserted AS (
 ),
 inserted AS (SELECT decision_id, campaign_id, ts, cost, unbilled FROM valid_inserted),{_SPEND_CTES}
 SELECT (SELECT count(*) FROM valid_inserted) + (SELECT count(*) FROM invalid_inserted)"""
+    if table == "user_events":
+        return (
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} s WHERE {_KEEP_EVENT} "
+            "ON CONFLICT DO NOTHING"
+        )
+    if table in _ERASABLE_TABLES:
+        return f"INSERT INTO {table} ({cols}) SELECT {unlinked} FROM {stage} s ON CONFLICT DO NOTHING"
     return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
 
 
 _INSERT_SQL = {table: _insert_sql(table) for table in WRITABLE_TABLES}
 _RETURNS_COUNT = {"decisions", "impressions", "clicks"}
+_BARRIER_SQL = f"SELECT pg_advisory_xact_lock_shared({WRITE_BARRIER_KEY})"
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -692,6 +723,8 @@ class LogWriter:
                     self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
                     connection.transaction(),
                 ):
+                    if table in _ERASABLE_TABLES:
+                        await connection.execute(_BARRIER_SQL)
                     await connection.copy_records_to_table(
                         _stage(table), records=rows, columns=columns(table)
                     )
