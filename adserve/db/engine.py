@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +19,7 @@ __all__ = [
     "async_engine",
     "asyncpg_dsn",
     "create_engine",
+    "json_safe",
     "resolve_database_url",
     "sessionmaker_for",
     "sqlalchemy_url",
@@ -123,3 +125,20 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
 
 def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON null), recursively.
+
+    Postgres's json types reject the `NaN`/`Infinity` tokens Python's json module writes by
+    default ("invalid input syntax for type json"). NumPy scalars become Python numbers first.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return json_safe(value.item() if getattr(value, "ndim", 0) == 0 else value.tolist())
+    return value

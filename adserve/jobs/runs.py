@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from adserve.db.engine import json_safe
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -76,23 +77,6 @@ def error_text(exc: BaseException) -> str:
     """The exception's type and first line: Postgres details (row values) are left out."""
     message = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {message}"[:MAX_ERROR_CHARS]
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None (JSON null), recursively.
-
-    Postgres's json types reject the `NaN`/`Infinity` tokens Python's json module writes by
-    default ("invalid input syntax for type json"). NumPy scalars become Python numbers first.
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v) for v in value]
-    if type(value).__module__ == "numpy" and hasattr(value, "item"):
-        return json_safe(value.item() if getattr(value, "ndim", 0) == 0 else value.tolist())
-    return value
 
 
 def figures_json(figures: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select, update
 
+from adserve.db.engine import json_safe
 from adserve.db.tables import ModelVersion
 from adserve.errors import Conflict, NotFound
 
@@ -37,7 +38,7 @@ class Registry:
         reason: str | None = None,
     ) -> ModelVersion:
         row = ModelVersion(
-            kind=kind, version=version, path=path, metrics=metrics, status=status, reason=reason
+            kind=kind, version=version, path=path, metrics=json_safe(metrics), status=status, reason=reason
         )
         self.session.add(row)
         await self.session.commit()
