@@ -216,7 +216,9 @@ async def test_reward_join_edges(client, world, database_url) -> None:
 
     # windows still open: nothing is labelled, not even the clicked decision, so positives never
     # reach the learner ahead of the negatives of the same moment
-    assert await join_rewards_once(database_url, now=decided + timedelta(seconds=5), reward_window_s=WINDOW) == 0
+    assert (
+        await join_rewards_once(database_url, now=decided + timedelta(seconds=5), reward_window_s=WINDOW) == 0
+    )
     assert await rewards_of(database_url, ids) == {}
 
     # the advertiser re-prices after serving: rewards keep the price the decision was served at
