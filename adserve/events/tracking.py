@@ -98,7 +98,8 @@ class Tracker:
 
     async def _click_state(self, decision_id: uuid.UUID) -> tuple[bool, bool]:
         """(impression recorded, valid click exists). While Postgres is away, or this process's
-        writer or any other process's is still replaying a spool, stored rows are incomplete: the
+        writer or any other process's is still replaying a spool, or another slot of this host's
+        spool folder holds rows (`LogWriter.caught_up`), stored rows are incomplete: the
         impression is taken on the token's word then, and the writer still stores at most one
         valid click per decision."""
         if not self.writer.caught_up:

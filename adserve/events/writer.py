@@ -43,7 +43,9 @@ by row so only the bad rows are lost (counted, logged without row contents).
 While a spool replays, stored rows are incomplete (an impression may still be on its way), so the
 writer says so: `caught_up` is false in this process, and a shared advisory lock
 (`REPLAY_LOCK_KEY`, visible in ``pg_locks``) tells every other process (click validation,
-adserve/events/tracking.py). With `adopt_from`, the writer also replays every other spool folder
+adserve/events/tracking.py). A process can spool without holding that lock (it has not yet noticed
+that Postgres is back, or it died with rows spooled), so `caught_up` is also false while another
+spool folder under `adopt_from` (another process's slot on this host) holds a segment. With `adopt_from`, the writer also replays every other spool folder
 there that no live process holds (a slot of a worker that is gone, whatever the worker count now).
 
 Erasure (adserve/events/erasure.py) reaches rows still queued or spooled: every statement that
@@ -59,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -492,6 +495,7 @@ class LogWriter:
         self._dsn = asyncpg_dsn(database_url, statement_timeout_ms=statement_timeout_ms)
         self._adopt_from = adopt_from
         self._adopter: asyncio.Task[None] | None = None
+        self._shared_folders = ("", "")  # (adopt_from, spool_dir) resolved, set by start()
         self._replays = 0  # spools this writer is replaying now (its own, adopted ones)
         self._flush_rows = settings.flush_rows
         self._flush_s = settings.flush_ms / 1000
@@ -519,6 +523,11 @@ class LogWriter:
     async def start(self) -> None:
         """Opens the spool, connects (or starts retrying), and replays any spool left behind."""
         await asyncio.to_thread(self._spool.open)
+        if self._adopt_from is not None:  # resolved once: `caught_up` lists the other slots
+            self._shared_folders = (
+                str(self._adopt_from.resolve()),
+                str(self._spool.directory.resolve()),
+            )
         try:
             self._pool = await self._create_pool()
         except CONNECTIVITY_ERRORS as exc:
@@ -607,9 +616,35 @@ class LogWriter:
 
     @property
     def caught_up(self) -> bool:
-        """Postgres answers and nothing this writer spooled or adopted waits to be replayed: what
-        it accepted is in Postgres. False while replaying, when stored rows are incomplete."""
-        return self._online and not self._spool.segments and self._replays == 0
+        """Postgres answers, nothing this writer spooled or adopted waits to be replayed, and no
+        other spool folder under `adopt_from` holds a segment: what this host's processes accepted
+        is in Postgres. False while replaying, when stored rows are incomplete.
+
+        The other folders matter because another process on this host may still spool although
+        Postgres is back (it notices on its next probe, up to RETRY_MAX_S later) or may have died
+        with rows in its slot (adopted within ADOPT_EVERY_S): it holds no replay lock then, and a
+        click whose impression waits there would be judged `no_impression`."""
+        return self._online and not self._spool.segments and self._replays == 0 and not self._others_spooled()
+
+    def _others_spooled(self) -> bool:
+        """A segment in another spool folder under `adopt_from` (a directory listing per slot,
+        no file is read; the rename that publishes a segment precedes its writer's answer)."""
+        if self._adopt_from is None:
+            return False
+        base, own = self._shared_folders
+        try:
+            with os.scandir(base) as entries:
+                folders = [entry.path for entry in entries if entry.path != own and entry.is_dir()]
+        except OSError:
+            return False  # no shared folder (yet): nothing spooled there
+        for folder in folders:
+            try:
+                with os.scandir(folder) as files:
+                    if any(entry.name.endswith(".seg") for entry in files):
+                        return True
+            except OSError:
+                continue  # removed meanwhile: it holds nothing
+        return False
 
     def stats(self) -> dict[str, int]:
         """Flat counters for a metrics endpoint."""
