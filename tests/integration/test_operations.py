@@ -12,11 +12,20 @@ from adserve.db.engine import asyncpg_dsn
 from adserve.db.migrate import upgrade
 
 
-async def test_health_and_ready(client) -> None:
-    assert (await client.get("/health")).json() == {"status": "ok"}
-    ready = await client.get("/ready")
-    assert ready.status_code == 200
+async def test_health_and_ready(settings, fresh_database) -> None:
+    # a database of its own: the session's shared one holds champions other tests registered
+    # (and whose artifacts they removed), which /ready rightly reports as not loaded
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    async with AsyncTestClient(create_app(with_database(settings, url))) as client:
+        assert (await client.get("/health")).json() == {"status": "ok"}
+        ready = await client.get("/ready")
+    assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["migrations"] == "ok"
+    # the defaults' cold start: the empirical scorer under an untrained VW policy
+    serving = ready.json()["serving"]
+    assert (serving["scorer"]["kind"], serving["policy"]["kind"]) == ("empirical", "vw")
+    assert serving["policy"]["version"] == "untrained"
 
 
 def with_database(settings, url: str):
