@@ -80,6 +80,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     _serve(
         settings,
         args.host or settings.server.host,
@@ -92,6 +93,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from adserve.jobs.scheduler import run_worker
 
+    signal.signal(signal.SIGTERM, _terminated)
     url = _migrate(settings)
     asyncio.run(run_worker(url, settings))
     return 0
@@ -138,9 +140,11 @@ DEMO_ENVIRONMENT = {
 }
 
 
-def _demo_terminated(signum: int, frame: object) -> None:
-    """SIGTERM ends the demo the way Ctrl-C does: by unwinding, so the simulated shoppers are
-    stopped and the embedded Postgres is shut down (pgserver stops it at interpreter exit)."""
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM ends a command the way Ctrl-C does: by unwinding, so child processes are stopped
+    and the embedded Postgres is shut down (pgserver stops it at interpreter exit). Uvicorn
+    handles SIGTERM (graceful shutdown) and then raises it again; without a handler of ours that
+    second SIGTERM killed the process outright, leaving Postgres up."""
     raise SystemExit(128 + signum)
 
 
@@ -161,7 +165,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     # Uvicorn handles SIGTERM (graceful shutdown) and then raises it again; without a handler of
     # ours that second SIGTERM killed the process outright, leaving the shoppers and Postgres up.
-    signal.signal(signal.SIGTERM, _demo_terminated)
+    signal.signal(signal.SIGTERM, _terminated)
     for name, value in DEMO_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     url = _migrate(settings)
