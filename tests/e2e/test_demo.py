@@ -250,6 +250,7 @@ def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server
     url, name = asyncio.run(fresh())
     cadence = {
         "ADSERVE_DATABASE_URL": url,
+        "ADSERVE_SERVING_SCORER": "interest",  # the default; configs/test.toml sets empirical
         "ADSERVE_BANDIT_REWARD_WINDOW_S": "20",
         "ADSERVE_JOBS_BANDIT_S": "10",
         "ADSERVE_JOBS_RETRAIN_S": "60",
