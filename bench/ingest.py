@@ -32,7 +32,8 @@ import asyncpg
 
 from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn
 from adserve.db.migrate import upgrade
-from adserve.events.writer import POOL_MAX_SIZE, LogWriter, columns, make_row
+from adserve.events.rows import columns, make_row
+from adserve.events.writer import POOL_MAX_SIZE, LogWriter
 from adserve.settings import WriterSettings
 
 __all__ = ["main"]

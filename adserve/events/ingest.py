@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from adserve.errors import InvalidInput
-from adserve.events.writer import make_row
+from adserve.events.rows import make_row
 from adserve.serving.schemas import MAX_EVENTS_PER_BATCH, EventBatch, EventsAccepted
 from adserve.settings import SettingsError
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from adserve.events.writer import REPLAY_LOCK_KEY, make_row
+from adserve.events.rows import make_row
+from adserve.events.writer import REPLAY_LOCK_KEY
 from adserve.serving.tokens import TokenError, TokenKind
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from adserve.db.engine import asyncpg_dsn
-from adserve.events.writer import make_row
+from adserve.events.rows import make_row
 from adserve.learning.datasets import load_impressions, load_sequences, store_imported_events
 
 if TYPE_CHECKING:

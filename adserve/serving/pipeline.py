@@ -19,7 +19,7 @@ import numpy as np
 
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
 from adserve.errors import NotFound
-from adserve.events.writer import make_row
+from adserve.events.rows import make_row
 from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import (

@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from adserve.events.writer import RowsRejectedError, SpoolFullError, columns, make_row
+from adserve.events.rows import columns, make_row
+from adserve.events.writer import RowsRejectedError, SpoolFullError
 from tests.integration.events.rows import (
     UNREACHABLE_URL,
     click_row,
