@@ -297,12 +297,22 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
-    from adserve.learning.bandit import join_rewards_once, learn_once
+    from adserve.db.engine import open_database
+    from adserve.learning.learner import learn_once
+    from adserve.learning.rewards import join_rewards_once
 
     url = _migrate(settings)
-    joined = asyncio.run(join_rewards_once(url, reward_window_s=settings.bandit.reward_window_s))
-    print(f"reward join: {joined} decisions labelled (reward window {settings.bandit.reward_window_s:g} s)")
-    row = asyncio.run(learn_once(url, settings, seed=args.seed))
+
+    async def learn():
+        async with open_database(url, settings) as database:
+            joined = await join_rewards_once(database, reward_window_s=settings.bandit.reward_window_s)
+            return joined, await learn_once(database, settings, seed=args.seed)
+
+    joined, step = asyncio.run(learn())
+    print(
+        f"reward join: {joined.joined} decisions labelled (reward window {settings.bandit.reward_window_s:g} s)"
+    )
+    row = step.registered
     if row is None:
         print("nothing new to learn (no un-learned rewarded decisions, or another learner is running)")
         return 0
@@ -337,14 +347,20 @@ def _ope_logs(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime, timedelta
 
     from adserve.bandit.ope import format_table
-    from adserve.learning.bandit import ope_from_logs
+    from adserve.db.engine import open_database
+    from adserve.learning.ope import ope_from_logs
 
     url = _migrate(settings)
     until = datetime.now(UTC)
     since = until - timedelta(days=args.days)
-    report = asyncio.run(
-        ope_from_logs(url, since, until, args.challenger, args.interest_model, seed=args.seed)
-    )
+
+    async def evaluate():
+        async with open_database(url, settings) as database:
+            return await ope_from_logs(
+                database, since, until, args.challenger, args.interest_model, seed=args.seed
+            )
+
+    report = asyncio.run(evaluate())
     print(f"{report.n} rewarded decisions from {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC")
     print(format_table(report))
     if args.json:

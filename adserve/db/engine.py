@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from adserve.settings import Settings
 
 __all__ = [
+    "Database",
     "EmbeddedPostgres",
     "async_engine",
     "asyncpg_dsn",
     "create_engine",
     "json_safe",
+    "open_database",
     "resolve_database_url",
     "sessionmaker_for",
     "sqlalchemy_url",
@@ -123,8 +129,35 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     )
 
 
-def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker:
+def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """The one database handle the app, the jobs and the CLI pass to `adserve.learning`: an
+    asyncpg pool for plain SQL (bulk reads, COPY, advisory locks) and a SQLAlchemy sessionmaker
+    for the ORM (the model registry). Whoever opens it closes it; functions that take it never do."""
+
+    pool: asyncpg.Pool
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+
+@contextlib.asynccontextmanager
+async def open_database(url: str, settings: Settings, *, max_connections: int = 4) -> AsyncIterator[Database]:
+    """A `Database` on `url` for a command or a job runner, closed on exit. Connections carry
+    the configured statement timeout, as every other pool of ours does."""
+    pool = await asyncpg.create_pool(
+        **asyncpg_dsn(url, statement_timeout_ms=settings.database.statement_timeout_ms),
+        min_size=0,
+        max_size=max_connections,
+    )
+    engine = create_engine(url, settings)
+    try:
+        yield Database(pool, sessionmaker_for(engine))
+    finally:
+        await engine.dispose()
+        await pool.close()
 
 
 def json_safe(value: Any) -> Any:

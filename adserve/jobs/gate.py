@@ -1,4 +1,9 @@
-"""The champion/challenger gate for interest models.
+"""Interest models: train a challenger, then gate it against the champion.
+
+`train_and_gate` is the one way a new interest version comes to be, for the `interest_retrain`
+job and `adserve train` alike: it trains a challenger in a child process (`adserve.jobs.retrain`:
+lower CPU priority, bounded torch threads, so training never runs on a serving event loop),
+warm-started from the champion, then registers it and promotes or rejects it here.
 
 Both versions are evaluated by `evaluate_checkpoint` on the same data: next-item NDCG@10 by
 leave-one-out (each user's last item is held out of training), over events whose items both
@@ -14,13 +19,18 @@ for versions that score ads, the served P(click)'s log loss on the newest 15% of
 
 Either way the reason, with both sets of figures, is recorded on its `model_versions` row.
 
-`evaluate_pair` is CPU/GPU work and runs in the training process (adserve/jobs/retrain.py), never
-on a serving event loop; `decide` and `apply_gate` are cheap and run in the scheduler.
+`evaluate_pair` is CPU/GPU work and runs in the training process, never on a serving event loop;
+`decide` and `apply_gate` are cheap and run in the caller.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
+import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +41,22 @@ from adserve.learning.registry import Registry
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from adserve.db.engine import Database
+    from adserve.settings import JobsSettings
 
-__all__ = ["GateDecision", "HoldoutFigures", "apply_gate", "decide", "evaluate_pair", "holdout_figures"]
+__all__ = [
+    "GateDecision",
+    "HoldoutFigures",
+    "Retrained",
+    "TrainingRun",
+    "apply_gate",
+    "decide",
+    "evaluate_pair",
+    "holdout_figures",
+    "train_and_gate",
+]
 
+log = logging.getLogger(__name__)
 
 NDCG_TOLERANCE = 0.02
 
@@ -123,16 +145,14 @@ def _metrics(path: Path) -> dict[str, Any]:
     return json.loads(metrics_file.read_text()).get("metrics", {}) if metrics_file.exists() else {}
 
 
-async def apply_gate(
-    sessionmaker: async_sessionmaker[AsyncSession], path: str | Path, pair: Mapping[str, Any]
-) -> GateDecision:
+async def apply_gate(database: Database, path: str | Path, pair: Mapping[str, Any]) -> GateDecision:
     """Registers the challenger at `path` and promotes or rejects it by `pair` (from evaluate_pair)."""
     path = Path(path)
     champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
     decision = decide(HoldoutFigures.from_dict(pair["challenger"]), champion)
     # NaN (a log loss on a holdout without clicks) is JSON null: Postgres rejects the NaN token.
     metrics = json_safe({**_metrics(path), "gate": dict(pair)})
-    async with sessionmaker() as session:
+    async with database.sessionmaker() as session:
         registry = Registry(session)
         await registry.register("interest", path.name, str(path), metrics)
         if decision.promote:
@@ -140,3 +160,89 @@ async def apply_gate(
         else:
             await registry.reject("interest", path.name, decision.reason)
     return decision
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRun:
+    """How the training process runs: the rolling window of logs (None: all), the epoch cap
+    (None: early stopping decides), its torch threads and its time limit (None: none)."""
+
+    days: float | None
+    max_epochs: int | None = None
+    seed: int = 0
+    threads: int = 1
+    timeout_s: float | None = None
+
+    @classmethod
+    def scheduled(cls, jobs: JobsSettings) -> TrainingRun:
+        """The `interest_retrain` job's run, from `[jobs]`."""
+        return cls(
+            days=jobs.retrain_days,
+            max_epochs=jobs.retrain_max_epochs or None,
+            threads=jobs.retrain_threads,
+            timeout_s=jobs.retrain_timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Retrained:
+    """One `train_and_gate`: the new version and the gate's verdict, or why nothing was trained."""
+
+    champion: str | None  # the champion's version when training started
+    path: Path | None = None
+    decision: GateDecision | None = None
+    holdout: dict[str, Any] | None = None  # both versions' gate figures (evaluate_pair)
+    skipped: str | None = None
+
+    @property
+    def version(self) -> str | None:
+        return self.path.name if self.path else None
+
+
+async def train_and_gate(database: Database, url: str, run: TrainingRun) -> Retrained:
+    """Trains a challenger on the logs at `url` (warm start from the champion) in a child
+    process, then registers it and promotes or rejects it by the gate."""
+    async with database.sessionmaker() as session:
+        champion = await Registry(session).champion("interest")
+    warm_start = champion.path if champion else None
+    with tempfile.TemporaryDirectory(prefix="adserve-retrain-") as folder:
+        out = Path(folder) / "result.json"
+        await _run_training_process(url, run, warm_start, out)
+        result = json.loads(out.read_text())
+    champion_version = champion.version if champion else None
+    if "skipped" in result:
+        return Retrained(champion_version, skipped=result["skipped"])
+    decision = await apply_gate(database, result["path"], result["pair"])
+    return Retrained(champion_version, Path(result["path"]), decision, result["pair"])
+
+
+async def _run_training_process(url: str, run: TrainingRun, warm_start: str | None, out: Path) -> None:
+    command = [sys.executable, "-m", "adserve.jobs.retrain", "--out", str(out)]
+    command += ["--threads", str(run.threads), "--seed", str(run.seed)]
+    if run.days is not None:
+        command += ["--days", str(run.days)]
+    if run.max_epochs:
+        command += ["--max-epochs", str(run.max_epochs)]
+    if warm_start:
+        command += ["--warm-start", warm_start]
+    threads = str(run.threads)
+    # the child's own environment: the resolved URL (an embedded server's too) and thread caps
+    env = {**os.environ, "ADSERVE_DATABASE_URL": url, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), run.timeout_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise TimeoutError(f"training process ran past {run.timeout_s:.0f} s") from None
+    except asyncio.CancelledError:
+        # The scheduler stepped down or shut down: no orphaned training process.
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        # The tail goes to the log only: a stack trace has no place in job_runs.
+        log.error("training process failed:\n%s", stderr.decode(errors="replace")[-4000:])
+        raise RuntimeError(f"training process exited with status {process.returncode}")

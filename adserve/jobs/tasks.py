@@ -9,23 +9,18 @@ stores the costs, so a scheduled pass would only repeat that work.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import os
-import sys
-import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from adserve.jobs.gate import apply_gate
-from adserve.learning.bandit import join_rewards_once, learn_once
-from adserve.learning.registry import Registry
+from adserve.db.engine import Database
+from adserve.jobs.gate import TrainingRun, train_and_gate
+from adserve.learning.learner import learn_once
+from adserve.learning.rewards import join_rewards_once
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,10 +43,14 @@ PURGE_BATCH = 10_000
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    url: str
+    url: str  # for the training process, which opens its own connections
     settings: Settings
     pool: asyncpg.Pool
     sessionmaker: async_sessionmaker[AsyncSession]
+
+    @property
+    def database(self) -> Database:
+        return Database(self.pool, self.sessionmaker)
 
 
 def _now(now: datetime | None) -> datetime:
@@ -271,63 +270,37 @@ async def purge_user_events(
             return {"deleted": deleted, "cutoff": cutoff.isoformat()}
 
 
-async def _run_training_process(context: JobContext, warm_start: str | None, out: Path) -> None:
-    jobs = context.settings.jobs
-    command = [sys.executable, "-m", "adserve.jobs.retrain", "--out", str(out)]
-    command += ["--days", str(jobs.retrain_days), "--threads", str(jobs.retrain_threads)]
-    command += ["--max-epochs", str(jobs.retrain_max_epochs)]
-    if warm_start:
-        command += ["--warm-start", warm_start]
-    threads = str(jobs.retrain_threads)
-    env = {
-        **os.environ,
-        "ADSERVE_DATABASE_URL": context.url,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-    }
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), jobs.retrain_timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise TimeoutError(f"training process ran past {jobs.retrain_timeout_s:.0f} s") from None
-    except asyncio.CancelledError:
-        # The scheduler stepped down or shut down: no orphaned training process.
-        process.kill()
-        await process.wait()
-        raise
-    if process.returncode != 0:
-        # The tail goes to the log only: a stack trace has no place in job_runs.
-        log.error("training process failed:\n%s", stderr.decode(errors="replace")[-4000:])
-        raise RuntimeError(f"training process exited with status {process.returncode}")
-
-
 async def retrain_interest(context: JobContext) -> dict[str, Any]:
     """Trains a challenger in a separate process (warm start from the champion), then gates it."""
-    async with context.sessionmaker() as session:
-        champion = await Registry(session).champion("interest")
-    warm_start = champion.path if champion else None
-    with tempfile.TemporaryDirectory(prefix="adserve-retrain-") as folder:
-        out = Path(folder) / "result.json"
-        await _run_training_process(context, warm_start, out)
-        result = json.loads(out.read_text())
-    if "skipped" in result:
-        return {"skipped": result["skipped"]}
-    decision = await apply_gate(context.sessionmaker, result["path"], result["pair"])
+    run = TrainingRun.scheduled(context.settings.jobs)
+    retrained = await train_and_gate(context.database, context.url, run)
+    decision = retrained.decision
+    if decision is None:
+        return {"skipped": retrained.skipped}
     return {
-        "version": Path(result["path"]).name,
-        "champion": champion.version if champion else None,
+        "version": retrained.version,
+        "champion": retrained.champion,
         "promoted": decision.promote,
         "reason": decision.reason,
-        "holdout": result["pair"],
+        "holdout": retrained.holdout,
     }
 
 
 async def learn_bandit(context: JobContext) -> dict[str, Any]:
     """The bandit's learning loop: label what the reward window closed on, then one VW step."""
-    joined = await join_rewards_once(context) or {}
-    learned = await learn_once(context) or {}
-    return {"join": joined, "learn": learned}
+    database, settings = context.database, context.settings
+    joined = await join_rewards_once(database, reward_window_s=settings.bandit.reward_window_s)
+    step = await learn_once(database, settings)
+    if step.skipped is not None:
+        learned: dict[str, Any] = {"skipped": step.skipped}
+    elif step.registered is None:
+        learned = {"learned": 0}
+    else:
+        row = step.registered
+        learned = {
+            "version": row.version,
+            "status": row.status,
+            "learned": row.metrics.get("examples"),
+            "examples_learned": row.metrics.get("examples_learned"),
+        }
+    return {"join": asdict(joined), "learn": learned}

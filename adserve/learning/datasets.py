@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ["LoggedImpression", "load_impressions", "load_sequences", "store_imported_events"]
+__all__ = [
+    "LoggedImpression",
+    "decision_context",
+    "load_impressions",
+    "load_sequences",
+    "store_imported_events",
+]
 
 SEQUENCES_SQL = """
 SELECT e.user_id, e.event_type, e.ts, e.item_id, e.category, e.price, e.query
@@ -79,7 +85,8 @@ class LoggedImpression:
     clicked: bool
 
 
-def _context(row: asyncpg.Record) -> DecisionContext:
+def decision_context(row: asyncpg.Record) -> DecisionContext:
+    """The context a logged decision was served with, from its row (context JSON, ts, placement)."""
     raw = row["context"]
     context = msgspec.json.decode(raw) if isinstance(raw, str | bytes) else (raw or {})
     return DecisionContext(
@@ -100,7 +107,7 @@ async def load_impressions(
 ) -> list[LoggedImpression]:
     impressions = []
     for row in await connection.fetch(IMPRESSIONS_SQL, since, until):
-        context = _context(row)
+        context = decision_context(row)
         impressions.append(
             LoggedImpression(
                 decision_ts=row["ts"].timestamp(),

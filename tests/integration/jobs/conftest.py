@@ -9,7 +9,7 @@ import os
 import asyncpg
 import pytest
 
-from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
+from adserve.db.engine import Database, asyncpg_dsn, create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
 from adserve.settings import Settings, load_settings
 
@@ -47,6 +47,11 @@ async def jobs_sessionmaker(jobs_database_url: str, jobs_settings: Settings):
     engine = create_engine(jobs_database_url, jobs_settings)
     yield sessionmaker_for(engine)
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def jobs_database(jobs_pool: asyncpg.Pool, jobs_sessionmaker) -> Database:
+    return Database(jobs_pool, jobs_sessionmaker)
 
 
 async def make_campaign(pool: asyncpg.Pool, name: str, timezone: str = "UTC") -> tuple[int, int]:

@@ -56,7 +56,7 @@ async def test_a_job_returning_nan_and_infinity_is_recorded_ok_with_nulls(jobs_p
 
 
 async def test_the_retrain_gate_registers_a_challenger_whose_figures_hold_nan(
-    jobs_sessionmaker, tmp_path: Path
+    jobs_database, jobs_sessionmaker, tmp_path: Path
 ) -> None:
     # What the training process hands back when a holdout has no clicks: json.dumps writes NaN.
     version = tmp_path / f"nan-{secrets.token_hex(3)}"
@@ -70,7 +70,7 @@ async def test_the_retrain_gate_registers_a_challenger_whose_figures_hold_nan(
             }
         )
     )
-    decision = await apply_gate(jobs_sessionmaker, version, pair)
+    decision = await apply_gate(jobs_database, version, pair)
     assert decision.promote
     from adserve.learning.registry import Registry
 

@@ -57,7 +57,9 @@ def test_decide_needs_no_worse_log_loss_and_next_item_quality_kept() -> None:
     assert decide(HoldoutFigures(0.01, None, False), None).promote
 
 
-async def test_better_challenger_promoted_worse_rejected(world, tmp_path, jobs_sessionmaker) -> None:
+async def test_better_challenger_promoted_worse_rejected(
+    world, tmp_path, jobs_database, jobs_sessionmaker
+) -> None:
     sequences, clicks = world
     weak = _train(world, tmp_path, "weak", ONE_EPOCH, with_clicks=False)
     strong = _train(world, tmp_path, "strong", THOROUGH)
@@ -67,12 +69,12 @@ async def test_better_challenger_promoted_worse_rejected(world, tmp_path, jobs_s
         await registry.promote("interest", weak.name, "test champion")
 
     pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks)
-    promoted = await apply_gate(jobs_sessionmaker, strong, pair)
+    promoted = await apply_gate(jobs_database, strong, pair)
     assert promoted.promote, promoted.reason
 
     worse = _train(world, tmp_path, "worse", ONE_EPOCH, seed=1)
     pair = await asyncio.to_thread(evaluate_pair, worse, strong, sequences, clicks)
-    rejected = await apply_gate(jobs_sessionmaker, worse, pair)
+    rejected = await apply_gate(jobs_database, worse, pair)
     assert not rejected.promote, rejected.reason
 
     async with jobs_sessionmaker() as session:

@@ -23,16 +23,13 @@ from litestar.testing import AsyncTestClient
 
 from adserve.app import create_app
 from adserve.bandit.policy import POLICY_FILE, PolicyConfig, VWPolicy
-from adserve.db.engine import asyncpg_dsn
+from adserve.db.engine import asyncpg_dsn, open_database
 from adserve.domain import Candidate, DecisionContext, Pricing
-from adserve.learning.bandit import (
-    CANDIDATES_SQL,
-    join_rewards_once,
-    learn_once,
-    load_logged_decisions,
-    ope_from_logs,
-)
+from adserve.learning.decisions import CANDIDATES_SQL, load_logged_decisions
+from adserve.learning.learner import learn_once
+from adserve.learning.ope import ope_from_logs
 from adserve.learning.registry import Registry
+from adserve.learning.rewards import join_rewards_once
 from tests.integration.conftest import bearer
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
@@ -96,6 +93,12 @@ async def latest_ts(url: str, ids: list[uuid.UUID]) -> datetime:
 async def rewards_of(url: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, asyncpg.Record]:
     rows = await query(url, "SELECT * FROM rewards WHERE decision_id = ANY($1::uuid[])", ids)
     return {row["decision_id"]: row for row in rows}
+
+
+@pytest.fixture(scope="module")
+async def database(database_url, settings):
+    async with open_database(database_url, settings) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +200,7 @@ async def test_vw_serving_logs_the_vw_pmf_and_its_chosen_probability(world, data
         policy.close()
 
 
-async def test_reward_join_edges(client, world, database_url) -> None:
+async def test_reward_join_edges(client, world, database_url, database) -> None:
     won, invalid, late = world["cpc"][0], world["cpc"][1], world["cpc"][2]
     await click(client, won)
     await click(client, invalid, headers=BOT)
@@ -217,8 +220,8 @@ async def test_reward_join_edges(client, world, database_url) -> None:
     # windows still open: nothing is labelled, not even the clicked decision, so positives never
     # reach the learner ahead of the negatives of the same moment
     assert (
-        await join_rewards_once(database_url, now=decided + timedelta(seconds=5), reward_window_s=WINDOW) == 0
-    )
+        await join_rewards_once(database, now=decided + timedelta(seconds=5), reward_window_s=WINDOW)
+    ).joined == 0
     assert await rewards_of(database_url, ids) == {}
 
     # the advertiser re-prices after serving: rewards keep the price the decision was served at
@@ -226,7 +229,7 @@ async def test_reward_join_edges(client, world, database_url) -> None:
     await query(database_url, "UPDATE campaigns SET bid = 9.0 WHERE id = $1", world["cpm_campaign"])
 
     closed = decided + timedelta(seconds=WINDOW + 1)
-    joined = await join_rewards_once(database_url, now=closed, reward_window_s=WINDOW)
+    joined = (await join_rewards_once(database, now=closed, reward_window_s=WINDOW)).joined
     assert joined >= len(ids) - 1
     rewards = await rewards_of(database_url, ids)
     assert set(rewards) == set(ids)
@@ -242,9 +245,9 @@ async def test_reward_join_edges(client, world, database_url) -> None:
         assert float(reward["revenue"]) == pytest.approx(0.004)  # CPM price/1000 as served, not 9.0/1000
         assert reward["clicked"] is False
     # idempotent: joining again labels nothing twice
-    assert await join_rewards_once(database_url, now=closed, reward_window_s=WINDOW) == 0
+    assert (await join_rewards_once(database, now=closed, reward_window_s=WINDOW)).joined == 0
 
-    records = await load_logged_decisions(database_url, decided - timedelta(hours=1), closed)
+    records = await load_logged_decisions(database, decided - timedelta(hours=1), closed)
     mine = {r.decision_id: r for r in records if r.decision_id in set(ids)}
     assert len(mine) == len(ids)
     assert [r.context.now for r in records] == sorted(r.context.now for r in records)
@@ -260,9 +263,9 @@ async def test_reward_join_edges(client, world, database_url) -> None:
 
 
 async def test_learner_saves_registers_marks_learned_and_resumes(
-    client, world, database_url, settings, sessionmaker
+    client, world, database_url, database, settings, sessionmaker
 ) -> None:
-    first = await learn_once(database_url, settings)
+    first = (await learn_once(database, settings)).registered
     assert first is not None and first.kind == "bandit"
     assert first.status == "champion"
     assert (Path(first.path) / POLICY_FILE).is_file()
@@ -272,7 +275,7 @@ async def test_learner_saves_registers_marks_learned_and_resumes(
     assert all(r["learned"] for r in rewards.values())
     async with sessionmaker() as session:
         assert (await Registry(session).champion("bandit")).version == first.version
-    assert await learn_once(database_url, settings) is None  # nothing new
+    assert (await learn_once(database, settings)).registered is None  # nothing new
 
     # more traffic, then a second learner run in a fresh call (a restart): it starts from the
     # saved champion, so the count of examples the model has learned keeps growing
@@ -283,8 +286,8 @@ async def test_learner_saves_registers_marks_learned_and_resumes(
             await impress(client, decision)
     await click(client, pages[0][0])
     decided = await latest_ts(database_url, new_ids)
-    await join_rewards_once(database_url, now=decided + timedelta(seconds=WINDOW + 1), reward_window_s=WINDOW)
-    second = await learn_once(database_url, settings)
+    await join_rewards_once(database, now=decided + timedelta(seconds=WINDOW + 1), reward_window_s=WINDOW)
+    second = (await learn_once(database, settings)).registered
     assert second is not None and second.version != first.version
     assert second.metrics["base_version"] == first.version
     assert (
@@ -298,10 +301,10 @@ async def test_learner_saves_registers_marks_learned_and_resumes(
     reloaded.close()
 
 
-async def test_ope_from_logs_estimates_every_policy(world, database_url) -> None:
+async def test_ope_from_logs_estimates_every_policy(world, database_url, database) -> None:
     decided = await latest_ts(database_url, world["ids"])
     report = await ope_from_logs(
-        database_url, decided - timedelta(hours=1), decided + timedelta(hours=1), n_bootstrap=200
+        database, decided - timedelta(hours=1), decided + timedelta(hours=1), n_bootstrap=200
     )
     assert report.n >= len(world["ids"])
     assert {"logging", "uniform", "greedy", "champion"} <= set(report.policies)
