@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import time
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -13,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.config.cors import CORSConfig
-from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.middleware import ASGIMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.status_codes import (
@@ -25,6 +29,7 @@ from litestar.status_codes import (
 from litestar.stores.memory import MemoryStore
 from sqlalchemy import text
 
+from adserve import metrics
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
 from adserve.admin.dashboard import dashboard_router
 from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
@@ -35,6 +40,7 @@ from adserve.events.invalid_hits import InvalidHitCounter
 from adserve.events.spool import SpoolLockedError
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
+from adserve.logging_config import configure_logging, request_id, request_id_for
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
 from adserve.serving.identity import UserKeys
@@ -48,12 +54,15 @@ from adserve.serving.tokens import TrackingSigner
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
     from adserve.domain import Policy
     from adserve.settings import Settings
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("adserve.http")
 
 PROBLEM_JSON = "application/problem+json"
 COUNTS_REFRESH_S = 15.0
@@ -105,6 +114,72 @@ def _server_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     # raw user id or other personal data) and keep the stack trace out of the response.
     log.exception("unhandled error on %s", _route(request), exc_info=exc)
     return _problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error", "an internal error occurred")
+
+
+class RequestObservation(ASGIMiddleware):
+    """Every HTTP request gets an id (on each log line written while it is handled, and returned as
+    `X-Request-ID`), its latency in the route's histogram and, with `log_requests`, one log line.
+    Routes are named by template (`/v1/users/{user_id}`): a path can carry a raw user id."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, log_requests: bool) -> None:
+        self.log_requests = log_requests
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        upstream = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        this_request = request_id_for(upstream)
+        reset = request_id.set(this_request)
+        status = HTTP_500_INTERNAL_SERVER_ERROR
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", this_request.encode())]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Raised by a middleware (a 429 of the rate limit), answered by the app's outer handler:
+            # the id stays set, so its log line (a 500's) carries it; each request has its own context.
+            status = getattr(exc, "status_code", HTTP_500_INTERNAL_SERVER_ERROR)
+            self._observe(scope, status, started)
+            raise
+        self._observe(scope, status, started)
+        request_id.reset(reset)
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        method, route = scope["method"], scope.get("path_template") or "(no route)"
+        metrics.observe_request(method, route, status, elapsed)
+        if self.log_requests:
+            request_log.info(
+                "%s %s %d %.1f ms",
+                method,
+                route,
+                status,
+                elapsed * 1000,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics_exposition(request: Request) -> Response[bytes]:
+    """Prometheus text exposition; registered only with metrics.enabled, and needs its bearer token."""
+    expected = f"Bearer {request.app.state.settings.metrics.token}".encode()
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+        raise NotAuthorizedException(
+            "/metrics needs `Authorization: Bearer <metrics.token>`", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return Response(metrics.exposition(request.app.state.metrics_registry), media_type=metrics.CONTENT_TYPE)
 
 
 @get("/health", media_type=MediaType.JSON, tags=["operations"])
@@ -232,6 +307,8 @@ async def _start_writer(url: str, settings: Settings) -> LogWriter:
 
 
 def create_app(settings: Settings) -> Litestar:
+    configure_logging(settings.log_level, settings.log_format)
+
     @asynccontextmanager
     async def database(app: Litestar) -> AsyncIterator[None]:
         url, embedded = resolve_database_url(settings)
@@ -342,8 +419,11 @@ def create_app(settings: Settings) -> Litestar:
         if per_minute
         else serving_router
     )
+    operations = [health, ready, *([metrics_exposition] if settings.metrics.enabled else [])]
     app = Litestar(
-        route_handlers=[health, ready, admin_router, dashboard_router, public, pages_router],
+        route_handlers=[*operations, admin_router, dashboard_router, public, pages_router],
+        middleware=[RequestObservation(settings.log_requests)],
+        logging_config=None,  # configure_logging owns the process's logging
         lifespan=[database, serving, jobs, rate_limits],
         stores={STORE: rate_limit_store},
         exception_handlers={
@@ -366,4 +446,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.state.settings = settings
     app.state.schema_head = head_revision()
+    app.state.metrics_registry = metrics.build_registry(
+        metrics.ProcessStateCollector(lambda: getattr(app.state, "writer", None), lambda: _serving(app.state))
+    )
     return app

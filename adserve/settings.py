@@ -20,6 +20,7 @@ __all__ = ["CONFIG_DIR", "Settings", "SettingsError", "load_settings"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 MIN_SECRET_LENGTH = 32
+MIN_METRICS_TOKEN_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -74,6 +75,13 @@ class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     flush_ms: int = 200
     spool_dir: str = "var/spool"
     spool_max_bytes: int = 256 * 1024 * 1024
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """/metrics (Prometheus exposition): off unless enabled, and then only with the bearer token."""
+
+    enabled: bool = False
+    token: str = ""  # ADSERVE_METRICS_TOKEN; scrapers send `Authorization: Bearer <token>`
 
 
 class DemoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -143,6 +151,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Literal["dev", "test", "prod"] = "dev"
     secret_key: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"  # json: one object a line; text: for a terminal
+    log_requests: bool = True  # one INFO line per request: route template, status, duration
     models_dir: str = "models"
     var_dir: str = "var"
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -150,6 +160,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     serving: ServingSettings = msgspec.field(default_factory=ServingSettings)
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     demo: DemoSettings = msgspec.field(default_factory=DemoSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
@@ -258,6 +269,11 @@ def _validate(settings: Settings) -> Settings:
     if settings.database.statement_timeout_ms < 0:
         raise SettingsError(
             f"database.statement_timeout_ms must be 0 (none) or positive, got {settings.database.statement_timeout_ms}"
+        )
+    if settings.metrics.enabled and len(settings.metrics.token) < MIN_METRICS_TOKEN_LENGTH:
+        raise SettingsError(
+            f"metrics.token (ADSERVE_METRICS_TOKEN) must be at least {MIN_METRICS_TOKEN_LENGTH} characters "
+            "when metrics.enabled is true"
         )
     if not 0.0 <= settings.serving.epsilon <= 1.0:
         raise SettingsError(f"serving.epsilon must be within [0, 1], got {settings.serving.epsilon}")

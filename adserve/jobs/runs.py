@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from adserve.db.engine import json_safe
+from adserve.metrics import observe_job_run
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -132,6 +133,7 @@ async def run_recorded(
         metrics.failures += status == "failed"
         metrics.last_status, metrics.last_duration_s = status, duration
         metrics.last_finished_at = datetime.now(UTC)
+        observe_job_run(job, status, duration)
         if run_id is not None:
             try:
                 await _finish_row(pool, run_id, status, {**base, **figures, "duration_s": duration}, error)

@@ -13,6 +13,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from adserve.metrics import observe_model_load
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -86,9 +88,11 @@ class ModelWatcher:
                 await asyncio.to_thread(self.interest.load, path)
         except Exception as error:
             self.errors["interest"] = f"{version}: {error}"
+            observe_model_load("interest", "failed")
             self.serving["interest"] = version  # do not retry a broken artifact every poll
             return
         self.errors.pop("interest", None)
+        observe_model_load("interest", "loaded")
         self.serving["interest"] = version
         # A model fitted without impressions ranks items (recommendations) but does not score ads:
         # the empirical scorer keeps serving them (the cold start).
@@ -107,8 +111,10 @@ class ModelWatcher:
                 self.pipeline.policy = await asyncio.to_thread(VWPolicy.load, path)
         except Exception as error:
             self.errors["bandit"] = f"{version}: {error}"
+            observe_model_load("bandit", "failed")
             self.serving["bandit"] = version
             return
         self.errors.pop("bandit", None)
+        observe_model_load("bandit", "loaded")
         self.serving["bandit"] = version
         log.info("bandit policy %s loaded", version)

@@ -1,0 +1,122 @@
+"""/metrics through a real app on the session's Postgres: protected, and the key series move."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from adserve.app import create_app
+from adserve.db.engine import asyncpg_dsn
+from adserve.jobs.runs import RetryPolicy, run_recorded
+from tests.integration.conftest import bearer
+
+TOKEN = "metrics-token-" + "m" * 20
+
+
+def _series(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of one sample (`name` with exactly these labels, in any order), None if absent."""
+    for line in exposition.splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if not match or match[1] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
+        if found == labels:
+            return float(match[3])
+    return None
+
+
+def _with_metrics(settings, enabled: bool = True):
+    return msgspec.structs.replace(
+        settings, metrics=msgspec.structs.replace(settings.metrics, enabled=enabled, token=TOKEN)
+    )
+
+
+@pytest.fixture(scope="module")
+async def metrics_client(settings):
+    async with AsyncTestClient(create_app(_with_metrics(settings))) as client:
+        yield client
+
+
+async def _scrape(client) -> str:
+    response = await client.get("/metrics", headers=bearer(TOKEN))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return response.text
+
+
+async def test_metrics_are_404_by_default_and_401_without_the_token(client, metrics_client) -> None:
+    assert (await client.get("/metrics", headers=bearer(TOKEN))).status_code == 404  # not enabled
+    assert (await metrics_client.get("/metrics")).status_code == 401
+    wrong = await metrics_client.get("/metrics", headers=bearer("x" * len(TOKEN)))
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == "Bearer"
+
+
+async def test_requests_move_the_latency_histogram_of_their_route(metrics_client, tenants) -> None:
+    labels = {"method": "POST", "route": "/v1/decisions", "status": "200"}
+    before = (
+        _series(await _scrape(metrics_client), "adserve_http_request_duration_seconds_count", **labels) or 0
+    )
+    placement = await metrics_client.get("/admin/v1/placements", headers=bearer(tenants.admin_key))
+    key = next(p["key"] for p in placement.json()["items"] if p["id"] == tenants.placement_id)
+    for user in ("metrics-user-1", "metrics-user-2"):
+        response = await metrics_client.post("/v1/decisions", json={"user_id": user, "placements": [key]})
+        assert response.status_code == 200, response.text
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    exposition = await _scrape(metrics_client)
+    assert _series(exposition, "adserve_http_request_duration_seconds_count", **labels) == before + 2
+    # the route template names the series, never the path
+    assert 'route="/admin/v1/placements"' in exposition
+
+
+async def test_writer_and_serving_state_are_read_at_scrape_time(metrics_client, tenants) -> None:
+    exposition = await _scrape(metrics_client)
+    assert _series(exposition, "adserve_writer_queue_rows") is not None
+    assert _series(exposition, "adserve_writer_spool_bytes") is not None
+    assert _series(exposition, "adserve_writer_online") == 1
+    assert _series(exposition, "adserve_writer_caught_up") == 1
+    assert _series(exposition, "adserve_writer_rows_written_total", table="decisions") is not None
+    serving = [line for line in exposition.splitlines() if line.startswith("adserve_serving_info{")]
+    assert any('component="scorer"' in line and 'kind="empirical"' in line for line in serving), serving
+    assert any('component="policy"' in line and 'kind="vw"' in line for line in serving), serving
+
+
+async def test_an_upstream_request_id_is_kept_only_when_it_is_an_id(metrics_client) -> None:
+    upstream = "0f" * 16
+    assert (await metrics_client.get("/health", headers={"X-Request-ID": upstream})).headers[
+        "x-request-id"
+    ] == upstream
+    planted = "planted-user-8d1f-0000"
+    answered = (await metrics_client.get("/health", headers={"X-Request-ID": planted})).headers[
+        "x-request-id"
+    ]
+    assert answered != planted and re.fullmatch(r"[0-9a-f]{32}", answered)
+
+
+async def test_job_runs_are_counted_by_job_and_status(metrics_client, database_url) -> None:
+    before = await _scrape(metrics_client)
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=2)
+
+    async def fails() -> None:
+        raise RuntimeError("planted failure")
+
+    try:
+        assert await run_recorded(
+            pool, "metrics_probe", lambda: asyncio.sleep(0), RetryPolicy(max_attempts=1)
+        )
+        assert not await run_recorded(pool, "metrics_probe", fails, RetryPolicy(max_attempts=1))
+    finally:
+        await pool.close()
+    after = await _scrape(metrics_client)
+    for status in ("ok", "failed"):
+        labels = {"job": "metrics_probe", "status": status}
+        previous = _series(before, "adserve_job_runs_total", **labels) or 0
+        assert _series(after, "adserve_job_runs_total", **labels) == previous + 1
+    assert _series(after, "adserve_job_run_duration_seconds_count", job="metrics_probe") == 2 + (
+        _series(before, "adserve_job_run_duration_seconds_count", job="metrics_probe") or 0
+    )
