@@ -111,7 +111,11 @@ class JobsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    days: int = 90  # raw behaviour events (user_events) older than this are purged
+    """Whole daily partitions of the log tables are dropped once past these (adserve/jobs/partitions.py)."""
+
+    events_days: int = 90  # behaviour events (user_events)
+    decisions_days: int = 90  # the decision log: decisions, impressions, clicks (daily_stats stays)
+    premake_days: int = 7  # partitions are created this many days ahead
 
 
 class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -257,7 +261,9 @@ def _validate(settings: Settings) -> Settings:
         "jobs.leader_poll_s": settings.jobs.leader_poll_s,
         "jobs.max_attempts": settings.jobs.max_attempts,
         "jobs.retrain_threads": settings.jobs.retrain_threads,
-        "retention.days": settings.retention.days,
+        "retention.events_days": settings.retention.events_days,
+        "retention.decisions_days": settings.retention.decisions_days,
+        "retention.premake_days": settings.retention.premake_days,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -279,6 +285,14 @@ def _validate(settings: Settings) -> Settings:
         raise SettingsError(f"serving.epsilon must be within [0, 1], got {settings.serving.epsilon}")
     if not settings.server.public_url.startswith(("http://", "https://")):
         raise SettingsError("server.public_url must start with http:// or https://")
+    # The full rollup recomputes its days from the raw log and clicks attribute purchases: the
+    # decision log must outlive both, or a rollup would overwrite a reported day with zeros.
+    needed_days = max(settings.jobs.rollup_full_days, -(-settings.serving.attribution_window_s // 86400)) + 1
+    if settings.retention.decisions_days < needed_days:
+        raise SettingsError(
+            f"retention.decisions_days must be at least {needed_days} (jobs.rollup_full_days and "
+            f"serving.attribution_window_s, plus a day), got {settings.retention.decisions_days}"
+        )
     return settings
 
 

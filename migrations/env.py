@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from adserve.db.engine import async_engine, sqlalchemy_url
+from adserve.db.migrate import skip_partitions
 from adserve.db.tables import Base
 
 config = context.config
@@ -26,7 +27,12 @@ def _url() -> str:
 
 
 def _configure(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=skip_partitions(connection),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -19,7 +19,18 @@ from alembic.script import ScriptDirectory
 from adserve.db.engine import async_engine
 from adserve.db.tables import Base
 
-__all__ = ["alembic_config", "current_revision", "downgrade", "drift", "head_revision", "upgrade"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "alembic_config",
+    "current_revision",
+    "downgrade",
+    "drift",
+    "head_revision",
+    "skip_partitions",
+    "upgrade",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,11 +67,28 @@ async def current_revision(url: str) -> str | None:
     return await _inspect(url, lambda conn: MigrationContext.configure(conn).get_current_revision())
 
 
+def skip_partitions(conn: Any) -> Callable[[str | None, str, dict[str, Any]], bool]:
+    """An autogenerate `include_name` hook leaving out the partitions of partitioned tables: the
+    models describe the partitioned parents; the partitions come and go with the jobs."""
+    partitions: set[str] = set()
+
+    def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+        if type_ != "table":
+            return True
+        if not partitions:  # read when autogenerate runs, not before (no query outside its transaction)
+            sql = "SELECT relname FROM pg_class WHERE relispartition UNION ALL SELECT ''"
+            partitions.update(conn.exec_driver_sql(sql).scalars())
+        return name not in partitions
+
+    return include_name
+
+
 def drift(url: str) -> list[Any]:
     """Differences autogenerate finds between the ORM models and a migrated database."""
 
     def compare(conn: Any) -> list[Any]:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        options = {"compare_type": True, "include_name": skip_partitions(conn)}
+        context = MigrationContext.configure(conn, opts=options)
         return compare_metadata(context, Base.metadata)
 
     return asyncio.run(_inspect(url, compare))

@@ -4,7 +4,9 @@ Money is NUMERIC(18, 6) in Postgres (exact sums) and float in Python (JSON-frien
 accumulate money over an unbounded number of rows (spend, daily totals, conversion values) are
 NUMERIC without a precision, which no sum can overflow.
 High-volume tables (user_events, decisions, impressions, clicks, conversions) are append-only and
-keyed by a client- or server-generated UUID so replays and retries never double count.
+keyed by a client- or server-generated UUID so replays and retries never double count. user_events,
+decisions, impressions and clicks are partitioned by day of `ts`, so their keys also hold `ts` (a
+replayed row carries the ts of its first copy).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ NAMING_CONVENTION = {
 Money = Numeric(18, 6, asdecimal=False)
 # A running total: 1,000 purchases of 1e9 already pass NUMERIC(18, 6)'s 10^12.
 Total = Numeric(asdecimal=False)
+
+
+# The log tables are partitioned by day of `ts` (adserve/jobs/partitions.py creates and drops the
+# partitions); a unique key of a partitioned table must contain `ts`.
+PARTITIONED_BY_TS = {"postgresql_partition_by": "RANGE (ts)"}
 
 
 class Base(DeclarativeBase):
@@ -216,7 +223,7 @@ class UserEvent(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     user_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(16))
-    ts: Mapped[datetime]
+    ts: Mapped[datetime] = mapped_column(primary_key=True)
     item_id: Mapped[str | None] = mapped_column(String(100))
     category: Mapped[str | None] = mapped_column(String(100))
     price: Mapped[float | None] = mapped_column(Money)
@@ -226,6 +233,7 @@ class UserEvent(Base):
     __table_args__ = (
         Index("ix_user_events_user_id_ts", "user_id", "ts"),
         Index("ix_user_events_ts", "ts"),
+        PARTITIONED_BY_TS,
     )
 
 
@@ -235,7 +243,7 @@ class Decision(Base):
     __tablename__ = "decisions"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    ts: Mapped[datetime]
+    ts: Mapped[datetime] = mapped_column(primary_key=True)
     request_id: Mapped[uuid.UUID]
     placement_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[str | None] = mapped_column(String(64))
@@ -256,17 +264,19 @@ class Decision(Base):
     __table_args__ = (
         Index("ix_decisions_ts", "ts"),
         Index("ix_decisions_user_id_ts", "user_id", "ts"),
+        PARTITIONED_BY_TS,
     )
 
 
 class Impression(Base):
-    """At most one impression per decision: the decision id is the key. `cost` is what was billed;
+    """At most one impression per decision: the decision id (with its ts, the partition key) is
+    the key, and the log writer stores no second impression of a decision. `cost` is what was billed;
     `unbilled` what the impression was worth but could not be billed (the budget was spent)."""
 
     __tablename__ = "impressions"
 
     decision_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    ts: Mapped[datetime]
+    ts: Mapped[datetime] = mapped_column(primary_key=True)
     creative_id: Mapped[int] = mapped_column(BigInteger)
     campaign_id: Mapped[int] = mapped_column(BigInteger)
     placement_id: Mapped[int] = mapped_column(BigInteger)
@@ -277,6 +287,7 @@ class Impression(Base):
     __table_args__ = (
         Index("ix_impressions_user_id_campaign_id_ts", "user_id", "campaign_id", "ts"),
         Index("ix_impressions_ts", "ts"),
+        PARTITIONED_BY_TS,
     )
 
 
@@ -288,7 +299,7 @@ class Click(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     decision_id: Mapped[uuid.UUID | None]
-    ts: Mapped[datetime]
+    ts: Mapped[datetime] = mapped_column(primary_key=True)
     creative_id: Mapped[int | None] = mapped_column(BigInteger)
     campaign_id: Mapped[int | None] = mapped_column(BigInteger)
     placement_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -302,11 +313,13 @@ class Click(Base):
         Index(
             "uq_clicks_valid_decision_id",
             "decision_id",
+            "ts",
             unique=True,
             postgresql_where=text("valid"),
         ),
         Index("ix_clicks_ts", "ts"),
         Index("ix_clicks_user_id_ts", "user_id", "ts"),
+        PARTITIONED_BY_TS,
     )
 
 

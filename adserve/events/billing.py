@@ -174,14 +174,14 @@ candidates AS (
 ),{_VERDICT_CTES},
 inserted AS (
     INSERT INTO impressions ({cols})
-    SELECT {billed} FROM staged s LEFT JOIN verdict v ON v.key = s.decision_id WHERE s.nth = 1
+    SELECT {billed} FROM staged s LEFT JOIN verdict v ON v.key = s.decision_id WHERE s.nth = 1 AND NOT EXISTS (SELECT 1 FROM impressions i WHERE i.decision_id = s.decision_id)
     ON CONFLICT DO NOTHING RETURNING decision_id, campaign_id, ts, cost, unbilled
 ),{_SPEND_CTES}
 SELECT count(*) FROM inserted"""
     if table == "clicks":
         # The first valid click of each decision in the batch is tried as valid; any that loses to
         # a stored valid click of the same decision, and every later valid one in the batch, is
-        # stored as an invalid duplicate. ON CONFLICT (id) keeps replays of either kind idempotent.
+        # stored as an invalid duplicate. ON CONFLICT (id, ts) keeps replays of either kind idempotent.
         billed = ", ".join({**_BILLED, **_UNLINKED}.get(name, f's."{name}"') for name in names)
         overrides = {
             **_UNLINKED,
@@ -194,7 +194,7 @@ SELECT count(*) FROM inserted"""
         return f"""
 WITH staged AS (
     SELECT s.*, s.valid AND row_number() OVER (PARTITION BY s.decision_id, s.valid ORDER BY s.ts, s.id) = 1
-           AS first_valid
+           AND NOT EXISTS (SELECT 1 FROM clicks k WHERE k.decision_id = s.decision_id AND k.valid) AS first_valid
     FROM {stage} s
 ),
 candidates AS (
@@ -211,7 +211,7 @@ valid_inserted AS (
 invalid_inserted AS (
     INSERT INTO clicks ({cols}) SELECT {demoted} FROM staged s
     WHERE s.id NOT IN (SELECT id FROM valid_inserted)
-    ON CONFLICT (id) DO NOTHING RETURNING 1
+    ON CONFLICT (id, ts) DO NOTHING RETURNING 1
 ),
 inserted AS (SELECT decision_id, campaign_id, ts, cost, unbilled FROM valid_inserted),{_SPEND_CTES}
 SELECT (SELECT count(*) FROM valid_inserted) + (SELECT count(*) FROM invalid_inserted)"""

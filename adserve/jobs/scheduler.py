@@ -27,11 +27,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
+from adserve.jobs.partitions import ensure_partitions, purge_expired
 from adserve.jobs.runs import JobMetrics, RetryPolicy, process_identity, run_recorded
 from adserve.jobs.tasks import (
     JobContext,
     learn_bandit,
-    purge_user_events,
     reset_daily_budgets,
     retrain_interest,
     rollup_daily_stats,
@@ -75,8 +75,11 @@ def job_specs(settings: Settings) -> list[JobSpec]:
             "rollup_full", jobs.rollup_full_s, lambda c: rollup_daily_stats(c.pool, jobs.rollup_full_days)
         ),
         JobSpec(
-            "retention_purge", jobs.purge_s, lambda c: purge_user_events(c.pool, settings.retention.days)
+            "partitions_premake",
+            jobs.purge_s,
+            lambda c: ensure_partitions(c.pool, settings.retention.premake_days),
         ),
+        JobSpec("retention_purge", jobs.purge_s, lambda c: purge_expired(c.pool, settings.retention)),
         JobSpec("interest_retrain", jobs.retrain_s, retrain_interest),
         JobSpec("bandit_learning", jobs.bandit_s, learn_bandit),
     ]

@@ -19,6 +19,7 @@ import asyncpg
 
 from adserve.db.engine import Database
 from adserve.jobs.gate import TrainingRun, train_and_gate
+from adserve.jobs.partitions import purge_table
 from adserve.learning.learner import learn_once
 from adserve.learning.rewards import join_rewards_once
 
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PURGE_BATCH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,20 +253,8 @@ async def rollup_daily_stats(pool: asyncpg.Pool, days: int, now: datetime | None
 async def purge_user_events(
     pool: asyncpg.Pool, retention_days: int, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Deletes raw behaviour events older than `retention_days`, in batches (short locks)."""
-    cutoff = _now(now) - timedelta(days=retention_days)
-    deleted = 0
-    while True:
-        status = await pool.execute(
-            "WITH doomed AS (SELECT id FROM user_events WHERE ts < $1 LIMIT $2) "
-            "DELETE FROM user_events u USING doomed WHERE u.id = doomed.id",
-            cutoff,
-            PURGE_BATCH,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < PURGE_BATCH:
-            return {"deleted": deleted, "cutoff": cutoff.isoformat()}
+    """Drops the user_events partitions older than `retention_days` (adserve/jobs/partitions.py)."""
+    return await purge_table(pool, "user_events", retention_days, now)
 
 
 async def retrain_interest(context: JobContext) -> dict[str, Any]:

@@ -12,12 +12,16 @@ from adserve.db.tables import Base
 
 
 async def _tables(url: str) -> set[str]:
+    """The tables, less the partitions of partitioned ones."""
     connection = await asyncpg.connect(**asyncpg_dsn(url))
     try:
-        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        rows = await connection.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        )
     finally:
         await connection.close()
-    return {row["tablename"] for row in rows}
+    return {row["relname"] for row in rows}
 
 
 async def test_upgrade_downgrade_upgrade_round_trip(fresh_database) -> None:
