@@ -40,7 +40,7 @@ from adserve.events.invalid_hits import InvalidHitCounter
 from adserve.events.spool import SpoolLockedError
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
-from adserve.logging_config import configure_logging, request_id, request_id_for
+from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
 from adserve.serving.identity import UserKeys
@@ -127,8 +127,7 @@ class RequestObservation(ASGIMiddleware):
         self.log_requests = log_requests
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        upstream = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        this_request = request_id_for(upstream)
+        this_request = new_request_id()
         reset = request_id.set(this_request)
         status = HTTP_500_INTERNAL_SERVER_ERROR
         started = time.perf_counter()

@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import queue
-import re
 import sys
 import uuid
 from contextvars import ContextVar
@@ -28,29 +27,32 @@ from typing import Any, Literal
 __all__ = [
     "JsonFormatter",
     "configure_logging",
+    "new_request_id",
     "request_id",
-    "request_id_for",
 ]
 
 request_id: ContextVar[str | None] = ContextVar("adserve_request_id", default=None)
 
-# An upstream proxy's id is kept when it cannot be anything but an id (hex or a UUID): a free-text
-# header could carry a user id into every log line.
-_UPSTREAM_ID = re.compile(r"[0-9A-Fa-f-]{16,64}")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-# The attributes every LogRecord has; anything else on a record came through `extra=`.
+# The attributes every LogRecord has; anything else on a record came through `extra=`, except
+# uvicorn's `color_message` (the message again, with terminal colour codes).
 _RECORD_ATTRIBUTES = frozenset(
-    {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "request_id"}
+    {
+        *vars(logging.LogRecord("", 0, "", 0, "", None, None)),
+        "message",
+        "asctime",
+        "request_id",
+        "color_message",
+    }
 )
 # Libraries whose INFO lines say nothing an operator needs.
 _QUIET_LOGGERS = ("pgserver", "alembic", "apscheduler")
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def request_id_for(upstream: str | None) -> str:
-    """The id of a new request: the proxy's ``X-Request-ID`` if it is hex or a UUID, else a new one."""
-    if upstream and _UPSTREAM_ID.fullmatch(upstream):
-        return upstream
+def new_request_id() -> str:
+    """A request's id, always ours: an id a client or proxy sends could be anything, a user id too
+    (a proxy can log ours from the response's ``X-Request-ID`` to correlate)."""
     return uuid.uuid4().hex
 
 
