@@ -14,6 +14,7 @@ from adserve.app import create_app
 from adserve.db.engine import asyncpg_dsn
 from adserve.jobs.runs import RetryPolicy, run_recorded
 from tests.integration.conftest import bearer
+from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 TOKEN = "metrics-token-" + "m" * 20
 
@@ -57,21 +58,26 @@ async def test_metrics_are_404_by_default_and_401_without_the_token(client, metr
     assert wrong.headers["www-authenticate"] == "Bearer"
 
 
-async def test_requests_move_the_latency_histogram_of_their_route(metrics_client, tenants) -> None:
+async def test_requests_move_the_latency_histogram_of_their_route(metrics_client, sessionmaker) -> None:
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        await builder.campaign("metrics", creatives=2)
+        key = await builder.placement("metrics-slot")
+    await wait_for_placement(metrics_client, key)
     labels = {"method": "POST", "route": "/v1/decisions", "status": "200"}
     before = (
         _series(await _scrape(metrics_client), "adserve_http_request_duration_seconds_count", **labels) or 0
     )
-    placement = await metrics_client.get("/admin/v1/placements", headers=bearer(tenants.admin_key))
-    key = next(p["key"] for p in placement.json()["items"] if p["id"] == tenants.placement_id)
     for user in ("metrics-user-1", "metrics-user-2"):
         response = await metrics_client.post("/v1/decisions", json={"user_id": user, "placements": [key]})
         assert response.status_code == 200, response.text
         assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    assert (await metrics_client.get("/health")).status_code == 200
     exposition = await _scrape(metrics_client)
     assert _series(exposition, "adserve_http_request_duration_seconds_count", **labels) == before + 2
-    # the route template names the series, never the path
-    assert 'route="/admin/v1/placements"' in exposition
+    assert _series(
+        exposition, "adserve_http_request_duration_seconds_count", method="GET", route="/health", status="200"
+    )
 
 
 async def test_writer_and_serving_state_are_read_at_scrape_time(metrics_client, tenants) -> None:
@@ -116,3 +122,13 @@ async def test_job_runs_are_counted_by_job_and_status(metrics_client, database_u
     assert _series(after, "adserve_job_run_duration_seconds_count", job="metrics_probe") == 2 + (
         _series(before, "adserve_job_run_duration_seconds_count", job="metrics_probe") or 0
     )
+
+
+async def test_a_raw_id_in_a_path_never_becomes_a_label(metrics_client, tenants) -> None:
+    planted = "planted-user-8d1f"
+    erased = await metrics_client.delete(f"/v1/users/{planted}", headers=bearer(tenants.site_key))
+    assert erased.status_code == 200, erased.text
+    exposition = await _scrape(metrics_client)
+    assert planted not in exposition
+    labels = {"method": "DELETE", "route": "/v1/users/{user_id}", "status": "200"}
+    assert _series(exposition, "adserve_http_request_duration_seconds_count", **labels)
