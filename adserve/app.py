@@ -40,6 +40,7 @@ from adserve.events.invalid_hits import InvalidHitCounter
 from adserve.events.spool import SpoolLockedError
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
+from adserve.jobs.runs import latest_finishes
 from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
@@ -178,6 +179,11 @@ async def metrics_exposition(request: Request) -> Response[bytes]:
         raise NotAuthorizedException(
             "/metrics needs `Authorization: Bearer <metrics.token>`", headers={"WWW-Authenticate": "Bearer"}
         )
+    state = request.app.state
+    try:
+        state.job_finishes = await latest_finishes(state.pool)
+    except Exception as exc:  # the scrape still answers; the jobs' series keep their last reading
+        log.warning("/metrics: job_runs not read (%s)", type(exc).__name__)
     return Response(metrics.exposition(request.app.state.metrics_registry), media_type=metrics.CONTENT_TYPE)
 
 
@@ -446,6 +452,10 @@ def create_app(settings: Settings) -> Litestar:
     app.state.settings = settings
     app.state.schema_head = head_revision()
     app.state.metrics_registry = metrics.build_registry(
-        metrics.ProcessStateCollector(lambda: getattr(app.state, "writer", None), lambda: _serving(app.state))
+        metrics.ProcessStateCollector(
+            lambda: getattr(app.state, "writer", None),
+            lambda: _serving(app.state),
+            lambda: getattr(app.state, "job_finishes", {}),
+        )
     )
     return app

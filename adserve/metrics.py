@@ -236,23 +236,39 @@ def _serving_families(serving: Mapping[str, Any]) -> Iterator[Metric]:
         )
 
 
+def _job_families(finishes: Mapping[tuple[str, str], float]) -> Iterator[Metric]:
+    latest = GaugeMetricFamily(
+        "adserve_job_last_finished_timestamp_seconds",
+        "When each job last finished with each status (job_runs, last 7 days), whichever process ran it",
+        labels=["job", "status"],
+    )
+    for (job, status), finished in sorted(finishes.items()):
+        latest.add_metric([job, status], finished)
+    yield latest
+
+
 class ProcessStateCollector(Collector):
     """Reads the process's state at scrape time: the log writer (`LogWriter.stats()`, online,
-    caught up) and what serves. Both getters may return None before the app has started."""
+    caught up), what serves and the jobs' last finishes (read from job_runs before the scrape, so
+    a separate jobs worker's runs show on every serving node). The writer getter returns None
+    before the app has started."""
 
     def __init__(
         self,
         writer: Callable[[], LogWriter | None],
         serving: Callable[[], Mapping[str, Any]],
+        job_finishes: Callable[[], Mapping[tuple[str, str], float]] = dict,
     ) -> None:
         self._writer = writer
         self._serving = serving
+        self._job_finishes = job_finishes
 
     def collect(self) -> Iterator[Metric]:
         writer = self._writer()
         if writer is not None:
             yield from _writer_families(writer)
         yield from _serving_families(self._serving())
+        yield from _job_families(self._job_finishes())
 
 
 def build_registry(state: ProcessStateCollector) -> CollectorRegistry:

@@ -35,6 +35,7 @@ __all__ = [
     "error_text",
     "figures_json",
     "json_safe",
+    "latest_finishes",
     "process_identity",
     "run_recorded",
 ]
@@ -42,6 +43,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+# The last finish of each job with each status, whichever process ran it (the index on
+# (job, started_at) bounds the scan to the last week).
+LATEST_FINISHES_SQL = """
+SELECT DISTINCT ON (job, status) job, status, extract(epoch FROM finished_at)::float8 AS finished
+FROM job_runs
+WHERE started_at > now() - interval '7 days' AND finished_at IS NOT NULL
+ORDER BY job, status, started_at DESC
+"""
 
 
 def process_identity() -> str:
@@ -106,6 +115,12 @@ async def _finish_row(
         figures_json(figures),
         error,
     )
+
+
+async def latest_finishes(pool: asyncpg.Pool, timeout_s: float = 2.0) -> dict[tuple[str, str], float]:
+    """`(job, status) -> unix time` of each job's last finished run per status in the last week."""
+    rows = await pool.fetch(LATEST_FINISHES_SQL, timeout=timeout_s)
+    return {(row["job"], row["status"]): row["finished"] for row in rows}
 
 
 async def run_recorded(

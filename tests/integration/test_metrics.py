@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import asyncpg
 import msgspec
@@ -102,6 +103,7 @@ async def test_the_request_id_is_always_ours(metrics_client) -> None:
 
 async def test_job_runs_are_counted_by_job_and_status(metrics_client, database_url) -> None:
     before = await _scrape(metrics_client)
+    started = time.time() - 1.0  # Postgres's clock and ours, both on this machine
     pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=2)
 
     async def fails() -> None:
@@ -122,6 +124,12 @@ async def test_job_runs_are_counted_by_job_and_status(metrics_client, database_u
     assert _series(after, "adserve_job_run_duration_seconds_count", job="metrics_probe") == 2 + (
         _series(before, "adserve_job_run_duration_seconds_count", job="metrics_probe") or 0
     )
+    # read from job_runs, so a separate `adserve worker`'s runs show on every serving node too
+    for status in ("ok", "failed"):
+        finished = _series(
+            after, "adserve_job_last_finished_timestamp_seconds", job="metrics_probe", status=status
+        )
+        assert finished is not None and finished >= started
 
 
 async def test_a_raw_id_in_a_path_never_becomes_a_label(metrics_client, tenants) -> None:
