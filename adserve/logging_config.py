@@ -1,9 +1,9 @@
 """Process logging: one JSON object per line (or plain text for humans), each with its request id.
 
 `configure_logging` gives the root logger one handler (uvicorn's loggers propagate to it), so every
-line of the process has one format. Records are formatted and written on a listener thread, so a
-slow log consumer never blocks the event loop; the request id is read from `request_id` in the
-thread that logged, where the request's context is. A request's id is set by the app's middleware
+line of the process has one format. A line is formatted where it is logged (the request id is
+read from `request_id` there, in the request's context) and written by a listener thread, so a
+slow log consumer never blocks the event loop. A request's id is set by the app's middleware
 (adserve/app.py) and returned as ``X-Request-ID``.
 
 Personal data stays out by construction where we log: requests are logged by route template
@@ -97,15 +97,14 @@ class _StampRequestId(logging.Filter):
 
 
 class _Enqueue(QueueHandler):
-    """Hands records to the listener thread with the message and traceback rendered here, but
-    unformatted (QueueHandler's own `prepare` would flatten them into one text message)."""
+    """Formats each line where it is logged (in the format configured then, with the caller's
+    request id) and hands the finished line to the listener thread, which only writes it."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        line = self.format(record)
         record = copy.copy(record)
-        record.msg, record.args = record.getMessage(), None
-        if record.exc_info:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
+        record.msg, record.args = line, None
+        record.exc_info = record.exc_text = record.stack_info = None
         return record
 
 
@@ -121,19 +120,17 @@ class _Stderr(logging.StreamHandler):
 
 
 _handler: _Enqueue | None = None
-_writer: _Stderr | None = None
 
 
-def _install() -> tuple[_Enqueue, _Stderr]:
-    global _handler, _writer
-    if _handler is None or _writer is None:
-        _writer = _Stderr()
+def _install() -> _Enqueue:
+    global _handler
+    if _handler is None:
         _handler = _Enqueue(queue.SimpleQueue())
         _handler.addFilter(_StampRequestId())
-        listener = QueueListener(_handler.queue, _writer)
+        listener = QueueListener(_handler.queue, _Stderr())  # its default formatter: the line as is
         listener.start()
         atexit.register(listener.stop)  # the last lines are written before the process exits
-    return _handler, _writer
+    return _handler
 
 
 def configure_logging(level: str, log_format: Literal["json", "text"]) -> None:
@@ -142,8 +139,8 @@ def configure_logging(level: str, log_format: Literal["json", "text"]) -> None:
     The console handlers that `logging.basicConfig` and uvicorn installed are replaced (uvicorn's
     loggers propagate to the root instead); handlers of other kinds, such as a test runner's
     capture, are kept."""
-    handler, writer = _install()
-    writer.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(_TEXT_FORMAT))
+    handler = _install()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for other in list(root.handlers):
         if type(other) is logging.StreamHandler:
