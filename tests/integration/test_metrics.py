@@ -140,3 +140,16 @@ async def test_a_raw_id_in_a_path_never_becomes_a_label(metrics_client, tenants)
     assert planted not in exposition
     labels = {"method": "DELETE", "route": "/v1/users/{user_id}", "status": "200"}
     assert _series(exposition, "adserve_http_request_duration_seconds_count", **labels)
+
+
+async def test_a_line_logged_while_handling_a_request_carries_its_id(settings, caplog) -> None:
+    """Postgres unreachable: /metrics still answers, and its warning names the request it belongs to."""
+    unreachable = msgspec.structs.replace(
+        settings,
+        database=msgspec.structs.replace(settings.database, url="postgresql://postgres@127.0.0.1:1/none"),
+    )
+    async with AsyncTestClient(create_app(_with_metrics(unreachable))) as client:
+        response = await client.get("/metrics", headers=bearer(TOKEN))
+    assert response.status_code == 200
+    warned = [record for record in caplog.records if "job_runs not read" in record.getMessage()]
+    assert warned and warned[0].request_id == response.headers["x-request-id"]
