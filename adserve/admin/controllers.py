@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from litestar import Controller, Request, Router, delete, get, patch, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 # Litestar reads handler annotations at runtime, so these imports cannot be typing-only.
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,19 @@ from adserve.admin.audit import AuditController, audited_champion_change
 from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
 from adserve.admin.ope import OpeController
 from adserve.admin.operations import JobsController, ReportsController
+from adserve.admin.params import (
+    MAX_ID,
+    CallerDep,
+    DbSession,
+    ItemId,
+    Limit,
+    Offset,
+    OptionalId,
+    StatusFilter,
+    TextFilter,
+)
 from adserve.admin.services import (
+    AdminService,
     AdvertiserService,
     ApiKeyService,
     CampaignService,
@@ -33,15 +45,12 @@ from adserve.events.erasure import ErasureResult
 from adserve.learning.registry import Registry
 from adserve.serving.controllers import erase
 
-__all__ = ["admin_router", "campaign_out"]
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
 
-MAX_ID = 2**63 - 1
-ItemId = Annotated[int, Parameter(ge=1, le=MAX_ID, description="Row id")]
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, le=10**9, description="Rows to skip")]
-OptionalId = Annotated[int | None, Parameter(ge=1, le=MAX_ID)]
-StatusFilter = Literal["active", "paused", "archived"] | None
-TextFilter = Annotated[str | None, Parameter(max_length=200, pattern=r"^[^\x00]*$")]
+__all__ = ["ADMIN_COMPONENTS", "admin_router"]
+
+OutT = TypeVar("OutT")
 
 
 async def provide_db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -53,8 +62,33 @@ def provide_caller(request: Request) -> Caller:
     return request.user
 
 
-def _convert(row: Any, out_type: type) -> Any:
-    return msgspec.convert(row, out_type, from_attributes=True)
+def service_provider(service_type: type[AdminService[Any]]) -> Provide:
+    """The dependency that builds `service_type` for this request's session and caller."""
+
+    def provide(db_session: DbSession, caller: CallerDep) -> AdminService[Any]:
+        return service_type(db_session, caller)
+
+    return Provide(provide, sync_to_thread=False)
+
+
+def _converter(out_type: type[OutT]) -> Callable[[Any], OutT]:
+    return lambda row: msgspec.convert(row, out_type, from_attributes=True)
+
+
+def _equal(*column_values: tuple[Any, Any]) -> list[ColumnElement[bool]]:
+    """Equality filters for the query parameters a request gave (None and "" mean: any)."""
+    return [column == value for column, value in column_values if value]
+
+
+def _all(rows: Iterable[Any], out: Callable[[Any], OutT]) -> list[OutT]:
+    return [out(row) for row in rows]
+
+
+advertiser_out = _converter(schemas.AdvertiserOut)
+creative_out = _converter(schemas.CreativeOut)
+placement_out = _converter(schemas.PlacementOut)
+api_key_out = _converter(schemas.ApiKeyOut)
+model_version_out = _converter(schemas.ModelVersionOut)
 
 
 def campaign_out(row: Campaign) -> schemas.CampaignOut:
@@ -88,155 +122,174 @@ class AdvertiserController(Controller):
     path = "/advertisers"
     tags = ["advertisers"]  # noqa: RUF012
     guards = [requires_admin]  # noqa: RUF012
+    dependencies = {"advertisers": service_provider(AdvertiserService)}  # noqa: RUF012
 
-    @get()
+    @get(summary="List advertisers", description="Admin keys only; filter by status or name (substring).")
     async def list_advertisers(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        advertisers: NamedDependency[AdvertiserService],
         limit: Limit = 50,
         offset: Offset = 0,
         status: StatusFilter = None,
         name: TextFilter = None,
     ) -> schemas.AdvertiserPage:
-        filters = []
-        if status:
-            filters.append(Advertiser.status == status)
+        filters = _equal((Advertiser.status, status))
         if name:
             filters.append(Advertiser.name.icontains(name, autoescape=True))
-        rows, total = await AdvertiserService(db_session, caller).page(filters, limit, offset)
-        items = [_convert(r, schemas.AdvertiserOut) for r in rows]
-        return schemas.AdvertiserPage(items=items, total=total, limit=limit, offset=offset)
+        rows, total = await advertisers.page(filters, limit, offset)
+        return schemas.AdvertiserPage(
+            items=_all(rows, advertiser_out), total=total, limit=limit, offset=offset
+        )
 
-    @post()
+    @post(summary="Create an advertiser", description="Names are unique (409 on a clash).")
     async def create_advertiser(
-        self, db_session: AsyncSession, caller: Caller, data: schemas.AdvertiserCreate
+        self, advertisers: NamedDependency[AdvertiserService], data: JSONBody[schemas.AdvertiserCreate]
     ) -> schemas.AdvertiserOut:
-        return _convert(await AdvertiserService(db_session, caller).create(data), schemas.AdvertiserOut)
+        return advertiser_out(await advertisers.create(data))
 
-    @get("/{item_id:int}")
+    @get("/{item_id:int}", summary="Get an advertiser")
     async def get_advertiser(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId
+        self, advertisers: NamedDependency[AdvertiserService], item_id: ItemId
     ) -> schemas.AdvertiserOut:
-        return _convert(await AdvertiserService(db_session, caller).get(item_id), schemas.AdvertiserOut)
+        return advertiser_out(await advertisers.get(item_id))
 
-    @patch("/{item_id:int}")
+    @patch("/{item_id:int}", summary="Update an advertiser", description="Archive it with status=archived.")
     async def update_advertiser(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId, data: schemas.AdvertiserUpdate
+        self,
+        advertisers: NamedDependency[AdvertiserService],
+        item_id: ItemId,
+        data: JSONBody[schemas.AdvertiserUpdate],
     ) -> schemas.AdvertiserOut:
-        row = await AdvertiserService(db_session, caller).update(item_id, data)
-        return _convert(row, schemas.AdvertiserOut)
+        return advertiser_out(await advertisers.update(data, item_id))
 
-    @delete("/{item_id:int}")
-    async def delete_advertiser(self, db_session: AsyncSession, caller: Caller, item_id: ItemId) -> None:
-        await AdvertiserService(db_session, caller).delete(item_id)
+    @delete(
+        "/{item_id:int}",
+        summary="Delete an advertiser",
+        description="Deletes its campaigns too; one with delivered campaigns is a 409 (archive it instead).",
+    )
+    async def delete_advertiser(
+        self, advertisers: NamedDependency[AdvertiserService], item_id: ItemId
+    ) -> None:
+        await advertisers.delete(item_id)
 
 
 class CampaignController(Controller):
     path = "/campaigns"
     tags = ["campaigns"]  # noqa: RUF012
+    dependencies = {"campaigns": service_provider(CampaignService)}  # noqa: RUF012
 
-    @get()
+    @get(
+        summary="List campaigns",
+        description="The caller's advertiser's campaigns (admins: all, or one advertiser's); "
+        "archived ones only when status=archived.",
+    )
     async def list_campaigns(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        campaigns: NamedDependency[CampaignService],
         limit: Limit = 50,
         offset: Offset = 0,
         status: StatusFilter = None,
-        pricing: Literal["cpc", "cpm"] | None = None,
+        pricing: FromQuery[Literal["cpc", "cpm"] | None] = None,
         name: TextFilter = None,
         advertiser_id: OptionalId = None,
     ) -> schemas.CampaignPage:
         # archived campaigns (deleted after delivery) are listed only when asked for
-        filters = [Campaign.status == status if status else Campaign.status != "archived"]
-        if pricing:
-            filters.append(Campaign.pricing == pricing)
+        filters = _equal((Campaign.pricing, pricing), (Campaign.advertiser_id, advertiser_id))
+        filters.append(Campaign.status == status if status else Campaign.status != "archived")
         if name:
             filters.append(Campaign.name.icontains(name, autoescape=True))
-        if advertiser_id:
-            filters.append(Campaign.advertiser_id == advertiser_id)
-        rows, total = await CampaignService(db_session, caller).page(filters, limit, offset)
-        return schemas.CampaignPage(
-            items=[campaign_out(r) for r in rows], total=total, limit=limit, offset=offset
-        )
+        rows, total = await campaigns.page(filters, limit, offset)
+        return schemas.CampaignPage(items=_all(rows, campaign_out), total=total, limit=limit, offset=offset)
 
-    @post(guards=[requires_writer])
+    @post(
+        guards=[requires_writer],
+        summary="Create a campaign",
+        description="Managers create for their own advertiser; admin keys name one (advertiser_id).",
+    )
     async def create_campaign(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
-        data: schemas.CampaignCreate,
+        campaigns: NamedDependency[CampaignService],
+        data: JSONBody[schemas.CampaignCreate],
         advertiser_id: Annotated[
-            int | None, Parameter(ge=1, le=MAX_ID, description="Required for admin keys")
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="Required for admin keys")
         ] = None,
     ) -> schemas.CampaignOut:
-        return campaign_out(await CampaignService(db_session, caller).create(data, advertiser_id))
+        return campaign_out(await campaigns.create(data, advertiser_id))
 
-    @get("/{item_id:int}")
+    @get("/{item_id:int}", summary="Get a campaign", description="Another advertiser's campaign is a 404.")
     async def get_campaign(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId
+        self, campaigns: NamedDependency[CampaignService], item_id: ItemId
     ) -> schemas.CampaignOut:
-        return campaign_out(await CampaignService(db_session, caller).get(item_id))
+        return campaign_out(await campaigns.get(item_id))
 
-    @patch("/{item_id:int}", guards=[requires_writer])
+    @patch("/{item_id:int}", guards=[requires_writer], summary="Update a campaign")
     async def update_campaign(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId, data: schemas.CampaignUpdate
+        self,
+        campaigns: NamedDependency[CampaignService],
+        item_id: ItemId,
+        data: JSONBody[schemas.CampaignUpdate],
     ) -> schemas.CampaignOut:
-        return campaign_out(await CampaignService(db_session, caller).update(item_id, data))
+        return campaign_out(await campaigns.update(data, item_id))
 
-    @delete("/{item_id:int}", guards=[requires_writer])
-    async def delete_campaign(self, db_session: AsyncSession, caller: Caller, item_id: ItemId) -> None:
-        await CampaignService(db_session, caller).delete(item_id)
+    @delete(
+        "/{item_id:int}",
+        guards=[requires_writer],
+        summary="Delete a campaign",
+        description="A campaign with delivery is archived instead, so reports keep its spend.",
+    )
+    async def delete_campaign(self, campaigns: NamedDependency[CampaignService], item_id: ItemId) -> None:
+        await campaigns.delete(item_id)
 
 
 class CreativeController(Controller):
     path = "/creatives"
     tags = ["creatives"]  # noqa: RUF012
+    dependencies = {"creatives": service_provider(CreativeService)}  # noqa: RUF012
 
-    @get()
+    @get(summary="List creatives", description="The caller's advertiser's creatives (admins: all).")
     async def list_creatives(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        creatives: NamedDependency[CreativeService],
         limit: Limit = 50,
         offset: Offset = 0,
         status: StatusFilter = None,
         campaign_id: OptionalId = None,
         category: TextFilter = None,
     ) -> schemas.CreativePage:
-        filters = []
-        if status:
-            filters.append(Creative.status == status)
-        if campaign_id:
-            filters.append(Creative.campaign_id == campaign_id)
-        if category:
-            filters.append(Creative.category == category)
-        rows, total = await CreativeService(db_session, caller).page(filters, limit, offset)
-        items = [_convert(r, schemas.CreativeOut) for r in rows]
-        return schemas.CreativePage(items=items, total=total, limit=limit, offset=offset)
+        filters = _equal(
+            (Creative.status, status), (Creative.campaign_id, campaign_id), (Creative.category, category)
+        )
+        rows, total = await creatives.page(filters, limit, offset)
+        return schemas.CreativePage(items=_all(rows, creative_out), total=total, limit=limit, offset=offset)
 
-    @post(guards=[requires_writer])
+    @post(
+        guards=[requires_writer],
+        summary="Create a creative",
+        description="In one of the caller's campaigns; it belongs to that campaign's advertiser.",
+    )
     async def create_creative(
-        self, db_session: AsyncSession, caller: Caller, data: schemas.CreativeCreate
+        self, creatives: NamedDependency[CreativeService], data: JSONBody[schemas.CreativeCreate]
     ) -> schemas.CreativeOut:
-        return _convert(await CreativeService(db_session, caller).create(data), schemas.CreativeOut)
+        return creative_out(await creatives.create(data))
 
-    @get("/{item_id:int}")
+    @get("/{item_id:int}", summary="Get a creative", description="Another advertiser's creative is a 404.")
     async def get_creative(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId
+        self, creatives: NamedDependency[CreativeService], item_id: ItemId
     ) -> schemas.CreativeOut:
-        return _convert(await CreativeService(db_session, caller).get(item_id), schemas.CreativeOut)
+        return creative_out(await creatives.get(item_id))
 
-    @patch("/{item_id:int}", guards=[requires_writer])
+    @patch("/{item_id:int}", guards=[requires_writer], summary="Update a creative")
     async def update_creative(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId, data: schemas.CreativeUpdate
+        self,
+        creatives: NamedDependency[CreativeService],
+        item_id: ItemId,
+        data: JSONBody[schemas.CreativeUpdate],
     ) -> schemas.CreativeOut:
-        return _convert(await CreativeService(db_session, caller).update(item_id, data), schemas.CreativeOut)
+        return creative_out(await creatives.update(data, item_id))
 
-    @delete("/{item_id:int}", guards=[requires_writer])
-    async def delete_creative(self, db_session: AsyncSession, caller: Caller, item_id: ItemId) -> None:
-        await CreativeService(db_session, caller).delete(item_id)
+    @delete("/{item_id:int}", guards=[requires_writer], summary="Delete a creative")
+    async def delete_creative(self, creatives: NamedDependency[CreativeService], item_id: ItemId) -> None:
+        await creatives.delete(item_id)
 
 
 class PlacementController(Controller):
@@ -244,86 +297,101 @@ class PlacementController(Controller):
 
     path = "/placements"
     tags = ["placements"]  # noqa: RUF012
+    dependencies = {"placements": service_provider(PlacementService)}  # noqa: RUF012
 
-    @get()
+    @get(summary="List placements", description="Every role reads the site's placements.")
     async def list_placements(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        placements: NamedDependency[PlacementService],
         limit: Limit = 50,
         offset: Offset = 0,
         status: StatusFilter = None,
         page_type: TextFilter = None,
     ) -> schemas.PlacementPage:
-        filters = []
-        if status:
-            filters.append(Placement.status == status)
-        if page_type:
-            filters.append(Placement.page_type == page_type)
-        rows, total = await PlacementService(db_session, caller).page(filters, limit, offset)
-        items = [_convert(r, schemas.PlacementOut) for r in rows]
-        return schemas.PlacementPage(items=items, total=total, limit=limit, offset=offset)
+        filters = _equal((Placement.status, status), (Placement.page_type, page_type))
+        rows, total = await placements.page(filters, limit, offset)
+        return schemas.PlacementPage(items=_all(rows, placement_out), total=total, limit=limit, offset=offset)
 
-    @post(guards=[requires_admin])
+    @post(
+        guards=[requires_admin], summary="Create a placement", description="Admin keys only; keys are unique."
+    )
     async def create_placement(
-        self, db_session: AsyncSession, caller: Caller, data: schemas.PlacementCreate
+        self, placements: NamedDependency[PlacementService], data: JSONBody[schemas.PlacementCreate]
     ) -> schemas.PlacementOut:
-        return _convert(await PlacementService(db_session, caller).create(data), schemas.PlacementOut)
+        return placement_out(await placements.create(data))
 
-    @get("/{item_id:int}")
+    @get("/{item_id:int}", summary="Get a placement")
     async def get_placement(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId
+        self, placements: NamedDependency[PlacementService], item_id: ItemId
     ) -> schemas.PlacementOut:
-        return _convert(await PlacementService(db_session, caller).get(item_id), schemas.PlacementOut)
+        return placement_out(await placements.get(item_id))
 
-    @patch("/{item_id:int}", guards=[requires_admin])
+    @patch(
+        "/{item_id:int}",
+        guards=[requires_admin],
+        summary="Update a placement",
+        description="Admin keys only.",
+    )
     async def update_placement(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId, data: schemas.PlacementUpdate
+        self,
+        placements: NamedDependency[PlacementService],
+        item_id: ItemId,
+        data: JSONBody[schemas.PlacementUpdate],
     ) -> schemas.PlacementOut:
-        return _convert(
-            await PlacementService(db_session, caller).update(item_id, data), schemas.PlacementOut
-        )
+        return placement_out(await placements.update(data, item_id))
 
-    @delete("/{item_id:int}", guards=[requires_admin])
-    async def delete_placement(self, db_session: AsyncSession, caller: Caller, item_id: ItemId) -> None:
-        await PlacementService(db_session, caller).delete(item_id)
+    @delete(
+        "/{item_id:int}",
+        guards=[requires_admin],
+        summary="Delete a placement",
+        description="Admin keys only.",
+    )
+    async def delete_placement(self, placements: NamedDependency[PlacementService], item_id: ItemId) -> None:
+        await placements.delete(item_id)
 
 
 class ApiKeyController(Controller):
     path = "/keys"
     tags = ["keys"]  # noqa: RUF012
     guards = [requires_admin]  # noqa: RUF012
+    dependencies = {"api_keys": service_provider(ApiKeyService)}  # noqa: RUF012
 
-    @get()
+    @get(summary="List API keys", description="Admin keys only; secrets are never shown again.")
     async def list_keys(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        api_keys: NamedDependency[ApiKeyService],
         limit: Limit = 50,
         offset: Offset = 0,
         advertiser_id: OptionalId = None,
     ) -> schemas.ApiKeyPage:
-        filters = [ApiKey.advertiser_id == advertiser_id] if advertiser_id else []
-        rows, total = await ApiKeyService(db_session, caller).page(filters, limit, offset)
-        items = [_convert(r, schemas.ApiKeyOut) for r in rows]
-        return schemas.ApiKeyPage(items=items, total=total, limit=limit, offset=offset)
+        filters = _equal((ApiKey.advertiser_id, advertiser_id))
+        rows, total = await api_keys.page(filters, limit, offset)
+        return schemas.ApiKeyPage(items=_all(rows, api_key_out), total=total, limit=limit, offset=offset)
 
-    @post()
+    @post(
+        summary="Create an API key",
+        description="The response holds the key itself, shown this once; only its digest is stored.",
+    )
     async def create_key(
-        self, db_session: AsyncSession, caller: Caller, data: schemas.ApiKeyCreate
+        self, api_keys: NamedDependency[ApiKeyService], data: JSONBody[schemas.ApiKeyCreate]
     ) -> schemas.ApiKeyCreated:
-        key, row = await ApiKeyService(db_session, caller).create(data)
-        return schemas.ApiKeyCreated(key=key, api_key=_convert(row, schemas.ApiKeyOut))
+        key, row = await api_keys.create(data)
+        return schemas.ApiKeyCreated(key=key, api_key=api_key_out(row))
 
-    @delete("/{item_id:int}", status_code=200)
+    @delete(
+        "/{item_id:int}",
+        status_code=200,
+        summary="Revoke an API key",
+        description="Revoked keys stay listed; a key cannot revoke itself.",
+    )
     async def revoke_key(
-        self, db_session: AsyncSession, caller: Caller, item_id: ItemId
+        self, api_keys: NamedDependency[ApiKeyService], item_id: ItemId
     ) -> schemas.ApiKeyOut:
-        return _convert(await ApiKeyService(db_session, caller).revoke(item_id), schemas.ApiKeyOut)
+        return api_key_out(await api_keys.revoke(item_id))
 
 
-ModelKindParam = Literal["interest", "bandit"]
-VersionParam = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ModelKind = Annotated[Literal["interest", "bandit"], PathParameter()]
+Version = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class ModelController(Controller):
@@ -333,40 +401,49 @@ class ModelController(Controller):
     tags = ["models"]  # noqa: RUF012
     guards = [requires_admin]  # noqa: RUF012
 
-    @get()
+    @get(summary="List model versions", description="Interest models and bandit policies, newest first.")
     async def list_models(
         self,
-        db_session: AsyncSession,
+        db_session: DbSession,
         limit: Limit = 50,
         offset: Offset = 0,
-        kind: ModelKindParam | None = None,
+        kind: FromQuery[Literal["interest", "bandit"] | None] = None,
     ) -> schemas.ModelVersionPage:
         rows = await Registry(db_session).list(kind, limit, offset)
-        items = [_convert(r, schemas.ModelVersionOut) for r in rows]
-        return schemas.ModelVersionPage(items=items, limit=limit, offset=offset)
+        return schemas.ModelVersionPage(items=_all(rows, model_version_out), limit=limit, offset=offset)
 
-    @post("/{kind:str}/{version:str}/promote", status_code=200)
+    @post(
+        "/{kind:str}/{version:str}/promote",
+        status_code=200,
+        summary="Promote a model version",
+        description="Makes the version champion; serving processes swap to it without dropping requests.",
+    )
     async def promote_model(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
-        kind: ModelKindParam,
-        version: VersionParam,
-        data: schemas.ModelChange,
+        db_session: DbSession,
+        caller: CallerDep,
+        kind: ModelKind,
+        version: Version,
+        data: JSONBody[schemas.ModelChange],
     ) -> schemas.ModelVersionOut:
         row = await audited_champion_change(
             db_session, caller, kind, "promote", lambda registry: registry.promote(kind, version, data.reason)
         )
-        return _convert(row, schemas.ModelVersionOut)
+        return model_version_out(row)
 
-    @post("/{kind:str}/rollback", status_code=200)
+    @post(
+        "/{kind:str}/rollback",
+        status_code=200,
+        summary="Roll back a model",
+        description="The previous champion of this kind serves again.",
+    )
     async def rollback_model(
-        self, db_session: AsyncSession, caller: Caller, kind: ModelKindParam, data: schemas.ModelChange
+        self, db_session: DbSession, caller: CallerDep, kind: ModelKind, data: JSONBody[schemas.ModelChange]
     ) -> schemas.ModelVersionOut:
         row = await audited_champion_change(
             db_session, caller, kind, "rollback", lambda registry: registry.rollback(kind, data.reason)
         )
-        return _convert(row, schemas.ModelVersionOut)
+        return model_version_out(row)
 
 
 class UserController(Controller):
@@ -379,11 +456,13 @@ class UserController(Controller):
     @delete(
         "/{user_id:str}",
         status_code=200,
+        summary="Erase an end user",
+        description="Deletes the user's behaviour and unlinks their logged decisions, as the site's erasure call does.",
     )
     async def erase_user_as_admin(
         self,
         request: Request,
-        user_id: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+        user_id: Annotated[str, PathParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
     ) -> ErasureResult:
         return await erase(request, user_id)
 

@@ -1,23 +1,31 @@
 """Admin services: catalogue CRUD scoped to the caller's advertiser, and API keys.
 
-The same services serve the HTTP handlers, the CLI and scheduled jobs. A `Caller` of role manager
-or viewer sees only rows of its own advertiser; anything else is reported as not found (404), so
-another advertiser's ids reveal nothing. `caller=None` means the system itself (CLI, jobs, demo).
+Each service is advanced-alchemy's `SQLAlchemyAsyncRepositoryService` with its repository nested,
+under one base, `AdminService`, that holds the rules every resource shares:
 
-Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change. A
-campaign with delivery (billed spend or an impression) is archived, not deleted, so the rollups
-and reports keep its spend; an advertiser with such a campaign cannot be deleted at all.
+- Tenancy is one hook (`AdminService.visible_rows`, the repository's base statement): a `Caller`
+  of role manager or viewer sees only rows of its own advertiser; anything else is reported as not
+  found (404), so another advertiser's ids reveal nothing. `caller=None` means the system itself
+  (CLI, jobs, demo).
+- Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change, and
+  tells serving processes that the catalogue changed (adserve/catalog_channel.py).
+
+The same services serve the HTTP handlers, the CLI and scheduled jobs. A campaign with delivery
+(billed spend or an impression) is archived, not deleted, so the rollups and reports keep its
+spend; an advertiser with such a campaign cannot be deleted at all.
 """
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import exists, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -28,12 +36,15 @@ from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Impression
 from adserve.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement, Exists
+    from collections.abc import AsyncIterator, Sequence
+
+    from sqlalchemy import ColumnElement, Exists, Select
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from adserve.admin.audit import Action
+    from adserve.admin.audit import Action, Resource
 
 __all__ = [
+    "AdminService",
     "AdvertiserService",
     "ApiKeyService",
     "CampaignService",
@@ -54,97 +65,108 @@ async def notify_catalog_changed(session: AsyncSession) -> None:
     await session.execute(text(f"NOTIFY {CATALOG_CHANNEL}"))
 
 
-class CatalogService(Generic[ModelT]):
-    """CRUD over one table, scoped to the caller's advertiser where the table has one."""
+class AdminService(SQLAlchemyAsyncRepositoryService[ModelT, SQLAlchemyAsyncRepository[ModelT]]):
+    """A repository service over one catalogue table, seen through the caller's tenancy.
 
-    model: ClassVar[type]
-    scoped: ClassVar[bool] = True
+    `create` takes a request body (its `to_model_on_create` shapes the row), `update` a PATCH body
+    and the id, `delete` the id; each writes its audit row, notifies serving and commits. A clash
+    with a constraint rolls back and is a `Conflict` (409) naming the constraint, never a value.
+    """
+
+    tenant_scoped: ClassVar[bool] = True  # rows belong to an advertiser (an ``advertiser_id`` column)
     notifies_catalog: ClassVar[bool] = True
 
-    def __init__(self, session: AsyncSession, caller: Caller | None) -> None:
+    def __init__(self, session: AsyncSession, caller: Caller | None = None) -> None:
         self.session = session
         self.caller = caller
-        repo_type = type(
-            f"{self.model.__name__}Repository", (SQLAlchemyAsyncRepository,), {"model_type": self.model}
+        # wrap_exceptions=False: an IntegrityError reaches `_conflicts`, which names the constraint.
+        super().__init__(
+            session=session, statement=self.visible_rows(caller), auto_commit=False, wrap_exceptions=False
         )
-        self.repo: SQLAlchemyAsyncRepository = repo_type(session=session, auto_commit=False)
 
-    def _scope(self) -> list[ColumnElement[bool]]:
-        if not self.scoped or self.caller is None or self.caller.is_admin:
-            return []
-        return [self.model.advertiser_id == self.caller.advertiser_id]
+    @classmethod
+    def visible_rows(cls, caller: Caller | None) -> Select[Any]:
+        """The tenancy hook: the rows `caller` may read, update or delete. A manager or viewer sees
+        its own advertiser's rows only; admins and the system (`caller=None`) see all."""
+        model: Any = cls.repository_type.model_type
+        statement = select(model)
+        if cls.tenant_scoped and caller is not None and not caller.is_admin:
+            statement = statement.where(model.advertiser_id == caller.advertiser_id)
+        return statement
+
+    @property
+    def resource(self) -> Resource:
+        """The audit trail's name of a row: ``campaign`` for the ``campaigns`` table."""
+        return self.model_type.__tablename__[:-1]  # type: ignore[no-any-return]
 
     async def page(
         self, filters: list[ColumnElement[bool]], limit: int, offset: int
-    ) -> tuple[list[ModelT], int]:
-        return await self.repo.list_and_count(
-            LimitOffset(limit=limit, offset=offset),
-            *self._scope(),
-            *filters,
-            order_by=[(self.model.id, False)],
+    ) -> tuple[Sequence[ModelT], int]:
+        """One page of the visible rows matching `filters`, by id, and how many match in all."""
+        return await self.list_and_count(
+            LimitOffset(limit=limit, offset=offset), *filters, order_by=[(self.model_type.id, False)]
         )
 
-    async def get(self, item_id: int) -> ModelT:
-        item = await self.repo.get_one_or_none(self.model.id == item_id, *self._scope())
+    async def get(self, item_id: int, **_: Any) -> ModelT:  # type: ignore[override]
+        item = await self.get_one_or_none(self.model_type.id == item_id)
         if item is None:
-            raise NotFound(f"{self.model.__tablename__[:-1]} {item_id} not found")
+            raise NotFound(f"{self.resource} {item_id} not found")
         return item
 
-    async def _commit(self) -> None:
-        if self.notifies_catalog:
-            await notify_catalog_changed(self.session)
-        try:
-            await self.session.commit()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise Conflict(_integrity_message(exc)) from exc
+    async def create(self, data: Any, **kwargs: Any) -> ModelT:  # type: ignore[override]
+        async with self._conflicts():
+            item = await super().create(data, **kwargs)
+        return await self._commit("create", item, None)
+
+    async def update(self, data: Any, item_id: int, **_: Any) -> ModelT:  # type: ignore[override]
+        """Applies the fields a PATCH body carries (its UNSET fields are left as they are)."""
+        item = await self.get(item_id)
+        changes = await self.to_model_on_update(
+            _set_fields(data) if isinstance(data, msgspec.Struct) else data
+        )
+        return await self._change(item, changes)
+
+    async def delete(self, item_id: int, **_: Any) -> ModelT:  # type: ignore[override]
+        item = await self.get(item_id)
+        self._audit("delete", item, snapshot(item), None)
+        async with self._conflicts():
+            await self.repository.delete(item_id)
+        await self._commit_or_conflict()
+        return item
+
+    async def _change(self, item: ModelT, changes: dict[str, Any], action: Action = "update") -> ModelT:
+        before = snapshot(item)
+        for name, value in changes.items():
+            setattr(item, name, value)
+        async with self._conflicts():
+            item = await self.repository.update(item)
+        return await self._commit(action, item, before)
 
     def _audit(
         self, action: Action, item: ModelT, before: dict[str, Any] | None, after: ModelT | None
     ) -> None:
-        record(
-            self.session,
-            self.caller,
-            action,
-            self.model.__tablename__[:-1],
-            item.id,
-            item.id if self.model is Advertiser else getattr(item, "advertiser_id", None),
-            before,
-            snapshot(after) if after is not None else None,
-        )
+        advertiser_id = item.id if isinstance(item, Advertiser) else getattr(item, "advertiser_id", None)
+        after_row = snapshot(after) if after is not None else None
+        record(self.session, self.caller, action, self.resource, item.id, advertiser_id, before, after_row)
 
-    async def _flush(self, item: ModelT) -> None:
-        """Writes the change and reads back what the database set (ids, defaults, updated_at)."""
+    async def _commit(self, action: Action, item: ModelT, before: dict[str, Any] | None) -> ModelT:
+        self._audit(action, item, before, item)
+        await self._commit_or_conflict()
+        return item
+
+    async def _commit_or_conflict(self) -> None:
+        if self.notifies_catalog:
+            await notify_catalog_changed(self.session)
+        async with self._conflicts():
+            await self.session.commit()
+
+    @asynccontextmanager
+    async def _conflicts(self) -> AsyncIterator[None]:
         try:
-            await self.session.flush()
+            yield
         except IntegrityError as exc:
             await self.session.rollback()
             raise Conflict(_integrity_message(exc)) from exc
-        await self.session.refresh(item)
-
-    async def _insert(self, item: ModelT) -> ModelT:
-        self.session.add(item)
-        await self._flush(item)
-        self._audit("create", item, None, item)
-        await self._commit()
-        return item
-
-    async def _apply(self, item: ModelT, values: dict[str, Any], action: Action = "update") -> ModelT:
-        before = snapshot(item)
-        for name, value in values.items():
-            setattr(item, name, value)
-        await self._flush(item)
-        self._audit(action, item, before, item)
-        await self._commit()
-        return item
-
-    async def delete(self, item_id: int) -> None:
-        await self._remove(await self.get(item_id))
-
-    async def _remove(self, item: ModelT) -> None:
-        self._audit("delete", item, snapshot(item), None)
-        await self.session.delete(item)
-        await self._commit()
 
 
 def _integrity_message(exc: IntegrityError) -> str:
@@ -172,37 +194,33 @@ def _delivered(*where: ColumnElement[bool]) -> Exists:
     )
 
 
-class AdvertiserService(CatalogService[Advertiser]):
-    model = Advertiser
-    scoped = False
+class AdvertiserService(AdminService[Advertiser]):
+    class Repo(SQLAlchemyAsyncRepository[Advertiser]):
+        model_type = Advertiser
 
-    async def create(self, body: schemas.AdvertiserCreate) -> Advertiser:
-        return await self._insert(Advertiser(name=body.name, status=body.status))
+    repository_type = Repo
+    tenant_scoped = False  # the advertisers API is for admins only
 
-    async def update(self, item_id: int, body: schemas.AdvertiserUpdate) -> Advertiser:
-        return await self._apply(await self.get(item_id), _set_fields(body))
-
-    async def delete(self, item_id: int) -> None:
+    async def delete(self, item_id: int, **_: Any) -> Advertiser:
         """Deleting an advertiser deletes its campaigns (ON DELETE CASCADE), and with them the
         spend of any that delivered; such an advertiser is archived instead (PATCH status)."""
-        advertiser = await self.get(item_id)
+        await self.get(item_id)
         if await self.session.scalar(select(_delivered(Campaign.advertiser_id == item_id))):
             raise Conflict(
                 f"advertiser {item_id} has campaigns with delivery, which reports must keep; "
                 "set its status to archived and revoke its keys instead"
             )
-        await self._remove(advertiser)
+        return await super().delete(item_id)
 
 
-class PlacementService(CatalogService[Placement]):
-    model = Placement
-    scoped = False
+class PlacementService(AdminService[Placement]):
+    """Placements belong to the site, not to an advertiser: every role reads them."""
 
-    async def create(self, body: schemas.PlacementCreate) -> Placement:
-        return await self._insert(Placement(**msgspec.structs.asdict(body)))
+    class Repo(SQLAlchemyAsyncRepository[Placement]):
+        model_type = Placement
 
-    async def update(self, item_id: int, body: schemas.PlacementUpdate) -> Placement:
-        return await self._apply(await self.get(item_id), _set_fields(body))
+    repository_type = Repo
+    tenant_scoped = False
 
 
 def _check_time(name: str, value: datetime | None) -> None:
@@ -251,24 +269,29 @@ def _campaign_columns(fields: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-class CampaignService(CatalogService[Campaign]):
-    model = Campaign
+class CampaignService(AdminService[Campaign]):
+    class Repo(SQLAlchemyAsyncRepository[Campaign]):
+        model_type = Campaign
 
-    async def create(self, body: schemas.CampaignCreate, advertiser_id: int | None) -> Campaign:
+    repository_type = Repo
+
+    async def create(  # type: ignore[override]
+        self, data: schemas.CampaignCreate, advertiser_id: int | None = None
+    ) -> Campaign:
         """Managers create for their own advertiser; admins must name one (query parameter)."""
         if self.caller is not None and not self.caller.is_admin:
             advertiser_id = self.caller.advertiser_id
         if advertiser_id is None:
             raise InvalidInput("advertiser_id query parameter is required for admin keys")
-        await AdvertiserService(self.session, None).get(advertiser_id)
-        fields = msgspec.structs.asdict(body)
+        await AdvertiserService(self.session).get(advertiser_id)
+        fields = msgspec.structs.asdict(data)
         _check_campaign(fields)
-        await _check_timezone(self.session, body.timezone)
-        return await self._insert(Campaign(advertiser_id=advertiser_id, **_campaign_columns(fields)))
+        await _check_timezone(self.session, data.timezone)
+        return await super().create(Campaign(advertiser_id=advertiser_id, **_campaign_columns(fields)))
 
-    async def update(self, item_id: int, body: schemas.CampaignUpdate) -> Campaign:
+    async def update(self, data: schemas.CampaignUpdate, item_id: int, **_: Any) -> Campaign:  # type: ignore[override]
         campaign = await self.get(item_id)
-        changes = _set_fields(body)
+        changes = _set_fields(data)
         merged = {
             "start_at": changes.get("start_at", campaign.start_at),
             "end_at": changes.get("end_at", campaign.end_at),
@@ -276,48 +299,53 @@ class CampaignService(CatalogService[Campaign]):
         _check_campaign(merged)
         if "timezone" in changes:
             await _check_timezone(self.session, changes["timezone"])
-        return await self._apply(campaign, _campaign_columns(changes))
+        return await self._change(campaign, _campaign_columns(changes))
 
-    async def delete(self, item_id: int) -> None:
+    async def delete(self, item_id: int, **_: Any) -> Campaign:
         """A campaign with delivery is archived (never served again, hidden from default lists)
         so the rollups and reports keep its spend; one without delivery is deleted."""
         campaign = await self.get(item_id)
         if not await self.session.scalar(select(_delivered(Campaign.id == item_id))):
-            await self._remove(campaign)
-        elif campaign.status != "archived":
-            await self._apply(campaign, {"status": "archived"}, action="archive")
+            return await super().delete(item_id)
+        if campaign.status == "archived":
+            return campaign
+        return await self._change(campaign, {"status": "archived"}, action="archive")
 
 
-class CreativeService(CatalogService[Creative]):
-    model = Creative
+class CreativeService(AdminService[Creative]):
+    class Repo(SQLAlchemyAsyncRepository[Creative]):
+        model_type = Creative
 
-    async def create(self, body: schemas.CreativeCreate) -> Creative:
-        campaign = await CampaignService(self.session, self.caller).get(body.campaign_id)
-        fields = msgspec.structs.asdict(body)
-        return await self._insert(Creative(advertiser_id=campaign.advertiser_id, **fields))
+    repository_type = Repo
 
-    async def update(self, item_id: int, body: schemas.CreativeUpdate) -> Creative:
-        return await self._apply(await self.get(item_id), _set_fields(body))
+    async def to_model_on_create(self, data: Any) -> Any:
+        """A creative belongs to its campaign's advertiser; the campaign must be the caller's."""
+        campaign = await CampaignService(self.session, self.caller).get(data.campaign_id)
+        return Creative(advertiser_id=campaign.advertiser_id, **msgspec.structs.asdict(data))
 
 
-class ApiKeyService(CatalogService[ApiKey]):
-    model = ApiKey
-    scoped = False
+class ApiKeyService(AdminService[ApiKey]):
+    class Repo(SQLAlchemyAsyncRepository[ApiKey]):
+        model_type = ApiKey
+
+    repository_type = Repo
+    tenant_scoped = False  # the keys API is for admins only
     notifies_catalog = False
 
-    async def create(self, body: schemas.ApiKeyCreate) -> tuple[str, ApiKey]:
-        role = Role(body.role)
-        if role in (Role.MANAGER, Role.VIEWER) and body.advertiser_id is None:
+    async def create(self, data: schemas.ApiKeyCreate, **_: Any) -> tuple[str, ApiKey]:  # type: ignore[override]
+        """A new key and its row; the key itself is shown once and never stored."""
+        role = Role(data.role)
+        if role in (Role.MANAGER, Role.VIEWER) and data.advertiser_id is None:
             raise InvalidInput(f"a {role} key needs an advertiser_id")
-        if role in (Role.ADMIN, Role.SITE) and body.advertiser_id is not None:
+        if role in (Role.ADMIN, Role.SITE) and data.advertiser_id is not None:
             raise InvalidInput(f"a {role} key is not tied to an advertiser")
-        if body.advertiser_id is not None:
-            await AdvertiserService(self.session, None).get(body.advertiser_id)
+        if data.advertiser_id is not None:
+            await AdvertiserService(self.session).get(data.advertiser_id)
         key, prefix, digest = generate_key()
         row = ApiKey(
-            prefix=prefix, digest=digest, role=role.value, advertiser_id=body.advertiser_id, name=body.name
+            prefix=prefix, digest=digest, role=role.value, advertiser_id=data.advertiser_id, name=data.name
         )
-        return key, await self._insert(row)
+        return key, await super().create(row)
 
     async def revoke(self, item_id: int) -> ApiKey:
         if self.caller is not None and self.caller.key_id == item_id:
@@ -329,12 +357,5 @@ class ApiKeyService(CatalogService[ApiKey]):
                 update(ApiKey).where(ApiKey.id == item_id).values(revoked_at=datetime.now(UTC))
             )
             await self.session.refresh(row)
-            self._audit("revoke", row, before, row)
-            await self._commit()
+            await self._commit("revoke", row, before)
         return row
-
-    async def count_admins(self) -> int:
-        rows = await self.session.execute(
-            select(ApiKey.id).where(ApiKey.role == Role.ADMIN.value, ApiKey.revoked_at.is_(None))
-        )
-        return len(rows.all())
