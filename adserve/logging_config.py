@@ -47,7 +47,10 @@ _RECORD_ATTRIBUTES = frozenset(
 )
 # Libraries whose INFO lines say nothing an operator needs.
 _QUIET_LOGGERS = ("pgserver", "alembic", "apscheduler")
-_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error")
+# uvicorn's access log writes the client address and the path with its query string (raw user ids);
+# the app's own request line (adserve.http) replaces it.
+_UVICORN_ACCESS = "uvicorn.access"
 
 
 def new_request_id() -> str:
@@ -137,8 +140,8 @@ def configure_logging(level: str, log_format: Literal["json", "text"]) -> None:
     """Makes our handler the root logger's one console handler; idempotent (one per process).
 
     The console handlers that `logging.basicConfig` and uvicorn installed are replaced (uvicorn's
-    loggers propagate to the root instead); handlers of other kinds, such as a test runner's
-    capture, are kept."""
+    loggers propagate to the root instead, but its access log is switched off); handlers of other
+    kinds, such as a test runner's capture, are kept."""
     handler = _install()
     handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(_TEXT_FORMAT))
     root = logging.getLogger()
@@ -154,6 +157,10 @@ def configure_logging(level: str, log_format: Literal["json", "text"]) -> None:
             if type(other) is logging.StreamHandler:
                 uvicorn_logger.removeHandler(other)
         uvicorn_logger.propagate = True
+    access = logging.getLogger(_UVICORN_ACCESS)
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # warnings become log lines in the same format

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from adserve.logging_config import JsonFormatter, new_request_id, request_id
+from adserve.logging_config import JsonFormatter, configure_logging, new_request_id, request_id
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -37,3 +37,11 @@ def test_request_ids_are_new_and_unset_outside_a_request() -> None:
     assert request_id.get() is None
     first, second = new_request_id(), new_request_id()
     assert first != second and len(first) == 32 and int(first, 16) >= 0
+
+
+def test_uvicorns_access_log_stays_off() -> None:
+    """It would write client addresses and paths with their query strings (raw user ids)."""
+    configure_logging("INFO", "json")
+    access = logging.getLogger("uvicorn.access")
+    assert access.disabled and not access.propagate and not access.handlers
+    assert logging.getLogger("uvicorn.error").propagate
