@@ -83,6 +83,7 @@ def holdout_figures(
     path: str | Path, sequences: Mapping[str, Sequence], click_examples: Sequence
 ) -> HoldoutFigures:
     """One version's gate figures on the given data (heavy: run it in the training process)."""
+    # imported here: torch takes seconds to import and only the training process needs it
     from adserve.interest.checkpoint import load_checkpoint
     from adserve.interest.training import evaluate_checkpoint
 
@@ -96,6 +97,7 @@ def _known_to_both(
     sequences: Mapping[str, Sequence], challenger: str | Path, champion: str | Path
 ) -> dict[str, list]:
     """The sequences without item events one of the two versions has never seen."""
+    # imported here: torch takes seconds to import and only the training process needs it
     from adserve.interest.checkpoint import load_checkpoint
 
     known = set(load_checkpoint(challenger).vocab.index) & set(load_checkpoint(champion).vocab.index)
