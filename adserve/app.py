@@ -442,6 +442,7 @@ def create_app(settings: Settings) -> Litestar:
             path="/schema",
             components=ADMIN_COMPONENTS,
             render_plugins=[SwaggerRenderPlugin()],
+            use_handler_docstrings=True,  # a handler's docstring is its description
         ),
         cors_config=CORSConfig(allow_origins=settings.server.cors_origins)
         if settings.server.cors_origins

@@ -21,29 +21,28 @@ import asyncio
 import math
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 from msgspec import Struct
 from sqlalchemy import text
 
-# Litestar reads handler annotations at runtime, so these imports cannot be typing-only.
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from adserve.admin.auth import Caller, requires_admin
+from adserve.admin.params import MAX_ID, CallerDep, DbSession, Limit, Offset
 from adserve.domain import BehaviourEvent, EventType
 from adserve.errors import Conflict, NotFound
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
 __all__ = ["AnalyticsController"]
 
-MAX_ID = 2**63 - 1
-Days = Annotated[int, Parameter(ge=1, le=90, description="Days back from now (UTC), today included")]
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, le=10**9, description="Rows to skip")]
-AdvertiserFilter = Annotated[int | None, Parameter(ge=1, le=MAX_ID, description="admins only")]
+Days = Annotated[int, QueryParameter(ge=1, le=90, description="Days back from now (UTC), today included")]
+AdvertiserFilter = Annotated[int | None, QueryParameter(ge=1, le=MAX_ID, description="admins only")]
 UserKey = Annotated[
-    str, Parameter(min_length=8, max_length=64, pattern=r"^[0-9a-z]+$", description="pseudonymous user key")
+    str,
+    PathParameter(min_length=8, max_length=64, pattern=r"^[0-9a-z]+$", description="pseudonymous user key"),
 ]
 
 HISTORY_LIMIT = 200  # most recent events read for a profile (the model reads at most max_len of them)
@@ -269,14 +268,14 @@ class AnalyticsController(Controller):
     path = "/analytics"
     tags = ["analytics"]  # noqa: RUF012
 
-    @get("/users/{user_key:str}/interests", guards=[requires_admin])
+    @get("/users/{user_key:str}/interests", guards=[requires_admin], summary="A user's interests")
     async def user_interests(
         self,
         request: Request,
-        db_session: AsyncSession,
+        db_session: DbSession,
         user_key: UserKey,
-        top: Annotated[int, Parameter(ge=1, le=50, description="categories returned")] = 10,
-        source: Literal["auto", "model", "events"] = "auto",
+        top: Annotated[int, QueryParameter(ge=1, le=50, description="categories returned")] = 10,
+        source: FromQuery[Literal["auto", "model", "events"]] = "auto",
     ) -> InterestProfile:
         """Top categories with weights. `source=auto` uses the interest model when one is loaded
         and any of its likely next items has a known category, else the user's events."""
@@ -336,11 +335,11 @@ class AnalyticsController(Controller):
                 weights[mapping[item]] += probability
         return _normalised(weights, top), scorer.version
 
-    @get("/trending")
+    @get("/trending", summary="Trending categories or items")
     async def trending(
         self,
-        db_session: AsyncSession,
-        kind: Literal["category", "item"] = "category",
+        db_session: DbSession,
+        kind: FromQuery[Literal["category", "item"]] = "category",
         days: Days = 7,
         limit: Limit = 20,
         offset: Offset = 0,
@@ -390,12 +389,12 @@ class AnalyticsController(Controller):
             offset=offset,
         )
 
-    @get("/ctr")
+    @get("/ctr", summary="Click-through rate by key")
     async def ctr(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
-        by: Literal["segment", "placement", "device", "page_category"] = "placement",
+        db_session: DbSession,
+        caller: CallerDep,
+        by: FromQuery[Literal["segment", "placement", "device", "page_category"]] = "placement",
         days: Days = 7,
         advertiser_id: AdvertiserFilter = None,
         limit: Limit = 100,
@@ -426,11 +425,11 @@ class AnalyticsController(Controller):
             by=by, days=days, advertiser_id=scoped, items=items, total=total, limit=limit, offset=offset
         )
 
-    @get("/daily")
+    @get("/daily", summary="Daily delivery and spend")
     async def daily(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        db_session: DbSession,
+        caller: CallerDep,
         days: Days = 14,
         advertiser_id: AdvertiserFilter = None,
     ) -> DailySeries:

@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from msgspec import Struct
 from sqlalchemy import func, inspect, select
 
-# Litestar reads handler annotations at runtime, so these imports cannot be typing-only.
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from adserve.admin.auth import Caller
+from adserve.admin.params import MAX_ID, CallerDep, DbSession, Limit, Offset
 from adserve.db.tables import AuditEntry
 from adserve.errors import NotFound
 from adserve.learning.registry import ModelKind, Registry
@@ -30,6 +27,9 @@ from adserve.learning.registry import ModelKind, Registry
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from adserve.admin.auth import Caller
     from adserve.db.tables import ModelVersion
 
 __all__ = [
@@ -45,12 +45,9 @@ __all__ = [
 SYSTEM_ROLE = "system"  # no API key: the CLI, jobs and the demo's seeding
 # A key's digest is not the key, but it is all an attacker would need to test guesses offline.
 SECRET_COLUMNS = frozenset({"digest"})
-MAX_ID = 2**63 - 1
 
 Action = Literal["create", "update", "delete", "archive", "revoke", "promote", "rollback"]
 Resource = Literal["advertiser", "campaign", "creative", "placement", "api_key", "model"]
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, le=10**9, description="Rows to skip")]
 
 
 def snapshot(row: Any) -> dict[str, Any]:
@@ -133,20 +130,23 @@ class AuditController(Controller):
     path = "/audit"
     tags = ["audit"]  # noqa: RUF012
 
-    @get()
+    @get(
+        summary="The audit trail",
+        description="Admin writes and model changes, newest first; managers and viewers see their advertiser's.",
+    )
     async def list_audit(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
+        db_session: DbSession,
+        caller: CallerDep,
         limit: Limit = 50,
         offset: Offset = 0,
-        resource: Resource | None = None,
-        resource_id: Annotated[str | None, Parameter(max_length=100, pattern=r"^[^\x00]*$")] = None,
-        action: Action | None = None,
+        resource: FromQuery[Resource | None] = None,
+        resource_id: Annotated[str | None, QueryParameter(max_length=100, pattern=r"^[^\x00]*$")] = None,
+        action: FromQuery[Action | None] = None,
         advertiser_id: Annotated[
-            int | None, Parameter(ge=1, le=MAX_ID, description="admins: any; others: their own")
+            int | None, QueryParameter(ge=1, le=MAX_ID, description="admins: any; others: their own")
         ] = None,
-        key_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
+        key_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
     ) -> AuditPage:
         if not caller.is_admin:
             if advertiser_id is not None and advertiser_id != caller.advertiser_id:

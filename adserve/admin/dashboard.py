@@ -12,6 +12,7 @@ from pathlib import Path
 
 from litestar import Response, Router, get
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 
 __all__ = ["CSP", "dashboard_router"]
 
@@ -43,7 +44,7 @@ async def dashboard_page() -> Response[bytes]:
 
 
 @get("/static/{name:str}", include_in_schema=False)
-async def dashboard_asset(name: str) -> Response[bytes]:
+async def dashboard_asset(name: FromPath[str]) -> Response[bytes]:
     media_type = ASSETS.get(name)  # a fixed list: no path from the request reaches the filesystem
     if media_type is None:
         raise NotFoundException(f"no dashboard asset {name!r}")

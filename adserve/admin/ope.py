@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from msgspec import Struct
 
 from adserve.admin.auth import requires_admin
@@ -48,14 +48,17 @@ class OpeController(Controller):
     tags = ["models"]  # noqa: RUF012
     guards = [requires_admin]  # noqa: RUF012
 
-    @get()
+    @get(
+        summary="Off-policy evaluation",
+        description="IPS, SNIPS and DR estimates with bootstrap intervals of candidate policies on the logged decisions.",
+    )
     async def off_policy_evaluation(
         self,
         request: Request,
         days: Annotated[
-            float, Parameter(gt=0, le=90, description="Logged decisions of the last N days")
+            float, QueryParameter(gt=0, le=90, description="Logged decisions of the last N days")
         ] = 7.0,
-        seed: Annotated[int, Parameter(ge=0, le=2**31 - 1)] = 0,
+        seed: Annotated[int, QueryParameter(ge=0, le=2**31 - 1)] = 0,
     ) -> OpeResponse:
         until = datetime.now(UTC)
         since = until - timedelta(days=days)

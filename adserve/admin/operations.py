@@ -7,26 +7,26 @@ rows only (asking for another advertiser is a 404), admins see all and may filte
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 from msgspec import Struct
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from adserve.admin.auth import Caller, requires_admin
+from adserve.admin.auth import requires_admin
+from adserve.admin.params import MAX_ID, CallerDep, DbSession, Limit, Offset
 from adserve.db.tables import DailyStat, JobRun
 from adserve.errors import InvalidInput, NotFound
 from adserve.jobs.runs import process_identity
 from adserve.jobs.scheduler import APPLICATION_PREFIX, LEADER_LOCK_KEY, job_specs
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
 __all__ = ["JobsController", "ReportsController"]
 
-MAX_ID = 2**63 - 1
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, le=10**9, description="Rows to skip")]
-JobName = Annotated[str | None, Parameter(max_length=64, pattern=r"^[a-z0-9_-]+$")]
+JobName = Annotated[str | None, QueryParameter(max_length=64, pattern=r"^[a-z0-9_-]+$")]
 GroupBy = Literal["day", "campaign", "creative", "placement"]
 
 LEADER_SQL = text(
@@ -103,9 +103,9 @@ class JobsController(Controller):
     tags = ["jobs"]  # noqa: RUF012
     guards = [requires_admin]  # noqa: RUF012
 
-    @get("/runs")
+    @get("/runs", summary="Recent job runs", description="Newest first; filter by job name.")
     async def list_job_runs(
-        self, db_session: AsyncSession, limit: Limit = 50, offset: Offset = 0, job: JobName = None
+        self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0, job: JobName = None
     ) -> JobRunPage:
         statement = select(JobRun, func.count().over().label("total")).order_by(JobRun.id.desc())
         if job:
@@ -126,8 +126,11 @@ class JobsController(Controller):
         total = rows[0].total if rows else await db_session.scalar(_count_runs(job))
         return JobRunPage(items=items, total=total or 0, limit=limit, offset=offset)
 
-    @get()
-    async def list_jobs(self, request: Request, db_session: AsyncSession) -> JobsOverview:
+    @get(
+        summary="Scheduled jobs",
+        description="Which process leads the scheduler, each job's cadence and last outcome.",
+    )
+    async def list_jobs(self, request: Request, db_session: DbSession) -> JobsOverview:
         leader = await db_session.scalar(LEADER_SQL, {"key": LEADER_LOCK_KEY})
         scheduler = getattr(request.app.state, "jobs", None)
         exact = scheduler.next_run_times() if scheduler is not None and scheduler.is_leader else {}
@@ -200,15 +203,20 @@ class ReportsController(Controller):
     path = "/reports"
     tags = ["reports"]  # noqa: RUF012
 
-    @get()
+    @get(
+        summary="Delivery report",
+        description="From the daily rollups, by day, campaign, creative or placement; scoped to the caller's advertiser.",
+    )
     async def report(
         self,
-        db_session: AsyncSession,
-        caller: Caller,
-        group_by: GroupBy = "day",
-        date_from: Annotated[date | None, Parameter(query="from", description="first day, inclusive")] = None,
-        date_to: Annotated[date | None, Parameter(query="to", description="last day, inclusive")] = None,
-        advertiser_id: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
+        db_session: DbSession,
+        caller: CallerDep,
+        group_by: FromQuery[GroupBy] = "day",
+        date_from: Annotated[
+            date | None, QueryParameter(name="from", description="first day, inclusive")
+        ] = None,
+        date_to: Annotated[date | None, QueryParameter(name="to", description="last day, inclusive")] = None,
+        advertiser_id: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> ReportPage:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from litestar import Request, Response, Router, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
 
 from adserve.admin.auth import Caller, Role, authenticate
@@ -37,7 +37,7 @@ __all__ = ["serving_router"]
 PIXEL_GIF = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
-Token = Annotated[str, Parameter(max_length=512, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")]
+Token = Annotated[str, PathParameter(max_length=512, pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")]
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -84,7 +84,7 @@ def _public_explanations(
 
 
 @post("/v1/decisions", status_code=200, tags=["serving"], security=[{}, {"apiKey": []}])
-async def decide(request: Request, data: DecisionRequest) -> DecisionResponse:
+async def decide(request: Request, data: JSONBody[DecisionRequest]) -> DecisionResponse:
     """Chooses one creative per placement of a page view; `creative: null` when nothing is eligible.
 
     `"explain": true` adds, per placement, the user's own events that made the ad relevant
@@ -102,13 +102,13 @@ async def decide(request: Request, data: DecisionRequest) -> DecisionResponse:
 async def ad_for_tag(
     request: Request,
     placement: Annotated[
-        str, Parameter(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+        str, QueryParameter(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     ],
-    uid: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
-    consent: bool = False,
-    page_category: Annotated[str | None, Parameter(max_length=200, pattern=r"^[^\x00]*$")] = None,
-    device: Literal["desktop", "mobile", "tablet"] | None = None,
-    geo: Annotated[str | None, Parameter(max_length=8, pattern=r"^[A-Za-z-]*$")] = None,
+    uid: Annotated[str, QueryParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+    consent: FromQuery[bool] = False,
+    page_category: Annotated[str | None, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")] = None,
+    device: FromQuery[Literal["desktop", "mobile", "tablet"] | None] = None,
+    geo: Annotated[str | None, QueryParameter(max_length=8, pattern=r"^[A-Za-z-]*$")] = None,
 ) -> PlacementDecision:
     """The same decision for one placement, as a GET (for tags that cannot POST)."""
     body = DecisionRequest(
@@ -145,7 +145,7 @@ async def click(request: Request, token: Token) -> Redirect:
 
 
 @post("/v1/events", status_code=202, tags=["events"], request_max_body_size=EVENT_BATCH_MAX_BYTES)
-async def ingest_events(request: Request, data: EventBatch) -> EventsAccepted:
+async def ingest_events(request: Request, data: JSONBody[EventBatch]) -> EventsAccepted:
     """Stores a batch (≤ 500) of behaviour events; idempotent by event id. The body limit follows
     from the batch maximum (4 KiB an event); a larger body is a 413 that states the limit."""
     ingest: EventIngest = request.app.state.ingest
@@ -155,9 +155,9 @@ async def ingest_events(request: Request, data: EventBatch) -> EventsAccepted:
 @get("/v1/recommendations", tags=["serving"])
 async def recommendations(
     request: Request,
-    user_id: Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
-    k: Annotated[int, Parameter(ge=1, le=100)] = 10,
-    consent: bool = False,
+    user_id: Annotated[str, QueryParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
+    k: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+    consent: FromQuery[bool] = False,
 ) -> Recommendations:
     """Top-k products for the user from the next-item head, excluding what they bought."""
     state = request.app.state
@@ -167,7 +167,7 @@ async def recommendations(
     )
 
 
-UserIdPath = Annotated[str, Parameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
+UserIdPath = Annotated[str, PathParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
 
 
 async def erase(request: Request, user_id: str) -> ErasureResult:
