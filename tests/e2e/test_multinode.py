@@ -242,8 +242,13 @@ async def test_two_nodes_and_a_worker_survive_a_node_kill(fresh_database, tmp_pa
             # only the requests in flight when it died
             assert load.failed["a decisions"] + load.failed["a impressions"] <= CONCURRENCY
             assert load.rerouted > 0
-            # Exactly one leader all along: the worker.
+            # Exactly one leader all along: the worker, which alone ran the jobs.
             assert leaders_seen == {1}, leaders_seen
+            runs = await db.fetch("SELECT job, figures->>'leader' AS leader FROM job_runs")
+            print(
+                f"jobs: {len(runs)} runs ({sorted({r['job'] for r in runs})}), by {sorted({r['leader'] for r in runs})}"
+            )
+            assert runs and {r["leader"] for r in runs} == {leader}
 
             # No logged row lost: every 2xx decision and every recorded impression is stored.
             stored = await db.fetchval(
