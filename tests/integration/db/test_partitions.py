@@ -203,3 +203,25 @@ async def test_bounded_queries_prune_to_the_partitions_of_their_window(fresh_dat
             )
     finally:
         await pool.close()
+
+
+async def test_a_partition_busy_with_a_writer_is_left_to_the_next_run(fresh_database) -> None:
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    pool = await asyncpg.create_pool(**asyncpg_dsn(url), min_size=1, max_size=2)
+    writer = await _connect(url)
+    try:
+        await ensure_partitions(pool, ahead_days=0, now=NOW - timedelta(days=20))
+        expired = f"decisions_p{NOW - timedelta(days=20):%Y%m%d}"
+        # a log writer's open transaction on the table: DETACH must not queue every writer behind it
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute("LOCK TABLE decisions IN ROW EXCLUSIVE MODE")
+        figures = await purge_table(pool, "decisions", 10, now=NOW)
+        assert figures["busy"] == [expired] and figures["dropped"] == []
+        await transaction.rollback()
+        figures = await purge_table(pool, "decisions", 10, now=NOW)
+        assert figures["dropped"] == [expired] and "busy" not in figures
+    finally:
+        await writer.close()
+        await pool.close()
