@@ -3,6 +3,7 @@ valid click: a second one at another time is not stored (impression) or stored i
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -42,3 +43,33 @@ async def test_a_second_valid_click_on_another_day_is_a_duplicate(make_writer, d
         (first[0], True, None),
         (next_day[0], False, "duplicate"),
     ]
+
+
+async def test_concurrent_flushes_store_one_impression_and_one_valid_click_per_decision(make_writer, db):
+    """Two writers (two nodes) each store an impression and a valid click of the same decisions at
+    the same moment, at different times (so different keys): one of each per decision is kept."""
+    campaign = await create_campaign(db, pricing="cpc")
+    first, second = await make_writer(), await make_writer()
+    decisions = [uuid.uuid4() for _ in range(100)]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+
+    def impressions(ts: datetime | None = None) -> list[tuple]:
+        return [impression_row(campaign, 0.0, decision_id=d, **({"ts": ts} if ts else {})) for d in decisions]
+
+    def clicks(ts: datetime | None = None) -> list[tuple]:
+        return [click_row(campaign, d, 0.0, **({"ts": ts} if ts else {})) for d in decisions]
+
+    for _ in range(3):
+        await asyncio.gather(
+            first.write("impressions", impressions()),
+            second.write("impressions", impressions(later)),
+            first.write("clicks", clicks()),
+            second.write("clicks", clicks(later)),
+        )
+    per_decision = await db.fetch(
+        "SELECT d, (SELECT count(*) FROM impressions WHERE decision_id = d) AS impressions, "
+        "(SELECT count(*) FROM clicks WHERE decision_id = d AND valid) AS valid_clicks "
+        "FROM unnest($1::uuid[]) AS d",
+        decisions,
+    )
+    assert {(r["impressions"], r["valid_clicks"]) for r in per_decision} == {(1, 1)}
