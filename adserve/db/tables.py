@@ -292,7 +292,8 @@ class Impression(Base):
 
 
 class Click(Base):
-    """Every click is stored; only one valid click per decision counts (partial unique index).
+    """Every click is stored; only one valid click per decision counts (the log writer demotes a
+    later one; the partial unique index holds it within a ts, the partition key).
     A valid click's `cost` is what was billed, `unbilled` what it was worth beyond the budget."""
 
     __tablename__ = "clicks"
