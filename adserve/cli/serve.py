@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -48,7 +49,9 @@ def serve_http(settings: Settings, host: str, port: int, workers: int) -> None:
     served = served_settings(settings, migrated_url(settings), host, port)
     log_level = settings.log_level.lower()
     if workers == 1:
-        uvicorn.run(create_app(served), host=host, port=port, log_level=log_level, access_log=False)
+        # a factory, so the app (and its logging) is built after uvicorn configured its own
+        app = functools.partial(create_app, served)
+        uvicorn.run(app, factory=True, host=host, port=port, log_level=log_level, access_log=False)
         return
     # Uvicorn starts each worker in a fresh interpreter from an import string: the environment is
     # the only way in, so the two settings resolved here travel there (workers share this database).
