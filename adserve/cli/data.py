@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adserve.cli.common import migrated_url
+from adserve.cli.common import migrated_url, run_with_database
 from adserve.learning.services import import_events
 from adserve.serving.identity import UserKeys
 
@@ -25,8 +24,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import_events(args: argparse.Namespace, settings: Settings) -> int:
-    url = migrated_url(settings)
-    stored = asyncio.run(import_events(url, Path(args.file), UserKeys(settings.secret_key)))
+    path, user_keys = Path(args.file), UserKeys(settings.secret_key)
+    stored = run_with_database(
+        migrated_url(settings), settings, lambda database: import_events(database, path, user_keys)
+    )
     print(f"imported {stored} new behaviour events from {args.file}")
     return 0
 

@@ -15,6 +15,7 @@ from adserve.events.rows import make_row
 from adserve.learning.datasets import load_impressions, load_sequences, store_imported_events
 
 if TYPE_CHECKING:
+    from adserve.db.engine import Database
     from adserve.serving.identity import UserKeys
     from adserve.settings import Settings
 
@@ -37,12 +38,13 @@ class TrainingData:
     until: datetime
 
 
-async def import_events(url: str, path: Path, user_keys: UserKeys) -> int:
+async def import_events(database: Database, path: Path, user_keys: UserKeys) -> int:
     """Loads a historical behaviour file (CSV or Parquet) into user_events under pseudonymous keys.
 
     Imported history counts as consented: the shop exports it for personalisation. Event ids are
     derived from (user, item, time, type), so importing the same file twice stores it once.
     """
+    # imported here: adserve.interest imports torch, which takes seconds
     from adserve.interest.data import read_behaviour_file
 
     def rows():
@@ -62,20 +64,19 @@ async def import_events(url: str, path: Path, user_keys: UserKeys) -> int:
                 query=event.query,
             )
 
-    connection = await asyncpg.connect(**asyncpg_dsn(url))
-    try:
+    async with database.pool.acquire() as connection:
         stored = await store_imported_events(connection, rows())
         await connection.execute(
             "INSERT INTO users (id, consent) SELECT DISTINCT user_id, true FROM user_events "
             "ON CONFLICT (id) DO NOTHING"
         )
-        return stored
-    finally:
-        await connection.close()
+    return stored
 
 
 async def load_training_data(url: str, days: float | None, until: datetime | None = None) -> TrainingData:
-    """Behaviour sequences and point-in-time click examples for a rolling window."""
+    """Behaviour sequences and point-in-time click examples for a rolling window. Takes a URL:
+    the training process (adserve.jobs.retrain) calls it with no other connection open."""
+    # imported here: adserve.interest imports torch, which takes seconds
     from adserve.interest.data import make_click_example
 
     until = until or datetime.now(UTC) + timedelta(seconds=1)
@@ -109,6 +110,7 @@ def train_interest_version(
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Trains on `data` and writes models/interest/<version>/; returns the folder and metrics."""
+    # imported here: torch takes seconds to import
     from adserve.interest.training import TrainConfig, train_interest
 
     config = TrainConfig(seed=seed, progress=progress, **({"max_epochs": max_epochs} if max_epochs else {}))
