@@ -32,6 +32,7 @@ from sqlalchemy import text
 from adserve import metrics
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
 from adserve.admin.dashboard import dashboard_router
+from adserve.admin.privacy import site_privacy_router
 from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
 from adserve.db.migrate import head_revision
 from adserve.errors import ServiceUnavailable, UserError
@@ -44,13 +45,13 @@ from adserve.jobs.runs import latest_finishes
 from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
-from adserve.serving.identity import UserKeys
 from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.rate_limit import STORE, public_rate_limit, purge_expired, retry_after
 from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
-from adserve.serving.tokens import TrackingSigner
+from adserve.signing.identity import UserKeys
+from adserve.signing.tokens import TrackingSigner
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -426,7 +427,14 @@ def create_app(settings: Settings) -> Litestar:
     )
     operations = [health, ready, *([metrics_exposition] if settings.metrics.enabled else [])]
     app = Litestar(
-        route_handlers=[*operations, admin_router, dashboard_router, public, pages_router],
+        route_handlers=[
+            *operations,
+            admin_router,
+            dashboard_router,
+            site_privacy_router,
+            public,
+            pages_router,
+        ],
         middleware=[RequestObservation(settings.log_requests)],
         logging_config=None,  # configure_logging owns the process's logging
         lifespan=[database, serving, jobs, rate_limits],

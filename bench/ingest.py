@@ -32,7 +32,7 @@ import asyncpg
 
 from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn
 from adserve.db.migrate import upgrade
-from adserve.events.rows import columns, make_row
+from adserve.db.rows import columns, make_row
 from adserve.events.writer import POOL_MAX_SIZE, LogWriter
 from adserve.settings import WriterSettings
 

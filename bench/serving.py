@@ -54,7 +54,7 @@ from adserve.admin import schemas
 from adserve.admin.services import AdvertiserService, CampaignService, CreativeService, PlacementService
 from adserve.db.engine import EmbeddedPostgres, asyncpg_dsn, sessionmaker_for, sqlalchemy_url
 from adserve.db.migrate import upgrade
-from adserve.serving.identity import UserKeys
+from adserve.signing.identity import UserKeys
 
 __all__ = ["main"]
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+# Litestar reads a dependency provider's annotations at runtime: `Request` cannot be typing-only.
+from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from sqlalchemy import select, update
@@ -33,7 +35,9 @@ __all__ = [
     "authenticate",
     "generate_key",
     "key_digest",
+    "provide_caller",
     "requires_admin",
+    "requires_site_or_admin",
     "requires_staff",
     "requires_writer",
 ]
@@ -124,3 +128,14 @@ def requires_writer(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 def requires_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if _caller(connection).role is not Role.ADMIN:
         raise PermissionDeniedException("admin role required")
+
+
+def requires_site_or_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard: erasing an end user is for a site's back end or an admin."""
+    if _caller(connection).role not in (Role.SITE, Role.ADMIN):
+        raise PermissionDeniedException("erasure needs a site or admin key")
+
+
+def provide_caller(request: Request) -> Caller:
+    """The dependency ``caller``: the key the middleware authenticated."""
+    return request.user

@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adserve.admin import schemas
 from adserve.admin.analytics import AnalyticsController
 from adserve.admin.audit import AuditController, audited_champion_change
-from adserve.admin.auth import ApiKeyAuthMiddleware, Caller, requires_admin, requires_staff, requires_writer
+from adserve.admin.auth import (
+    ApiKeyAuthMiddleware,
+    provide_caller,
+    requires_admin,
+    requires_staff,
+    requires_writer,
+)
 from adserve.admin.ope import OpeController
 from adserve.admin.operations import JobsController, ReportsController
 from adserve.admin.params import (
@@ -32,6 +38,7 @@ from adserve.admin.params import (
     StatusFilter,
     TextFilter,
 )
+from adserve.admin.privacy import UserController
 from adserve.admin.services import (
     AdminService,
     AdvertiserService,
@@ -41,9 +48,7 @@ from adserve.admin.services import (
     PlacementService,
 )
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
-from adserve.events.erasure import ErasureResult
 from adserve.learning.registry import Registry
-from adserve.serving.controllers import erase
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -56,10 +61,6 @@ OutT = TypeVar("OutT")
 async def provide_db_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessionmaker() as session:
         yield session
-
-
-def provide_caller(request: Request) -> Caller:
-    return request.user
 
 
 def service_provider(service_type: type[AdminService[Any]]) -> Provide:
@@ -444,27 +445,6 @@ class ModelController(Controller):
             db_session, caller, kind, "rollback", lambda registry: registry.rollback(kind, data.reason)
         )
         return model_version_out(row)
-
-
-class UserController(Controller):
-    """Privacy operations on end users, by the site's user id (hashed before use, never stored)."""
-
-    path = "/users"
-    tags = ["privacy"]  # noqa: RUF012
-    guards = [requires_admin]  # noqa: RUF012
-
-    @delete(
-        "/{user_id:str}",
-        status_code=200,
-        summary="Erase an end user",
-        description="Deletes the user's behaviour and unlinks their logged decisions, as the site's erasure call does.",
-    )
-    async def erase_user_as_admin(
-        self,
-        request: Request,
-        user_id: Annotated[str, PathParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")],
-    ) -> ErasureResult:
-        return await erase(request, user_id)
 
 
 BEARER = SecurityScheme(type="http", scheme="bearer", description="adserve API key: adsk_<prefix>_<secret>")

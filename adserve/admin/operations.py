@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from litestar import Controller, Request, get
 from litestar.params import FromQuery, QueryParameter
 from msgspec import Struct
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from adserve.admin.auth import requires_admin
 from adserve.admin.params import MAX_ID, CallerDep, DbSession, Limit, Offset
 from adserve.db.tables import DailyStat, JobRun
 from adserve.errors import InvalidInput, NotFound
 from adserve.jobs.runs import process_identity
-from adserve.jobs.scheduler import APPLICATION_PREFIX, LEADER_LOCK_KEY, job_specs
+from adserve.jobs.scheduler import current_leader, job_specs
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,14 +28,6 @@ __all__ = ["JobsController", "ReportsController"]
 
 JobName = Annotated[str | None, QueryParameter(max_length=64, pattern=r"^[a-z0-9_-]+$")]
 GroupBy = Literal["day", "campaign", "creative", "placement"]
-
-LEADER_SQL = text(
-    """
-    SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = :key
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    """
-)
 
 
 class JobRunOut(Struct, kw_only=True):
@@ -131,7 +123,8 @@ class JobsController(Controller):
         description="Which process leads the scheduler, each job's cadence and last outcome.",
     )
     async def list_jobs(self, request: Request, db_session: DbSession) -> JobsOverview:
-        leader = await db_session.scalar(LEADER_SQL, {"key": LEADER_LOCK_KEY})
+        async with request.app.state.pool.acquire() as connection:
+            leader = await current_leader(connection)
         scheduler = getattr(request.app.state, "jobs", None)
         exact = scheduler.next_run_times() if scheduler is not None and scheduler.is_leader else {}
         since = datetime.now(UTC) - timedelta(days=1)
@@ -168,7 +161,7 @@ class JobsController(Controller):
                 )
             )
         return JobsOverview(
-            leader=leader.removeprefix(APPLICATION_PREFIX) if leader else None,
+            leader=leader,
             this_process=process_identity(),
             jobs=jobs,
         )

@@ -8,7 +8,7 @@ under one base, `AdminService`, that holds the rules every resource shares:
   found (404), so another advertiser's ids reveal nothing. `caller=None` means the system itself
   (CLI, jobs, demo).
 - Every write adds its audit row (adserve/admin/audit.py) in the transaction of the change, and
-  tells serving processes that the catalogue changed (adserve/catalog_channel.py).
+  tells serving processes that the catalogue changed (adserve/db/catalog_channel.py).
 
 The same services serve the HTTP handlers, the CLI and scheduled jobs. A campaign with delivery
 (billed spend or an impression) is archived, not deleted, so the rollups and reports keep its
@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from adserve.admin import schemas
 from adserve.admin.audit import record, snapshot
 from adserve.admin.auth import Caller, Role, generate_key
+from adserve.db.catalog_channel import notify_catalog_changed
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Impression, Placement
 from adserve.errors import Conflict, InvalidInput, NotFound
 
@@ -50,19 +51,12 @@ __all__ = [
     "CampaignService",
     "CreativeService",
     "PlacementService",
-    "notify_catalog_changed",
 ]
 
 ModelT = TypeVar("ModelT", Advertiser, Campaign, Creative, Placement, ApiKey)
 
-CATALOG_CHANNEL = "adserve_catalog"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-async def notify_catalog_changed(session: AsyncSession) -> None:
-    """Serving processes LISTEN on this channel and refresh their snapshot; delivered on commit."""
-    await session.execute(text(f"NOTIFY {CATALOG_CHANNEL}"))
 
 
 class AdminService(SQLAlchemyAsyncRepositoryService[ModelT, SQLAlchemyAsyncRepository[ModelT]]):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from adserve.cli.common import migrated_url, run_with_database
 from adserve.learning.services import import_events
-from adserve.serving.identity import UserKeys
+from adserve.signing.identity import UserKeys
 
 if TYPE_CHECKING:
     import argparse

@@ -30,7 +30,7 @@ Erasure (adserve/events/erasure.py): every statement checks the user's tombstone
 
 from __future__ import annotations
 
-from adserve.events.rows import WRITABLE_TABLES, columns
+from adserve.db.rows import WRITABLE_TABLES, columns
 
 __all__ = ["ERASABLE_TABLES", "INSERT_SQL", "LOCK_SQL", "RETURNS_COUNT", "stage_table"]
 

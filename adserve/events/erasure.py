@@ -26,7 +26,7 @@ from adserve.events.writer import WRITE_BARRIER_KEY
 if TYPE_CHECKING:
     import asyncpg
 
-    from adserve.serving.identity import UserKeys
+    from adserve.signing.identity import UserKeys
 
 __all__ = ["SESSION_KEY_DAYS", "ErasureResult", "erase_user"]
 

@@ -15,15 +15,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from adserve.db.rows import make_row
 from adserve.errors import InvalidInput
-from adserve.events.rows import make_row
-from adserve.serving.schemas import MAX_EVENTS_PER_BATCH, EventBatch, EventsAccepted
+from adserve.events.schemas import MAX_EVENTS_PER_BATCH, EventBatch, EventsAccepted
 from adserve.settings import SettingsError
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from adserve.serving.identity import UserKeys
+    from adserve.signing.identity import UserKeys
 
 __all__ = ["CONVERSION_NAMESPACE", "EventIngest"]
 

@@ -14,20 +14,21 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from adserve.events.rows import make_row
+from adserve.db.rows import make_row
 from adserve.events.writer import REPLAY_LOCK_KEY
-from adserve.serving.tokens import TokenError, TokenKind
+from adserve.signing.tokens import TokenError, TokenKind
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import asyncpg
 
     from adserve.events.invalid_hits import InvalidHitCounter
-    from adserve.serving.catalog import CatalogCache
-    from adserve.serving.tokens import TrackingClaims, TrackingSigner
+    from adserve.signing.tokens import TrackingClaims, TrackingSigner
 
-__all__ = ["BOT_USER_AGENT", "ClickOutcome", "Tracker"]
+__all__ = ["BOT_USER_AGENT", "ClickOutcome", "LiveCatalog", "Tracker"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,24 @@ SELECT EXISTS (SELECT 1 FROM impressions WHERE decision_id = $1) AS impressed,
 LANDING_SQL = "SELECT landing_url FROM creatives WHERE id = $1"
 
 
+class _Creative(Protocol):
+    @property
+    def landing_url(self) -> str: ...
+
+
+class _Snapshot(Protocol):
+    @property
+    def creatives(self) -> Mapping[int, _Creative]: ...
+
+
+class LiveCatalog(Protocol):
+    """What the tracker reads of serving's catalogue cache (adserve/serving/catalog.py): the
+    current snapshot's creatives, for a click's landing URL without a query."""
+
+    @property
+    def catalog(self) -> _Snapshot: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ClickOutcome:
     valid: bool
@@ -63,7 +82,7 @@ class Tracker:
         signer: TrackingSigner,
         writer: Any,
         pool: asyncpg.Pool,
-        catalog: CatalogCache,
+        catalog: LiveCatalog,
         invalid_hits: InvalidHitCounter,
     ) -> None:
         self.signer = signer

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
-from adserve.events.rows import columns
+from adserve.db.rows import columns
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

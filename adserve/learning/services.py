@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from adserve.db.engine import asyncpg_dsn
-from adserve.events.rows import make_row
+from adserve.db.rows import make_row
 from adserve.learning.datasets import load_impressions, load_sequences, store_imported_events
 
 if TYPE_CHECKING:
     from adserve.db.engine import Database
-    from adserve.serving.identity import UserKeys
+    from adserve.signing.identity import UserKeys
     from adserve.settings import Settings
 
 __all__ = [

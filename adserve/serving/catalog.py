@@ -19,7 +19,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from adserve.admin.services import CATALOG_CHANNEL
+from adserve.db.catalog_channel import CATALOG_CHANNEL
 from adserve.domain import Candidate, Pricing
 
 if TYPE_CHECKING:

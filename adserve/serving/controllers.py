@@ -1,32 +1,25 @@
-"""Public endpoints: decisions, the tag's GET variant, tracking pixels and clicks, behaviour events."""
+"""Public endpoints: decisions, the tag's GET variant, tracking pixels and clicks, behaviour events.
+
+A site's erasure of a user (``DELETE /v1/users/{id}``, keyed) is in adserve/admin/privacy.py."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
-from litestar import Request, Response, Router, delete, get, post
-from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
+from litestar import Request, Response, Router, get, post
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
 
 from adserve.admin.auth import Caller, Role, authenticate
-from adserve.events.erasure import ErasureResult, erase_user
 from adserve.events.ingest import EventIngest
+from adserve.events.schemas import EVENT_BATCH_MAX_BYTES, EventBatch, EventsAccepted
 from adserve.events.tracking import Tracker
 from adserve.serving.pipeline import DecisionPipeline
-from adserve.serving.rate_limit import EXEMPT
 from adserve.serving.recommendations import Recommendations, recommend
-from adserve.serving.schemas import (
-    EVENT_BATCH_MAX_BYTES,
-    DecisionRequest,
-    DecisionResponse,
-    EventBatch,
-    EventsAccepted,
-    PageContext,
-    PlacementDecision,
-)
-from adserve.serving.tokens import TokenError
+from adserve.serving.schemas import DecisionRequest, DecisionResponse, PageContext, PlacementDecision
+from adserve.signing.tokens import TokenError
 
 if TYPE_CHECKING:
     from adserve.serving.catalog import Catalog
@@ -167,33 +160,6 @@ async def recommendations(
     )
 
 
-UserIdPath = Annotated[str, PathParameter(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
-
-
-async def erase(request: Request, user_id: str) -> ErasureResult:
-    """Shared by the site's and the admin's erasure endpoints: authenticated, audited."""
-    async with request.app.state.sessionmaker() as session:
-        caller = await authenticate(session, request.headers.get("authorization"))
-    if caller.role not in (Role.SITE, Role.ADMIN):
-        raise PermissionDeniedException("erasure needs a site or admin key")
-    async with request.app.state.pool.acquire() as connection:
-        return await erase_user(
-            connection, request.app.state.pipeline.user_keys, user_id, caller.key_id, caller.role.value
-        )
-
-
-@delete(
-    "/v1/users/{user_id:str}",
-    status_code=200,
-    tags=["privacy"],
-    security=[{"apiKey": []}],
-    opt={EXEMPT: True},  # keyed (a site's back end erasing users in bulk), not a public call
-)
-async def erase_user_for_site(request: Request, user_id: UserIdPath) -> ErasureResult:
-    """Erases a user (site or admin key): behaviour deleted, links in logs removed, audited."""
-    return await erase(request, user_id)
-
-
 serving_router = Router(
     path="/",
     route_handlers=[
@@ -202,7 +168,6 @@ serving_router = Router(
         impression,
         click,
         ingest_events,
-        erase_user_for_site,
         recommendations,
     ],
 )

@@ -19,7 +19,7 @@ import numpy as np
 
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
 from adserve.errors import NotFound
-from adserve.events.rows import make_row
+from adserve.db.rows import make_row
 from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import (
@@ -33,14 +33,14 @@ from adserve.serving.schemas import (
     Reason,
 )
 from adserve.serving.scoring import empirical_attribution
-from adserve.serving.tokens import TokenKind, TrackingClaims
+from adserve.signing.tokens import TokenKind, TrackingClaims
 
 if TYPE_CHECKING:
     import asyncpg
 
     from adserve.serving.catalog import CatalogCache
-    from adserve.serving.identity import UserKeys
-    from adserve.serving.tokens import TrackingSigner
+    from adserve.signing.identity import UserKeys
+    from adserve.signing.tokens import TrackingSigner
 
 __all__ = ["DecisionPipeline", "UserState", "load_user_state"]
 

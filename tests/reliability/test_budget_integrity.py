@@ -31,7 +31,7 @@ from adserve.domain import Pricing
 from adserve.jobs.tasks import rollup_daily_stats
 from adserve.serving.catalog import CampaignState, CreativeEntry
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
-from adserve.serving.tokens import TokenKind, TrackingClaims, TrackingSigner
+from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from adserve.settings import ServingSettings
 from tests.integration.conftest import bearer
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement

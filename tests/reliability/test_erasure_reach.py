@@ -15,7 +15,7 @@ import pytest
 from adserve.db.engine import asyncpg_dsn
 from adserve.events.erasure import erase_user
 from adserve.events.writer import LogWriter
-from adserve.serving.identity import UserKeys
+from adserve.signing.identity import UserKeys
 from adserve.settings import WriterSettings
 from tests.integration.events.rows import (
     UNREACHABLE_URL,

@@ -13,7 +13,7 @@ import pytest
 
 from adserve.domain import Pricing
 from adserve.events.writer import LogWriter
-from adserve.serving.tokens import TokenKind, TrackingClaims
+from adserve.signing.tokens import TokenKind, TrackingClaims
 from adserve.settings import WriterSettings
 from tests.integration.events.rows import UNREACHABLE_URL
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement

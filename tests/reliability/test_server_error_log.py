@@ -12,7 +12,7 @@ async def test_a_500_logs_the_route_not_the_raw_user_id(client, tenants, caplog,
     async def broken(*args, **kwargs):
         raise RuntimeError("erasure failed")
 
-    monkeypatch.setattr("adserve.serving.controllers.erase_user", broken)
+    monkeypatch.setattr("adserve.admin.privacy.erase_user", broken)
     raw_id = f"raw-user-{uuid.uuid4().hex}"
     caplog.set_level("DEBUG")
     response = await client.delete(f"/v1/users/{raw_id}", headers=bearer(tenants.site_key))

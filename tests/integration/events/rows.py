@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from adserve.events.rows import make_row
+from adserve.db.rows import make_row
 
 # Nothing listens on port 9 (discard), so connecting is refused at once.
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/adserve"

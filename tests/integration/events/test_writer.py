@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from adserve.events.rows import columns, make_row
+from adserve.db.rows import columns, make_row
 from adserve.events.writer import RowsRejectedError, SpoolFullError
 from tests.integration.events.rows import (
     UNREACHABLE_URL,

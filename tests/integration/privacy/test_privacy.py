@@ -11,7 +11,7 @@ import pytest
 from adserve.db.engine import asyncpg_dsn
 from adserve.db.tables import Base
 from adserve.learning.services import load_training_data
-from adserve.serving.identity import UserKeys
+from adserve.signing.identity import UserKeys
 from tests.integration.conftest import Tenants, bearer
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide

@@ -10,7 +10,7 @@ import pytest
 
 from adserve.db.engine import asyncpg_dsn
 from adserve.domain import Pricing
-from adserve.serving.tokens import TokenKind, TrackingClaims, TrackingSigner
+from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide
 

@@ -5,8 +5,8 @@ import uuid
 import pytest
 
 from adserve.domain import Pricing
-from adserve.serving.identity import UserKeys
-from adserve.serving.tokens import TokenError, TokenKind, TrackingClaims, TrackingSigner
+from adserve.signing.identity import UserKeys
+from adserve.signing.tokens import TokenError, TokenKind, TrackingClaims, TrackingSigner
 
 SECRET = "k" * 40
 
