@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
 from adserve.db.rows import columns
+from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -16,8 +16,8 @@ from adserve.learning.datasets import load_impressions, load_sequences, store_im
 
 if TYPE_CHECKING:
     from adserve.db.engine import Database
-    from adserve.signing.identity import UserKeys
     from adserve.settings import Settings
+    from adserve.signing.identity import UserKeys
 
 __all__ = [
     "IMPORT_NAMESPACE",

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from adserve.db.rows import make_row
 from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
 from adserve.errors import NotFound
-from adserve.db.rows import make_row
 from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.serving.schemas import (

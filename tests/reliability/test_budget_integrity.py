@@ -31,8 +31,8 @@ from adserve.domain import Pricing
 from adserve.jobs.tasks import rollup_daily_stats
 from adserve.serving.catalog import CampaignState, CreativeEntry
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
-from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from adserve.settings import ServingSettings
+from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from tests.integration.conftest import bearer
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide

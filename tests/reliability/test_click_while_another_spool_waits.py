@@ -19,8 +19,8 @@ from adserve.db.engine import asyncpg_dsn
 from adserve.domain import Pricing
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
-from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from adserve.settings import WriterSettings
+from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
 from tests.integration.events.rows import UNREACHABLE_URL, create_campaign, impression_row
 from tests.integration.serving.test_tracking import BROWSER
 

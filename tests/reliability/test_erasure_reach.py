@@ -15,8 +15,8 @@ import pytest
 from adserve.db.engine import asyncpg_dsn
 from adserve.events.erasure import erase_user
 from adserve.events.writer import LogWriter
-from adserve.signing.identity import UserKeys
 from adserve.settings import WriterSettings
+from adserve.signing.identity import UserKeys
 from tests.integration.events.rows import (
     UNREACHABLE_URL,
     click_row,

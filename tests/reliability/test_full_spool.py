@@ -13,8 +13,8 @@ import pytest
 
 from adserve.domain import Pricing
 from adserve.events.writer import LogWriter
-from adserve.signing.tokens import TokenKind, TrackingClaims
 from adserve.settings import WriterSettings
+from adserve.signing.tokens import TokenKind, TrackingClaims
 from tests.integration.events.rows import UNREACHABLE_URL
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_tracking import BROWSER, path_of
