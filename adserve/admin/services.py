@@ -97,7 +97,7 @@ class AdminService(SQLAlchemyAsyncRepositoryService[ModelT, SQLAlchemyAsyncRepos
         self, filters: list[ColumnElement[bool]], limit: int, offset: int
     ) -> tuple[Sequence[ModelT], int]:
         """One page of the visible rows matching `filters`, by id, and how many match in all."""
-        return await self.list_and_count(
+        return await self.get_many_and_count(
             LimitOffset(limit=limit, offset=offset), *filters, order_by=[(self.model_type.id, False)]
         )
 
