@@ -11,8 +11,11 @@
   category (the decision's logged context), scoped to the caller's advertiser for manager and
   viewer keys (impressions → campaigns.advertiser_id).
 - ``/analytics/daily``: impressions, valid clicks, CTR, billed spend and unbilled deliveries per UTC
-  day, scoped the same way;
-  the dashboard uses it for days the hourly rollup behind ``/reports`` has not reached yet.
+  day, scoped the same way; the dashboard uses it for days the hourly rollup behind ``/reports``
+  has not reached yet.
+
+One module (a little over 450 lines) because the four endpoints share their scoping, window and
+SQL helpers; each endpoint is a short handler over one statement.
 """
 
 from __future__ import annotations

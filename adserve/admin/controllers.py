@@ -10,14 +10,14 @@ from litestar import Controller, Request, Router, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 
 # Litestar reads handler annotations at runtime, so these imports cannot be typing-only.
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adserve.admin import schemas
 from adserve.admin.analytics import AnalyticsController
-from adserve.admin.audit import AuditController, audited_champion_change
+from adserve.admin.audit import AuditController
 from adserve.admin.auth import (
     ApiKeyAuthMiddleware,
     provide_caller,
@@ -25,6 +25,7 @@ from adserve.admin.auth import (
     requires_staff,
     requires_writer,
 )
+from adserve.admin.model_registry import ModelController
 from adserve.admin.ope import OpeController
 from adserve.admin.operations import JobsController, ReportsController
 from adserve.admin.params import (
@@ -48,7 +49,6 @@ from adserve.admin.services import (
     PlacementService,
 )
 from adserve.db.tables import Advertiser, ApiKey, Campaign, Creative, Placement
-from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -89,7 +89,6 @@ advertiser_out = _converter(schemas.AdvertiserOut)
 creative_out = _converter(schemas.CreativeOut)
 placement_out = _converter(schemas.PlacementOut)
 api_key_out = _converter(schemas.ApiKeyOut)
-model_version_out = _converter(schemas.ModelVersionOut)
 
 
 def campaign_out(row: Campaign) -> schemas.CampaignOut:
@@ -389,62 +388,6 @@ class ApiKeyController(Controller):
         self, api_keys: NamedDependency[ApiKeyService], item_id: ItemId
     ) -> schemas.ApiKeyOut:
         return api_key_out(await api_keys.revoke(item_id))
-
-
-ModelKind = Annotated[Literal["interest", "bandit"], PathParameter()]
-Version = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-
-
-class ModelController(Controller):
-    """The model registry: which interest model and bandit policy serve; promote and roll back."""
-
-    path = "/models"
-    tags = ["models"]  # noqa: RUF012
-    guards = [requires_admin]  # noqa: RUF012
-
-    @get(summary="List model versions", description="Interest models and bandit policies, newest first.")
-    async def list_models(
-        self,
-        db_session: DbSession,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        kind: FromQuery[Literal["interest", "bandit"] | None] = None,
-    ) -> schemas.ModelVersionPage:
-        rows = await Registry(db_session).list(kind, limit, offset)
-        return schemas.ModelVersionPage(items=_all(rows, model_version_out), limit=limit, offset=offset)
-
-    @post(
-        "/{kind:str}/{version:str}/promote",
-        status_code=200,
-        summary="Promote a model version",
-        description="Makes the version champion; serving processes swap to it without dropping requests.",
-    )
-    async def promote_model(
-        self,
-        db_session: DbSession,
-        caller: CallerDep,
-        kind: ModelKind,
-        version: Version,
-        data: JSONBody[schemas.ModelChange],
-    ) -> schemas.ModelVersionOut:
-        row = await audited_champion_change(
-            db_session, caller, kind, "promote", lambda registry: registry.promote(kind, version, data.reason)
-        )
-        return model_version_out(row)
-
-    @post(
-        "/{kind:str}/rollback",
-        status_code=200,
-        summary="Roll back a model",
-        description="The previous champion of this kind serves again.",
-    )
-    async def rollback_model(
-        self, db_session: DbSession, caller: CallerDep, kind: ModelKind, data: JSONBody[schemas.ModelChange]
-    ) -> schemas.ModelVersionOut:
-        row = await audited_champion_change(
-            db_session, caller, kind, "rollback", lambda registry: registry.rollback(kind, data.reason)
-        )
-        return model_version_out(row)
 
 
 BEARER = SecurityScheme(type="http", scheme="bearer", description="adserve API key: adsk_<prefix>_<secret>")
