@@ -39,6 +39,7 @@ from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType
 from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from adserve.interest.data import click_inputs, encode_history, request_gaps, stack_histories
 from adserve.interest.fusion import MIN_AFFINITY, behaviour_features
+from adserve.interest.inference import ClickKernel, UserView
 from adserve.interest.network import InterestModel
 
 __all__ = [
@@ -89,6 +90,7 @@ class _Encoding:
     padding: torch.Tensor  # (L,) bool
     ts: np.ndarray  # (n,) timestamps of the encoded events
     next_item_logp: np.ndarray | None = None  # (V,) log P(next item), computed on first use
+    view: UserView | None = None  # the decision-time summary (numpy scoring), built on first use
 
 
 class InterestScorer:
@@ -123,11 +125,18 @@ class InterestScorer:
         self._lock = threading.Lock()
         self._product_rows: dict[tuple[str, ...], np.ndarray] = {}
         self.creative_priors: dict[int, float] = self.fusion.creative_priors if self.fusion else {}
+        # numpy decision-time scoring on CPU (inference.py); int8 and CUDA keep the torch path
+        self._kernel = (
+            ClickKernel(self._fp32, self.config, self.vocab.index)
+            if precision == "fp32" and self.device.type == "cpu" and self.fusion is not None
+            else None
+        )
         self.set_item_categories(self.fusion.item_categories if self.fusion else {})
         with torch.inference_mode():
             prior = self._fp32.next_item.bias.detach().float().clone()
             prior[0] = float("-inf")
             self._prior_logp = torch.log_softmax(prior, dim=-1).cpu().numpy()
+        self._prior_logp_padded = np.append(self._prior_logp, -np.inf).astype(np.float64)
 
     @property
     def scores_ads(self) -> bool:
@@ -238,6 +247,8 @@ class InterestScorer:
             if row is not None:
                 rows.setdefault(category, []).append(row)
         self._category_rows = {c: np.array(r, dtype=np.int64) for c, r in rows.items()}
+        if self._kernel is not None:
+            self._kernel.clear()
 
     @staticmethod
     def _log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
@@ -296,8 +307,43 @@ class InterestScorer:
             )
         return rows
 
+    def user_view(self, context: DecisionContext) -> UserView | None:
+        """The user's decision-time summary, cached with their encoding; None without history."""
+        encoding = self.encoding(context)
+        if encoding is None:
+            return None
+        if encoding.view is None:
+            logp = self._next_item_logp(context)
+            encoded = encoding.encoded.detach().float().cpu().numpy()
+            encoding.view = UserView.build(context.history, encoded, encoding.ts, logp)
+        return encoding.view
+
+    def fusion_features(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N, F) fusion rows by the numpy kernel: the same features as click_features_many."""
+        kernel = self._kernel
+        assert kernel is not None
+        block = kernel.block(candidates, context, self._category_rows, self.creative_priors)
+        user = self.user_view(context)
+        n = len(candidates)
+        click = kernel.logits(block, user, context) if self.click_trained else np.zeros(n)
+        return np.column_stack(
+            [
+                np.ones(n),
+                click,
+                kernel.affinities(block, user, self._prior_logp_padded),
+                kernel.behaviour(block, user, context.now),
+                block.priors,
+            ]
+        )
+
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
-        """Calibrated P(click) for several requests in one forward pass (micro-batching)."""
+        """Calibrated P(click) for several requests (one forward pass on the torch path)."""
+        if self._kernel is not None and self.fusion is not None:
+            fusion = self.fusion
+            return [
+                fusion(self.fusion_features(context, candidates)) if candidates else np.zeros(0)
+                for context, candidates in requests
+            ]
         if self.fusion is None:
             return [self.calibration(logits) for logits in self.click_logits_many(requests)]
         return [self.fusion(rows) for rows in self.click_features_many(requests)]

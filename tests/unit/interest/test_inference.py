@@ -1,0 +1,60 @@
+"""The numpy decision-time path (inference.py) computes the torch network's features exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from adserve.domain import BehaviourEvent, DecisionContext, EventType
+from adserve.interest.scorer import InterestScorer
+
+
+def _contexts(tiny_world) -> list[DecisionContext]:
+    sequences, _, _ = tiny_world
+    users = sorted(sequences)[:12]
+    contexts = [
+        DecisionContext(
+            placement=f"slot-{i % 3}",
+            now=sequences[user][-1].ts + 30 + 4_000 * i,
+            device=("mobile", "desktop", None)[i % 3],
+            geo="FR" if i % 2 else None,
+            hour=i % 24,
+            page_category="shoes" if i % 4 == 0 else None,
+            keywords=("sale", "Running") if i % 5 == 0 else (),
+            user_key=user if i % 2 else None,  # uncached encodings too
+            history=tuple(sequences[user]),
+        )
+        for i, user in enumerate(users)
+    ]
+    purchase = BehaviourEvent(EventType.PURCHASE, contexts[0].now - 10, item_id="unknown-item", category="x")
+    contexts.append(dataclasses.replace(contexts[0], history=(*contexts[0].history, purchase)))
+    contexts.append(DecisionContext(placement="slot-0", now=1e9, device="mobile"))  # no history
+    return contexts
+
+
+def test_numpy_features_equal_the_torch_networks(tiny_checkpoint, tiny_world) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    assert scorer._kernel is not None and scorer.click_trained
+    unknown = dataclasses.replace(creatives[0], creative_id=10_000, product_ids=("not-in-vocab",), brand=None)
+    candidate_lists = [creatives, creatives[3:7], [unknown, *creatives[:2]]]
+    for context in _contexts(tiny_world):
+        for candidates in candidate_lists:
+            fast = scorer.fusion_features(context, candidates)
+            (reference,) = scorer.click_features_many([(context, candidates)])
+            assert fast.shape == reference.shape
+            np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-4)
+            assert np.unique(fast[:, 1]).size > 1  # the click logit varies: the test can fail
+
+
+def test_served_scores_use_the_numpy_path_and_its_caches(tiny_checkpoint, tiny_world) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    context = _contexts(tiny_world)[1]
+    first = scorer.score(context, creatives)
+    assert scorer.encoding(context).view is not None  # the user's summary is kept with the encoding
+    np.testing.assert_allclose(scorer.score(context, creatives), first)
+    np.testing.assert_allclose(
+        first, scorer.fusion(scorer.click_features_many([(context, creatives)])[0]), atol=1e-5
+    )
