@@ -36,7 +36,7 @@ from adserve.interest.fusion import (
     PURCHASE_TAU_S,
     RECENT_TAU_S,
 )
-from adserve.interest.network import gap_bucket_array
+from adserve.interest.network import N_GAP_BUCKETS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,6 +52,11 @@ BLOCK_CACHE = 256
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().cpu().numpy().astype(np.float32, copy=True)
+
+
+def _transposed(weight: torch.Tensor) -> np.ndarray:
+    """A Linear's (out, in) weight as a C-ordered (in, out) matrix: x @ W^T without a copy."""
+    return np.ascontiguousarray(_numpy(weight).T)
 
 
 def _log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
@@ -80,6 +85,10 @@ class UserView:
     product_recent: dict[str, float]
     purchased: dict[str, float]
     category_mass: dict[str | None, float] = field(default_factory=dict)
+    # the last candidate list scored for this user: (block, affinities, undecayed behaviour sums)
+    pair: tuple[CandidateBlock, np.ndarray, np.ndarray] | None = None
+    # attention keys and values for the last request-gap buckets seen: (buckets, keys, values)
+    memory: tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None = None  # + the last event
 
     @classmethod
     def build(
@@ -150,9 +159,14 @@ class CandidateBlock:
             (np.array(members), np.unique(product_rows[members][product_rows[members] != padding_row]))
             for members in brands.values()
         ]
-        flat = [(i, p) for i, c in enumerate(candidates) for p in c.product_ids]
-        self.product_owner = np.array([i for i, _ in flat], dtype=np.int64)
-        self.product_ids = [p for _, p in flat]
+        self.unique_categories = sorted(set(self.categories), key=lambda c: (c is None, c or ""))
+        position = {c: i for i, c in enumerate(self.unique_categories)}
+        self.category_index = np.array([position[c] for c in self.categories], dtype=np.int64)
+        owners: dict[str, list[int]] = defaultdict(list)
+        for i, candidate in enumerate(candidates):
+            for product in candidate.product_ids:
+                owners[product].append(i)
+        self.product_owners = {product: np.array(rows) for product, rows in owners.items()}
         self.size = n
 
 
@@ -173,27 +187,27 @@ class ClickKernel:
         self.no_history = _numpy(head.no_history)
         attention = head.attention
         self.scale = np.float32(attention.scale)
-        self.wq, self.bq = _numpy(attention.query.weight).T, _numpy(attention.query.bias)
-        self.wk, self.bk = _numpy(attention.key.weight).T, _numpy(attention.key.bias)
-        self.wv, self.bv = _numpy(attention.value.weight).T, _numpy(attention.value.bias)
+        # numpy's matmul takes BLAS only for contiguous operands: every weight is stored C-ordered
+        self.wq, self.bq = _transposed(attention.query.weight), _numpy(attention.query.bias)
+        self.wk, self.bk = _transposed(attention.key.weight), _numpy(attention.key.bias)
+        self.wv, self.bv = _transposed(attention.value.weight), _numpy(attention.value.bias)
         self.null = _numpy(attention.null).reshape(-1)
         linears = [layer for layer in head.mlp if isinstance(layer, torch.nn.Linear)]
-        first = _numpy(linears[0].weight).T  # (5D, H1) over [creative, context, attended, last, c*a]
+        first = _transposed(linears[0].weight)  # (5D, H1) over [creative, context, attended, last, c*a]
         d = self.hidden
         self.w_creative, self.w_context, self.w_attended, self.w_last, self.w_product = (
-            first[i * d : (i + 1) * d] for i in range(5)
+            np.ascontiguousarray(first[i * d : (i + 1) * d]) for i in range(5)
         )
         self.b_first = _numpy(linears[0].bias)
-        self.rest = [(_numpy(layer.weight).T, _numpy(layer.bias)) for layer in linears[1:]]
+        self.rest = [(_transposed(layer.weight), _numpy(layer.bias)) for layer in linears[1:]]
         self._contexts: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._blocks: OrderedDict[tuple[int, ...], CandidateBlock] = OrderedDict()
         self._lock = threading.Lock()  # the caches are shared by the scoring threads
 
     # --- cached parts -----------------------------------------------------------------------------
 
-    def context_vector(self, context: DecisionContext) -> np.ndarray:
-        """(H1,) the context's share of the MLP's first layer."""
-        key = (
+    def _context_key(self, context: DecisionContext) -> tuple:
+        return (
             context.placement,
             context.device,
             context.geo,
@@ -202,6 +216,16 @@ class ClickKernel:
             context.page_category,
             tuple(k.lower() for k in context.keywords[: self._config.max_keywords]),
         )
+
+    def has_context(self, context: DecisionContext) -> bool:
+        return self._context_key(context) in self._contexts
+
+    def has_block(self, candidates: Sequence[Candidate]) -> bool:
+        return tuple(map(id, candidates)) in self._blocks
+
+    def context_vector(self, context: DecisionContext) -> np.ndarray:
+        """(H1,) the context's share of the MLP's first layer."""
+        key = self._context_key(context)
         with self._lock:
             vector = self._contexts.get(key)
         if vector is None:
@@ -270,11 +294,7 @@ class ClickKernel:
             values = (self.null @ self.wv + self.bv)[None]
             last = self.no_history
         else:
-            events = user.encoded + self.request_gap[gap_bucket_array(context.now - user.ts)]
-            memory = np.concatenate([self.null[None], events])
-            keys = memory @ self.wk + self.bk
-            values = memory @ self.wv + self.bv
-            last = events[-1]
+            keys, values, last = self._memory(user, context.now)
         scores = block.query @ keys.T  # (N, L + 1)
         scores -= scores.max(axis=1, keepdims=True)
         weights = np.exp(scores)
@@ -293,6 +313,34 @@ class ClickKernel:
                 np.maximum(hidden, 0.0, out=hidden)
         return hidden[:, 0].astype(np.float64)
 
+    def _memory(self, user: UserView, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Attention keys and values over [null, events] and the last event's vector. The time
+        from each event to the request enters in log2 buckets, which move rarely: the projections
+        are kept until one does."""
+        seconds = np.maximum(now - user.ts, 0.0)
+        buckets = 2 + np.minimum(N_GAP_BUCKETS - 3, np.floor(np.log2(1.0 + seconds))).astype(np.int64)
+        tag = buckets.tobytes()
+        memo = user.memory
+        if memo is None or memo[0] != tag:
+            events = user.encoded + self.request_gap[buckets]
+            memory = np.concatenate([self.null[None], events])
+            memo = (tag, memory @ self.wk + self.bk, memory @ self.wv + self.bv, events[-1])
+            user.memory = memo
+        return memo[1], memo[2], memo[3]
+
+    def pair_features(
+        self, block: CandidateBlock, user: UserView | None, prior_logp: np.ndarray, now: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) affinities and (N, 4) behaviour features; what depends only on the user and the
+        candidate list is kept on the user's view for their next request."""
+        if user is None:
+            return self.affinities(block, None, prior_logp), np.zeros((block.size, 4))
+        pair = user.pair
+        if pair is None or pair[0] is not block:
+            pair = (block, self.affinities(block, user, prior_logp), self._behaviour_sums(block, user))
+            user.pair = pair
+        return pair[1], self._decayed(pair[2], user, now)
+
     def affinities(self, block: CandidateBlock, user: UserView | None, prior_logp: np.ndarray) -> np.ndarray:
         """(N, 3) product, category and brand affinity (see fusion.FEATURES); `prior_logp` is the
         item prior with the -inf padding row appended (users without history)."""
@@ -305,37 +353,45 @@ class ClickKernel:
             mass = top[finite] + np.log(np.exp(values[finite] - top[finite, None]).sum(axis=1))
             out[finite, 0] = np.maximum(mass, MIN_AFFINITY)
         masses = user.category_mass if user is not None else {}
-        for category in set(block.categories):
+        for category in block.unique_categories:
             if category not in masses:
                 rows = block.category_rows.get(category) if category else None
                 masses[category] = _log_mass(logp, rows) if rows is not None else MIN_AFFINITY
-        out[:, 1] = [masses[c] for c in block.categories]
+        out[:, 1] = np.array([masses[c] for c in block.unique_categories])[block.category_index]
         for members, rows in block.brand_groups:
             out[members, 2] = _log_mass(logp, rows)
         return out
 
     @staticmethod
-    def behaviour(block: CandidateBlock, user: UserView | None, now: float) -> np.ndarray:
-        """(N, 4) category_recent, category_share, product_recent, purchased_recent."""
+    def _behaviour_sums(block: CandidateBlock, user: UserView) -> np.ndarray:
+        """(N, 4) the behaviour sums as of the user's newest event: decayed category and product
+        views, category share, decayed purchases (before the request's decay and saturation)."""
         out = np.zeros((block.size, 4))
-        if user is None or not user.length:
+        if not user.length:
             return out
+        unique = block.unique_categories
+        out[:, 0] = np.array([user.category_recent.get(c, 0.0) if c else 0.0 for c in unique])[
+            block.category_index
+        ]
+        out[:, 1] = np.array([user.category_count.get(c, 0) / user.length if c else 0.0 for c in unique])[
+            block.category_index
+        ]
+        for column, sums in ((2, user.product_recent), (3, user.purchased)):
+            for product, value in sums.items():  # the user's few products, not every candidate's
+                owners = block.product_owners.get(product)
+                if owners is not None:
+                    np.add.at(out[:, column], owners, value)  # a product listed twice counts twice
+        return out
+
+    @staticmethod
+    def _decayed(sums: np.ndarray, user: UserView, now: float) -> np.ndarray:
+        """category_recent, category_share, product_recent, purchased_recent at `now`."""
         age = max(now - user.reference, 0.0)
         recent_decay = math.exp(-age / RECENT_TAU_S)
-        purchase_decay = math.exp(-age / PURCHASE_TAU_S)
-        recent = user.category_recent
-        count = user.category_count
-        out[:, 0] = [recent.get(c, 0.0) if c else 0.0 for c in block.categories]
-        out[:, 0] *= recent_decay
-        out[:, 1] = [count.get(c, 0) / user.length if c else 0.0 for c in block.categories]
-        if block.product_ids:
-            viewed = np.array([user.product_recent.get(p, 0.0) for p in block.product_ids])
-            bought = np.array([user.purchased.get(p, 0.0) for p in block.product_ids])
-            out[:, 2] = np.bincount(block.product_owner, viewed, block.size) * recent_decay
-            out[:, 3] = np.bincount(block.product_owner, bought, block.size) * purchase_decay
-        out[:, 0] = 1.0 - np.exp(-out[:, 0])
-        out[:, 2] = 1.0 - np.exp(-out[:, 2])
-        out[:, 3] = 1.0 - np.exp(-out[:, 3])
+        out = sums.copy()
+        out[:, 0] = 1.0 - np.exp(-sums[:, 0] * recent_decay)
+        out[:, 2] = 1.0 - np.exp(-sums[:, 2] * recent_decay)
+        out[:, 3] = 1.0 - np.exp(-sums[:, 3] * math.exp(-age / PURCHASE_TAU_S))
         return out
 
 

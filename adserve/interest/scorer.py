@@ -152,6 +152,11 @@ class InterestScorer:
             encoded = self.model.encoder(events)[0]
         return _Encoding(encoded, events.padding[0], encoded_history.ts)
 
+    @staticmethod
+    def _cache_key(context: DecisionContext) -> tuple[str, int, float]:
+        history = context.history
+        return (context.user_key or "", len(history), history[-1].ts)
+
     def encoding(self, context: DecisionContext) -> _Encoding | None:
         """The user's cached encoding, computed on a miss; None without history (or consent)."""
         history = context.history
@@ -159,7 +164,7 @@ class InterestScorer:
             return None
         if context.user_key is None:
             return self._encode(history)
-        key = (context.user_key, len(history), history[-1].ts)
+        key = self._cache_key(context)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -307,6 +312,21 @@ class InterestScorer:
             )
         return rows
 
+    def prepared(self, context: DecisionContext, candidates: Sequence[Candidate]) -> bool:
+        """Whether scoring these candidates for this user is numpy work on cached state only (no
+        encoder pass, no creative tower pass); the pipeline scores in a worker thread otherwise."""
+        kernel = self._kernel
+        if kernel is None or self.fusion is None:
+            return False
+        if context.history:
+            if context.user_key is None:
+                return False  # not cached without consent: encoded on every request
+            with self._lock:
+                encoding = self._cache.get(self._cache_key(context))
+            if encoding is None or encoding.view is None:
+                return False
+        return kernel.has_block(candidates) and kernel.has_context(context)
+
     def user_view(self, context: DecisionContext) -> UserView | None:
         """The user's decision-time summary, cached with their encoding; None without history."""
         encoding = self.encoding(context)
@@ -326,15 +346,8 @@ class InterestScorer:
         user = self.user_view(context)
         n = len(candidates)
         click = kernel.logits(block, user, context) if self.click_trained else np.zeros(n)
-        return np.column_stack(
-            [
-                np.ones(n),
-                click,
-                kernel.affinities(block, user, self._prior_logp_padded),
-                kernel.behaviour(block, user, context.now),
-                block.priors,
-            ]
-        )
+        affinities, behaviour = kernel.pair_features(block, user, self._prior_logp_padded, context.now)
+        return np.column_stack([np.ones(n), click, affinities, behaviour, block.priors])
 
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
         """Calibrated P(click) for several requests (one forward pass on the torch path)."""
@@ -479,6 +492,9 @@ class InterestScorerHolder:
     def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
         return self.current.score(context, candidates)
 
+    def prepared(self, context: DecisionContext, candidates: Sequence[Candidate]) -> bool:
+        return self.current.prepared(context, candidates)
+
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
         return self.current.score_many(requests)
 
@@ -541,6 +557,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            while len(batch) < self.max_requests and not self._queue.empty():
+                batch.append(self._queue.get_nowait())  # everything already waiting joins
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_requests:
                 remaining = deadline - loop.time()

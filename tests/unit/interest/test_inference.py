@@ -58,3 +58,19 @@ def test_served_scores_use_the_numpy_path_and_its_caches(tiny_checkpoint, tiny_w
     np.testing.assert_allclose(
         first, scorer.fusion(scorer.click_features_many([(context, creatives)])[0]), atol=1e-5
     )
+
+
+def test_a_later_request_of_the_same_user_reuses_cached_parts_exactly(tiny_checkpoint, tiny_world) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    context = _contexts(tiny_world)[1]
+    scorer.fusion_features(context, creatives)
+    view = scorer.user_view(context)
+    cached = view.pair
+    for later in (10.0, 2_000.0, 90_000.0):  # gap buckets move; the decay moves
+        moved = dataclasses.replace(context, now=context.now + later)
+        fast = scorer.fusion_features(moved, creatives)
+        assert view.pair is cached
+        np.testing.assert_allclose(
+            fast, scorer.click_features_many([(moved, creatives)])[0], rtol=1e-4, atol=1e-4
+        )
