@@ -50,6 +50,7 @@ from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.rate_limit import STORE, public_rate_limit, purge_expired, retry_after
 from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
+from adserve.serving.user_state import UserStateCache
 from adserve.signing.identity import UserKeys
 from adserve.signing.tokens import TrackingSigner
 
@@ -351,19 +352,26 @@ def create_app(settings: Settings) -> Litestar:
         counts_task = asyncio.create_task(_refresh_counts(pool, scorer, COUNTS_REFRESH_S))
         user_keys = UserKeys(settings.secret_key)
         signer = TrackingSigner(settings.secret_key, settings.serving.token_ttl_s)
+        user_states = UserStateCache(
+            pool,
+            settings.serving.history_length,
+            max_users=settings.serving.user_state_cache_size,
+            max_age_s=settings.serving.user_state_max_age_s,
+        )
+        await user_states.start()
         app.state.catalog = catalog
         app.state.writer = writer
         app.state.pool = pool
+        app.state.user_states = user_states
         app.state.pipeline = DecisionPipeline(
             catalog=catalog,
             scorer=scorer,
             policy=build_policy(settings),
-            pool=pool,
+            user_states=user_states,
             writer=writer,
             signer=signer,
             user_keys=user_keys,
             public_url=settings.server.public_url,
-            history_length=settings.serving.history_length,
         )
         watcher = ModelWatcher(pool, app.state.pipeline, scorer, settings)
         await watcher.start()
@@ -387,6 +395,8 @@ def create_app(settings: Settings) -> Litestar:
             counts_task.cancel()
             await invalid_hits.close()
             await watcher.close()
+            await app.state.pipeline.close()
+            await user_states.close()
             await catalog.close()
             await writer.close()
             await pool.close()

@@ -49,6 +49,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import msgspec
+from serving_models import ServingModels, serving_status, warm_models
 
 from adserve.admin import schemas
 from adserve.admin.services import AdvertiserService, CampaignService, CreativeService, PlacementService
@@ -485,6 +486,10 @@ class Report:
     latency: RateResult
     plain_latency: RateResult
     loadavg: tuple[float, float, float]
+    models: ServingModels | None
+    serving: dict
+    workers: int
+    section: str
 
     @property
     def plain_rps(self) -> float:
@@ -519,8 +524,23 @@ class Report:
         total_requests = sum(p.requests + d.requests for p, d in self.rounds)
         total_errors = sum(p.errors + d.errors + p.missing + d.missing for p, d in self.rounds)
         verdict = "met" if self.ratio >= 0.25 else "NOT met"
+        scorer, policy = self.serving["scorer"], self.serving["policy"]
+        if self.models:
+            trained = (
+                f"Before measuring, the benchmark logged {self.models.decisions:,} decisions with their "
+                f"impressions and {self.models.clicks:,} clicks through the server, ran `adserve train "
+                f"--promote` ({self.models.train_s:.0f} s) and `adserve learn` ({self.models.learn_s:.0f} s), "
+                "and waited for the server to hot-swap both. "
+            )
+        else:
+            trained = "No model was trained: the cold start serves. "
+        served = (
+            f"{trained}Serving during the run (`/ready`): scorer `{scorer['kind']}` version "
+            f"`{scorer['version']}`, policy `{policy['kind']}` version `{policy['version']}` "
+            f"({policy.get('examples_learned') or 0:,} examples learned)."
+        )
         lines = [
-            "### Decisions",
+            f"### {self.section}",
             "",
             f"Machine: {self.machine}; {self.date}. {self.postgres}, {self.database}. Client (wrk and",
             "the open-loop asyncio client), both servers and Postgres share the same 2 cores, which other",
@@ -533,9 +553,11 @@ class Report:
             "half CPM, generous budgets; 5 campaigns carry a 1000/day frequency cap that never binds, so",
             f"the served-campaigns query runs); {self.users:,} consented users with {EVENTS_PER_USER} behaviour",
             f"events each ({self.events:,} rows in user_events), user id rotated per request. `adserve serve`",
-            "(`ADSERVE_ENV=prod`, 1 worker, empirical-CTR scorer, epsilon-greedy 0.1, decisions logged by",
-            "the COPY writer) and `bench/plain_app.py` (one `POST /plain` decoding the same JSON body) run",
-            "under the same uvicorn settings (uvloop, httptools, access log off).",
+            f"(`ADSERVE_ENV=prod`, default configuration, {self.workers} worker(s)) and `bench/plain_app.py`",
+            "(one `POST /plain` decoding the same JSON body, 1 worker) run under the same uvicorn",
+            "settings (uvloop, httptools, access log off).",
+            "",
+            served,
             "",
             "| measure | `/plain` | `/v1/decisions` | ratio |",
             "|---|---|---|---|",
@@ -566,8 +588,8 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces (or creates) "### Decisions" under "## Serving path"; keeps every other sub-section."""
+def write_section(path: Path, section: str, title: str) -> None:
+    """Replaces (or creates) "### <title>" under "## Serving path"; keeps every other sub-section."""
     text = path.read_text()
     match = re.search(r"^## Serving path\n", text, flags=re.M)
     if match is None:
@@ -578,7 +600,7 @@ def write_section(path: Path, section: str) -> None:
     next_section = re.search(r"^## ", text[body_start:], flags=re.M)
     body_end = body_start + next_section.start() if next_section else len(text)
     body = text[body_start:body_end]
-    existing = re.search(r"^### Decisions\n", body, flags=re.M)
+    existing = re.search(rf"^### {re.escape(title)}\n", body, flags=re.M)
     if existing:
         after = re.search(r"^### ", body[existing.end() :], flags=re.M)
         end = existing.end() + after.start() if after else len(body)
@@ -630,7 +652,11 @@ async def bench(args: argparse.Namespace) -> Report:
             **dict(item.split("=", 1) for item in args.server_env),
         }
         adserve_argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        servers.append(start_server("adserve", [*adserve_argv, "--workers", "1"], env, port, "/ready", work))
+        servers.append(
+            start_server(
+                "adserve", [*adserve_argv, "--workers", str(args.workers)], env, port, "/ready", work
+            )
+        )
         servers.append(
             start_server(
                 "plain",
@@ -644,6 +670,11 @@ async def bench(args: argparse.Namespace) -> Report:
         probe = probe_request(port, "/v1/decisions")
         if probe.status_code != 200 or probe.json()["decisions"][0]["creative"] is None:
             raise RuntimeError(f"decision probe failed: {probe.status_code} {probe.text[:500]}")
+        models = None
+        if args.train_decisions:
+            models = await warm_models(
+                port, env, ROOT, args.users, args.train_decisions, request_body, CATEGORIES
+            )
         print(
             f"servers up: adserve pid {servers[0].process.pid}, plain pid {servers[1].process.pid}",
             flush=True,
@@ -683,6 +714,7 @@ async def bench(args: argparse.Namespace) -> Report:
             profile_decisions(
                 endpoints["decisions"][3], args.profile, lambda: load("decisions", args.profile + 2)
             )
+        serving = await serving_status(port)
         plain_latency = await open_loop(
             plain_port, "/plain", args.users, b'"ok":true', args.rate, args.latency_duration
         )
@@ -715,6 +747,10 @@ async def bench(args: argparse.Namespace) -> Report:
         latency=latency,
         plain_latency=plain_latency,
         loadavg=loadavg,
+        models=models,
+        serving=serving,
+        workers=args.workers,
+        section=args.section,
     )
 
 
@@ -729,7 +765,7 @@ def main() -> int:
     parser.add_argument(
         "--rate",
         type=float,
-        default=50.0,
+        default=200.0,
         help="fixed rate of the latency run, req/s (keep it under capacity)",
     )
     parser.add_argument("--latency-duration", type=float, default=15.0)
@@ -750,7 +786,16 @@ def main() -> int:
         help="also run decisions at this many connections (diagnostic; not in the table)",
     )
     parser.add_argument("--profile", type=int, default=0, help="py-spy the decision server this many seconds")
-    parser.add_argument("--write", action="store_true", help="replace '### Decisions' in BENCHMARKS.md")
+    parser.add_argument("--workers", type=int, default=1, help="`adserve serve --workers N`")
+    parser.add_argument(
+        "--train-decisions",
+        type=int,
+        default=8000,
+        help="logged decisions to train and promote the interest model and VW policy on before "
+        "measuring (0: measure the cold start, the empirical fallback)",
+    )
+    parser.add_argument("--section", default="Decisions", help="the BENCHMARKS.md sub-section title")
+    parser.add_argument("--write", action="store_true", help="replace '### <section>' in BENCHMARKS.md")
     args = parser.parse_args()
     args.command = ".venv/bin/python bench/serving.py " + shlex.join(sys.argv[1:])
     if shutil.which("wrk") is None:
@@ -768,8 +813,8 @@ def main() -> int:
     print()
     print(text)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", text)
-        print("BENCHMARKS.md: '### Decisions' under '## Serving path' written")
+        write_section(ROOT / "BENCHMARKS.md", text, args.section)
+        print(f"BENCHMARKS.md: '### {args.section}' under '## Serving path' written")
     return 1 if report.invalid else 0
 
 

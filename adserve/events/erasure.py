@@ -91,4 +91,9 @@ async def erase_user(
             now,
             msgspec.json.encode(counts).decode(),
         )
+        # serving processes drop their in-memory copy of the user's behaviour at commit
+        await connection.execute(
+            "SELECT pg_notify('adserve_user_state', string_agg('e ' || k, E'\\n')) FROM unnest($1::text[]) k",
+            keys,
+        )
     return ErasureResult(user_key=key, erased_at=now, **counts)

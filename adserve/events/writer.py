@@ -56,6 +56,21 @@ from adserve.events.billing import ERASABLE_TABLES, INSERT_SQL, LOCK_SQL, RETURN
 from adserve.events.rows import WRITABLE_TABLES, columns
 from adserve.events.spool import Spool, SpoolLockedError
 
+# Published in the transaction that stores the rows, so every serving process's in-memory user
+# state (serving/user_state.py) hears of a change as it commits: the users whose behaviour
+# changed, and serves of frequency-capped campaigns. One notification per 100 users or serves,
+# so a payload stays under Postgres's 8 kB.
+NOTIFY_SQL = {
+    "user_events": "SELECT pg_notify('adserve_user_state', string_agg('e ' || user_id, E'\\n')) FROM "
+    "(SELECT user_id, (row_number() OVER () - 1) / 100 AS chunk "
+    "FROM (SELECT DISTINCT user_id FROM _stage_user_events) u) c GROUP BY chunk",
+    "decisions": "SELECT pg_notify('adserve_user_state', string_agg('s ' || user_id || ' ' || campaign_id "
+    "|| ' ' || (extract(epoch FROM ts) * 1000000)::bigint, E'\\n')) FROM "
+    "(SELECT s.user_id, s.campaign_id, s.ts, (row_number() OVER () - 1) / 100 AS chunk "
+    "FROM _stage_decisions s JOIN campaigns c ON c.id = s.campaign_id "
+    "WHERE c.frequency_cap IS NOT NULL AND s.user_id IS NOT NULL) d GROUP BY chunk",
+}
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
@@ -494,6 +509,8 @@ class LogWriter:
                     else:
                         status = await connection.execute(INSERT_SQL[table])
                         inserted = int(status.rsplit(" ", 1)[1])
+                    if table in NOTIFY_SQL:
+                        await connection.execute(NOTIFY_SQL[table])
             except TRANSIENT_ERRORS:
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise

@@ -155,9 +155,7 @@ async def recommendations(
     """Top-k products for the user from the next-item head, excluding what they bought."""
     state = request.app.state
     user_key = state.pipeline.user_keys.consented(user_id) if consent else None
-    return await recommend(
-        state.pool, state.models.interest, user_key, k, state.settings.serving.history_length
-    )
+    return await recommend(state.pool, state.user_states, state.models.interest, user_key, k)
 
 
 serving_router = Router(

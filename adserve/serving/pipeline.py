@@ -1,9 +1,17 @@
-"""The decision pipeline: eligible → score → choose → log → signed URLs.
+"""The decision pipeline, one step per stage:
+
+    placements → user state → eligibility → scores → choice → log row → response
 
 One request may ask for several placements of a page; a campaign chosen for one placement is
 excluded from the others (competitive exclusion). Each choice is logged with everything needed to
 learn from it later: context, candidates, their scores, the pmf, the chosen creative and its
 propensity, and the scorer and policy versions.
+
+What a decision costs: the user state comes from memory (`user_state.py`, kept true by Postgres
+notifications), the catalogue, budgets and pacing from the in-memory snapshot and this process's
+reservations, scoring runs on the event loop only when it is a few matrix products against
+cached state and otherwise in a worker thread (`MicroBatcher`), and the log row is queued to the
+writer without waiting (see `_log` for what that guarantees).
 """
 
 from __future__ import annotations
@@ -18,10 +26,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from adserve.db.rows import make_row
-from adserve.domain import BehaviourEvent, DecisionContext, EventType, Policy, Scorer, expected_value
+from adserve.domain import DecisionContext, Policy, Scorer, expected_value
 from adserve.errors import NotFound
 from adserve.serving.budget import LocalReservations, expected_cost
-from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
+from adserve.serving.eligibility import EligibilityRequest, Eligible, eligible_creatives
 from adserve.serving.schemas import (
     AdCreative,
     DecisionRequest,
@@ -33,74 +41,38 @@ from adserve.serving.schemas import (
     Reason,
 )
 from adserve.serving.scoring import empirical_attribution
+from adserve.serving.user_state import UserState
 from adserve.signing.tokens import TokenKind, TrackingClaims
 
 if TYPE_CHECKING:
-    import asyncpg
-
-    from adserve.serving.catalog import CatalogCache
+    from adserve.domain import Choice
+    from adserve.serving.catalog import Catalog, CatalogCache, CreativeEntry, PlacementEntry
+    from adserve.serving.user_state import UserStateCache
     from adserve.signing.identity import UserKeys
     from adserve.signing.tokens import TrackingSigner
 
-__all__ = ["DecisionPipeline", "UserState", "load_user_state"]
+__all__ = ["DecisionPipeline", "Served"]
 
 log = logging.getLogger(__name__)
 
 MAX_CAP_WINDOW = timedelta(days=30)
-EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
-
-HISTORY_SQL = """
-SELECT event_type, ts, item_id, category, price, query FROM user_events
-WHERE user_id = $1 ORDER BY ts DESC LIMIT $2
-"""
-
-SERVED_SQL = """
-SELECT campaign_id, ts FROM decisions
-WHERE user_id = $1 AND ts > $2 AND campaign_id = ANY($3::bigint[])
-"""
 
 
 @dataclass(frozen=True, slots=True)
-class UserState:
-    history: tuple[BehaviourEvent, ...]
-    served: dict[int, list[datetime]] | None  # None: unknown (Postgres unreachable)
+class Served:
+    """One placement's choice, with what the log row and the response are made from."""
 
+    placement: PlacementEntry
+    eligible: Eligible
+    chosen: CreativeEntry
+    choice: Choice
+    scores: np.ndarray
+    context: DecisionContext
+    decision_id: uuid.UUID
 
-async def load_user_state(
-    pool: asyncpg.Pool,
-    user_key: str,
-    with_history: bool,
-    history_length: int,
-    capped_campaigns: list[int],
-    since: datetime,
-) -> UserState:
-    """The user's recent behaviour (oldest first) and when each capped campaign was served."""
-    try:
-        async with pool.acquire(timeout=1.0) as connection:
-            rows = await connection.fetch(HISTORY_SQL, user_key, history_length) if with_history else []
-            served_rows = (
-                await connection.fetch(SERVED_SQL, user_key, since, capped_campaigns)
-                if capped_campaigns
-                else []
-            )
-    except Exception:
-        log.warning("user state unavailable; serving without history and skipping capped campaigns")
-        return UserState(history=(), served=None)
-    history = tuple(
-        BehaviourEvent(
-            event_type=EVENT_TYPES[row["event_type"]],
-            ts=row["ts"].timestamp(),
-            item_id=row["item_id"],
-            category=row["category"],
-            price=None if row["price"] is None else float(row["price"]),
-            query=row["query"],
-        )
-        for row in reversed(rows)
-    )
-    served: dict[int, list[datetime]] = {}
-    for row in served_rows:
-        served.setdefault(row["campaign_id"], []).append(row["ts"])
-    return UserState(history=history, served=served)
+    @property
+    def p_click(self) -> float:
+        return float(self.scores[self.choice.index])
 
 
 def _loggable_context(request: DecisionRequest, hour: int) -> dict[str, Any]:
@@ -127,64 +99,41 @@ class DecisionPipeline:
         catalog: CatalogCache,
         scorer: Scorer,
         policy: Policy,
-        pool: asyncpg.Pool,
+        user_states: UserStateCache,
         writer: Any,
         signer: TrackingSigner,
         user_keys: UserKeys,
         public_url: str,
-        history_length: int,
         rng: np.random.Generator | None = None,
     ) -> None:
         self.catalog = catalog
         self.scorer = scorer
         self.policy = policy
-        self.pool = pool
+        self.user_states = user_states
         self.writer = writer
         self.signer = signer
         self.user_keys = user_keys
         self.public_url = public_url.rstrip("/")
-        self.history_length = history_length
         self.rng = rng or np.random.default_rng()
         self.reservations = LocalReservations()  # budget held by decisions newer than the snapshot
+        self._batcher: Any = None  # MicroBatcher of the scorer that needs it, made on first use
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
 
     async def decide(self, request: DecisionRequest, now: datetime | None = None) -> DecisionResponse:
         now = now or datetime.now(UTC)
         snapshot = self.catalog.catalog
-        placements = []
-        for key in request.placements:
-            placement = snapshot.placements.get(key)
-            if placement is None:
-                raise NotFound(f"placement {key!r} not found")
-            placements.append(placement)
-
+        placements = self._placements(snapshot, request)
         user_key = self.user_keys.key_for(request.user_id, request.consent, request.session_id)
-        capped = sorted(
-            {
-                entry.campaign.id
-                for placement in placements
-                for entry in snapshot.creatives_for(placement)
-                if entry.campaign.frequency_cap
-            }
-        )
-        state = await load_user_state(
-            self.pool, user_key, request.consent, self.history_length, capped, now - MAX_CAP_WINDOW
-        )
-        context = request.context
-        hour = now.hour
-        eligibility = EligibilityRequest(
-            now=now,
-            geo=context.geo,
-            device=context.device,
-            page_category=context.page_category,
-            keywords=frozenset(k.lower() for k in context.keywords),
-            segments=frozenset(context.segments),
-            served=state.served,
-            reserved=self.reservations.since(snapshot.loaded_at),
-        )
+        state = await self._user_state(snapshot, placements, user_key, request.consent, now)
+        eligibility = self._eligibility_request(request, state, snapshot, now)
         request_id = uuid.uuid4()
-        logged_context = _loggable_context(request, hour)
+        logged_context = _loggable_context(request, now.hour)
         decisions: list[PlacementDecision] = []
         rows: list[tuple] = []
+        capped_serve = False
         chosen_campaigns: set[int] = set()
         for placement in placements:
             eligible = eligible_creatives(
@@ -202,67 +151,160 @@ class DecisionPipeline:
                     )
                 )
                 continue
-            decision_context = DecisionContext(
-                placement=placement.key,
-                now=now.timestamp(),
-                page_category=context.page_category,
-                keywords=tuple(context.keywords),
-                device=context.device,
-                geo=context.geo,
-                hour=hour,
-                position=placement.position,
-                user_key=user_key if request.consent else None,
-                history=state.history,
-            )
-            candidates = [entry.candidate for entry in eligible.creatives]
-            scores = np.asarray(self.scorer.score(decision_context, candidates), dtype=float)
-            choice = self.policy.choose(decision_context, candidates, scores, self.rng)
-            chosen = eligible.creatives[choice.index]
-            chosen_campaigns.add(chosen.campaign.id)
-            reserved = expected_cost(chosen.campaign, scores[choice.index])
-            self.reservations.add(chosen.campaign.id, reserved)
-            decision_id = uuid.uuid4()
-            rows.append(
-                make_row(
-                    "decisions",
-                    id=decision_id,
-                    ts=now,
-                    request_id=request_id,
-                    placement_id=placement.id,
-                    user_id=user_key,
-                    context={
-                        **logged_context,
-                        "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
-                    },
-                    candidate_ids=[c.creative_id for c in candidates],
-                    scores=[float(s) for s in scores],
-                    pmf=list(choice.pmf),
-                    chosen_creative_id=chosen.id,
-                    campaign_id=chosen.campaign.id,
-                    propensity=choice.propensity,
-                    explored=choice.explored,
-                    scorer_version=self.scorer.version,
-                    policy_version=self.policy.version,
-                    reserved=reserved,
-                )
-            )
-            decisions.append(
-                self._placement_decision(
-                    placement,
-                    chosen,
-                    decision_id,
-                    user_key,
-                    now,
-                    choice,
-                    scores,
-                    eligible,
-                    request.explain,
-                    decision_context,
-                )
-            )
-        if rows:
-            await self.writer.write("decisions", rows)
+            context = self._decision_context(request, placement, user_key, state, now)
+            served = await self._choose(placement, eligible, context)
+            chosen_campaigns.add(served.chosen.campaign.id)
+            reserved = expected_cost(served.chosen.campaign, served.p_click)
+            self.reservations.add(served.chosen.campaign.id, reserved)
+            if served.chosen.campaign.frequency_cap:
+                capped_serve = True
+                self.user_states.record_serve(user_key, served.chosen.campaign.id, now)
+            rows.append(self._log_row(served, request_id, user_key, logged_context, reserved, now))
+            decisions.append(self._placement_decision(served, user_key, now, request.explain))
+        await self._log(rows, capped_serve)
         return DecisionResponse(request_id=request_id, decisions=decisions)
+
+    # --- steps --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _placements(snapshot: Catalog, request: DecisionRequest) -> list[PlacementEntry]:
+        placements = []
+        for key in request.placements:
+            placement = snapshot.placements.get(key)
+            if placement is None:
+                raise NotFound(f"placement {key!r} not found")
+            placements.append(placement)
+        return placements
+
+    async def _user_state(
+        self, snapshot: Catalog, placements: list[PlacementEntry], user_key: str, consent: bool, now: datetime
+    ) -> UserState:
+        """The user's recent behaviour (with consent) and serves of the capped campaigns in play."""
+        capped = sorted(
+            {
+                entry.campaign.id
+                for placement in placements
+                for entry in snapshot.creatives_for(placement)
+                if entry.campaign.frequency_cap
+            }
+        )
+        return await self.user_states.get(user_key, consent, capped, now - MAX_CAP_WINDOW)
+
+    def _eligibility_request(
+        self, request: DecisionRequest, state: UserState, snapshot: Catalog, now: datetime
+    ) -> EligibilityRequest:
+        context = request.context
+        return EligibilityRequest(
+            now=now,
+            geo=context.geo,
+            device=context.device,
+            page_category=context.page_category,
+            keywords=frozenset(k.lower() for k in context.keywords),
+            segments=frozenset(context.segments),
+            served=state.served,
+            reserved=self.reservations.since(snapshot.loaded_at),
+        )
+
+    @staticmethod
+    def _decision_context(
+        request: DecisionRequest, placement: PlacementEntry, user_key: str, state: UserState, now: datetime
+    ) -> DecisionContext:
+        context = request.context
+        return DecisionContext(
+            placement=placement.key,
+            now=now.timestamp(),
+            page_category=context.page_category,
+            keywords=tuple(context.keywords),
+            device=context.device,
+            geo=context.geo,
+            hour=now.hour,
+            position=placement.position,
+            user_key=user_key if request.consent else None,
+            history=state.history,
+        )
+
+    async def _choose(
+        self, placement: PlacementEntry, eligible: Eligible, context: DecisionContext
+    ) -> Served:
+        candidates = [entry.candidate for entry in eligible.creatives]
+        scores = await self._scores(context, candidates)
+        choice = self.policy.choose(context, candidates, scores, self.rng)
+        return Served(
+            placement=placement,
+            eligible=eligible,
+            chosen=eligible.creatives[choice.index],
+            choice=choice,
+            scores=scores,
+            context=context,
+            decision_id=uuid.uuid4(),
+        )
+
+    async def _scores(self, context: DecisionContext, candidates: list) -> np.ndarray:
+        """Scores on the event loop when that is cheap (cached user and creatives: numpy only);
+        otherwise in a worker thread, grouped with concurrent requests, so one forward pass
+        (a new user's encoding, a new model's creative vectors) never stalls other requests."""
+        scorer = self.scorer
+        prepared = getattr(scorer, "prepared", None)
+        if prepared is None or prepared(context, candidates):
+            return np.asarray(scorer.score(context, candidates), dtype=float)
+        if self._batcher is None or self._batcher.scorer is not scorer:
+            from adserve.interest.scorer import MicroBatcher  # torch: only when an interest model serves
+
+            if self._batcher is not None:
+                await self._batcher.close()
+            self._batcher = MicroBatcher(scorer, max_wait_s=0.0)
+        return np.asarray(await self._batcher.score(context, candidates), dtype=float)
+
+    def _log_row(
+        self,
+        served: Served,
+        request_id: uuid.UUID,
+        user_key: str,
+        logged_context: dict[str, Any],
+        reserved: float,
+        now: datetime,
+    ) -> tuple:
+        eligible = served.eligible
+        return make_row(
+            "decisions",
+            id=served.decision_id,
+            ts=now,
+            request_id=request_id,
+            placement_id=served.placement.id,
+            user_id=user_key,
+            context={
+                **logged_context,
+                "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
+            },
+            candidate_ids=[entry.candidate.creative_id for entry in eligible.creatives],
+            scores=[float(s) for s in served.scores],
+            pmf=list(served.choice.pmf),
+            chosen_creative_id=served.chosen.id,
+            campaign_id=served.chosen.campaign.id,
+            propensity=served.choice.propensity,
+            explored=served.choice.explored,
+            scorer_version=self.scorer.version,
+            policy_version=self.policy.version,
+            reserved=reserved,
+        )
+
+    async def _log(self, rows: list[tuple], capped_serve: bool) -> None:
+        """The decision log's contract (README "What a served decision's log row is guaranteed"):
+
+        - Postgres reachable: the rows are queued and the response does not wait; the writer
+          commits them within `writer.flush_ms` (plus the commit), or spools them if Postgres
+          drops meanwhile. They are lost only if the process dies inside that window.
+        - A decision that serves a frequency-capped campaign waits for the commit, whose
+          notification tells every other process of the serve before this one answers.
+        - Postgres unreachable: the response waits for the fsync'd spool, and a full spool is a
+          503 with nothing served (no ad without its row).
+        """
+        if not rows:
+            return
+        if capped_serve or not self.writer.online:
+            await self.writer.write("decisions", rows)
+        else:
+            self.writer.write_nowait("decisions", rows)
 
     def _influential_events(
         self, context: DecisionContext, candidate, top: int = 5
@@ -290,8 +332,9 @@ class DecisionPipeline:
         ]
 
     def _placement_decision(
-        self, placement, chosen, decision_id, user_key, now, choice, scores, eligible, explain, context
-    ):
+        self, served: Served, user_key: str, now: datetime, explain: bool
+    ) -> PlacementDecision:
+        chosen, choice, placement = served.chosen, served.choice, served.placement
         cost_micros = round(chosen.campaign.cost_per_event * 1_000_000)
         issued = int(now.timestamp())
 
@@ -299,7 +342,7 @@ class DecisionPipeline:
             token = self.signer.sign(
                 TrackingClaims(
                     kind=kind,
-                    decision_id=decision_id,
+                    decision_id=served.decision_id,
                     creative_id=chosen.id,
                     campaign_id=chosen.campaign.id,
                     placement_id=placement.id,
@@ -314,8 +357,9 @@ class DecisionPipeline:
         explanation = None
         if explain:
             # Built in full here; the controller drops `diagnostics` for callers without the key.
-            p_click = float(scores[choice.index])
-            influential = self._influential_events(context, chosen.candidate)
+            eligible = served.eligible
+            p_click = served.p_click
+            influential = self._influential_events(served.context, chosen.candidate)
             explanation = Explanation(
                 # what raised the score, once each: the person's reasons in their own terms
                 reasons=list(
@@ -343,7 +387,7 @@ class DecisionPipeline:
             )
         return PlacementDecision(
             placement=placement.key,
-            decision_id=decision_id,
+            decision_id=served.decision_id,
             creative=AdCreative(
                 id=chosen.id,
                 campaign_id=chosen.campaign.id,

@@ -1,7 +1,7 @@
 """Product recommendations from the interest model's next-item head, fresh to the last event.
 
-The user's history is read from Postgres at request time (so an event posted a moment before,
-to any process, counts). Without consent or without a trained model the answer is the most
+The user's history comes from the process's user state (`user_state.py`: kept true by Postgres
+notifications, so an event posted a moment before, to any process, counts). Without consent or without a trained model the answer is the most
 viewed items of the last week, and says so in `source`.
 """
 
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from adserve.domain import EventType
-from adserve.serving.pipeline import load_user_state
 
 if TYPE_CHECKING:
     import asyncpg
+
+    from adserve.serving.user_state import UserStateCache
 
 __all__ = ["Recommendation", "Recommendations", "recommend"]
 
@@ -39,11 +40,11 @@ class Recommendations(msgspec.Struct, kw_only=True):
 
 
 async def recommend(
-    pool: asyncpg.Pool, interest, user_key: str | None, k: int, history_length: int
+    pool: asyncpg.Pool, user_states: UserStateCache, interest, user_key: str | None, k: int
 ) -> Recommendations:
     history = ()
     if user_key is not None:
-        state = await load_user_state(pool, user_key, True, history_length, [], datetime.now(UTC))
+        state = await user_states.get(user_key, True, [], datetime.now(UTC))
         history = state.history
     purchased = sorted({e.item_id for e in history if e.event_type is EventType.PURCHASE and e.item_id})
     if interest is not None and history:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 
@@ -126,3 +127,11 @@ async def tenants(sessionmaker) -> Tenants:
             b=await make_tenant(session, f"Advertiser B {suffix}"),
             placement_id=placement.id,
         )
+
+
+async def decisions_logged(*clients) -> None:
+    """Waits until every row the apps' log writers queued is stored (decision rows are queued
+    without waiting; see DecisionPipeline._log). The writer lives on the app's event loop, in the
+    test client's portal thread."""
+    for client in clients:
+        await asyncio.to_thread(client.blocking_portal.call, client.app.state.writer.flush)

@@ -33,7 +33,7 @@ from adserve.serving.catalog import CampaignState, CreativeEntry
 from adserve.serving.eligibility import EligibilityRequest, eligible_creatives
 from adserve.settings import ServingSettings
 from adserve.signing.tokens import TokenKind, TrackingClaims, TrackingSigner
-from tests.integration.conftest import bearer
+from tests.integration.conftest import bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide
 from tests.integration.serving.test_tracking import BROWSER, path_of
@@ -282,6 +282,7 @@ async def test_served_decisions_reserve_budget_for_every_process_until_their_tok
 
     async def in_postgres() -> tuple[float, float, int]:
         """(reserved in buckets, reserved by decision rows, decisions served)"""
+        await decisions_logged(client, other)
         rows = await fetch(
             database_url,
             "SELECT (SELECT coalesce(sum(amount), 0) FROM budget_reservations WHERE campaign_id = $1)::float8,"

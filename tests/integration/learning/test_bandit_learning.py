@@ -30,7 +30,7 @@ from adserve.learning.learner import learn_once
 from adserve.learning.ope import ope_from_logs
 from adserve.learning.registry import Registry
 from adserve.learning.rewards import join_rewards_once
-from tests.integration.conftest import bearer
+from tests.integration.conftest import bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"}
@@ -117,6 +117,7 @@ async def world(client, sessionmaker, settings):
     pages = [
         await serve(client, [first, second], f"shopper-{i}", ("mobile", "desktop")[i % 2]) for i in range(8)
     ]
+    await decisions_logged(client)
     for page in pages:
         for decision in page:
             await impress(client, decision)

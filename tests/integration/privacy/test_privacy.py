@@ -12,7 +12,7 @@ from adserve.db.engine import asyncpg_dsn
 from adserve.db.tables import Base
 from adserve.learning.services import load_training_data
 from adserve.signing.identity import UserKeys
-from tests.integration.conftest import Tenants, bearer
+from tests.integration.conftest import Tenants, bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide
 from tests.integration.serving.test_tracking import BROWSER, path_of
@@ -115,6 +115,7 @@ async def test_without_consent_caps_use_a_short_lived_session_key(
     capped = builder.built.creatives["capped#0"]
     # capped once within a visit; a new visit is a new short-lived key, not linked to the first
     assert [d["creative"]["id"] == capped for d in served] == [True, False, True]
+    await decisions_logged(client)
     rows = await query(
         database_url,
         "SELECT user_id FROM decisions WHERE id = ANY($1::uuid[])",
@@ -137,6 +138,7 @@ async def test_erasure_deletes_behaviour_unlinks_logs_and_is_audited(
     decision = await decide(client, key, user=user, consent=True)
     await client.get(path_of(decision["impression_url"]))
     await client.get(path_of(decision["click_url"]), headers=BROWSER, follow_redirects=False)
+    await decisions_logged(client)
     before = await load_training_data(database_url, days=1)
     assert user_key in before.sequences
 

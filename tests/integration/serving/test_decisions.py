@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from adserve.db.engine import asyncpg_dsn
-from tests.integration.conftest import bearer
+from tests.integration.conftest import bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 
@@ -56,6 +56,7 @@ async def test_decision_is_served_signed_and_logged(client, builder, database_ur
     creative = decision["creative"]
     assert creative["id"] in builder.built.creatives.values()
     assert decision["impression_url"].split("/i/")[1] and decision["click_url"].split("/c/")[1]
+    await decisions_logged(client)
     rows = await fetch(
         database_url, "SELECT * FROM decisions WHERE id = $1", uuid.UUID(decision["decision_id"])
     )

@@ -1,0 +1,243 @@
+"""Per-process user state: recent behaviour and frequency-cap serves, kept in memory.
+
+A decision needs the user's recent events (for the scorer) and when each frequency-capped
+campaign last served them (for the caps). Reading both from Postgres cost two queries per
+decision. Here they are loaded once per user and kept in a bounded LRU, and kept true by
+Postgres itself: the log writer publishes, in the transaction that commits them,
+
+- `e <user_key>` on `USER_STATE_CHANNEL` for every user whose behaviour events were stored or
+  erased: every process drops its copy and the next decision reloads it;
+- `s <user_key> <campaign_id> <epoch_us>` for every decision that served a capped campaign:
+  every process adds the serve to its copy.
+
+A process adds its own serves at decision time. The guarantee: a change committed by another
+process is seen once its notification arrives (the notification is sent at commit, before the
+writing process answers its client); an entry is never older than `max_age_s` (a missed
+notification heals by then), and every entry is dropped when the LISTEN connection is lost.
+A load that overlaps a notification about the same user is used once but not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from adserve.domain import BehaviourEvent, EventType
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["USER_STATE_CHANNEL", "UserState", "UserStateCache"]
+
+log = logging.getLogger(__name__)
+
+USER_STATE_CHANNEL = "adserve_user_state"
+EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
+
+HISTORY_SQL = """
+SELECT event_type, ts, item_id, category, price, query FROM user_events
+WHERE user_id = $1 ORDER BY ts DESC LIMIT $2
+"""
+
+SERVED_SQL = """
+SELECT campaign_id, ts FROM decisions
+WHERE user_id = $1 AND ts > $2 AND campaign_id = ANY($3::bigint[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    history: tuple[BehaviourEvent, ...]
+    served: dict[int, list[datetime]] | None  # None: unknown (Postgres unreachable)
+
+
+@dataclass(slots=True)
+class _Entry:
+    history: tuple[BehaviourEvent, ...]
+    with_history: bool
+    campaigns: frozenset[int]  # capped campaigns whose serves were loaded
+    since: datetime  # serves were loaded from this time on
+    served: dict[int, dict[int, datetime]]  # campaign -> {epoch µs: serve time}
+    loaded: float  # time.monotonic()
+
+    def state(self) -> UserState:
+        return UserState(
+            self.history, {campaign: list(times.values()) for campaign, times in self.served.items()}
+        )
+
+
+def _epoch_us(ts: datetime) -> int:
+    return round(ts.timestamp() * 1_000_000)
+
+
+class UserStateCache:
+    def __init__(
+        self, pool: asyncpg.Pool, history_length: int, max_users: int = 100_000, max_age_s: float = 60.0
+    ) -> None:
+        self.pool = pool
+        self.history_length = history_length
+        self.max_users = max_users
+        self.max_age_s = max_age_s
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._epoch = 0  # bumped by every notification
+        self._touched: dict[str, int] = {}  # user key -> epoch of its last notification
+        self._floor = 0  # loads started before this epoch are not kept (_touched was pruned)
+        self._listener_pid: int | None = None  # the LISTEN connection's backend, while it holds
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.hits = 0
+        self.loads = 0
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
+        entry = self._entries.get(user_key)
+        if entry is not None and self._fits(entry, with_history, capped, since):
+            self._entries.move_to_end(user_key)
+            self.hits += 1
+            return entry.state()
+        started = self._epoch
+        loaded = await self._load(user_key, with_history, capped, since)
+        if loaded is None:
+            return UserState(history=(), served=None)
+        self.loads += 1
+        if self._connected.is_set() and started >= self._floor and self._touched.get(user_key, -1) <= started:
+            self._entries[user_key] = loaded
+            self._entries.move_to_end(user_key)
+            while len(self._entries) > self.max_users:
+                self._entries.popitem(last=False)
+        return loaded.state()
+
+    def _fits(self, entry: _Entry, with_history: bool, capped: list[int], since: datetime) -> bool:
+        return (
+            time.monotonic() - entry.loaded < self.max_age_s
+            and (entry.with_history or not with_history)
+            and entry.since <= since
+            and entry.campaigns.issuperset(capped)
+        )
+
+    async def _load(
+        self, user_key: str, with_history: bool, capped: list[int], since: datetime
+    ) -> _Entry | None:
+        loaded_at = time.monotonic()
+        try:
+            async with self.pool.acquire(timeout=1.0) as connection:
+                rows = (
+                    await connection.fetch(HISTORY_SQL, user_key, self.history_length) if with_history else []
+                )
+                served_rows = await connection.fetch(SERVED_SQL, user_key, since, capped) if capped else []
+        except Exception:
+            log.warning("user state unavailable; serving without history and skipping capped campaigns")
+            return None
+        history = tuple(
+            BehaviourEvent(
+                event_type=EVENT_TYPES[row["event_type"]],
+                ts=row["ts"].timestamp(),
+                item_id=row["item_id"],
+                category=row["category"],
+                price=None if row["price"] is None else float(row["price"]),
+                query=row["query"],
+            )
+            for row in reversed(rows)
+        )
+        served: dict[int, dict[int, datetime]] = {}
+        for row in served_rows:
+            served.setdefault(row["campaign_id"], {})[_epoch_us(row["ts"])] = row["ts"]
+        return _Entry(history, with_history, frozenset(capped), since, served, loaded_at)
+
+    # --- keeping it true --------------------------------------------------------------------------
+
+    def record_serve(self, user_key: str, campaign_id: int, ts: datetime) -> None:
+        """This process served a capped campaign to the user."""
+        entry = self._entries.get(user_key)
+        if entry is not None:
+            entry.served.setdefault(campaign_id, {})[_epoch_us(ts)] = ts
+
+    def forget(self, user_key: str) -> None:
+        """This process changed the user's behaviour (the notification follows; do not wait)."""
+        self._touch(user_key)
+        self._entries.pop(user_key, None)
+
+    def _touch(self, user_key: str) -> None:
+        self._epoch += 1
+        self._touched[user_key] = self._epoch
+        if len(self._touched) > 4 * self.max_users:
+            self._touched.clear()
+            self._floor = self._epoch + 1
+
+    def apply(self, payload: str) -> None:
+        """One notification: lines of `e <key>` or `s <key> <campaign> <epoch_us>`."""
+        for line in payload.splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "e":
+                self.forget(rest)
+            elif kind == "s":
+                user_key, campaign, epoch_us = rest.rsplit(" ", 2)
+                self._touch(user_key)
+                entry = self._entries.get(user_key)
+                if entry is not None:
+                    ts = datetime.fromtimestamp(int(epoch_us) / 1_000_000, UTC)
+                    entry.served.setdefault(int(campaign), {})[int(epoch_us)] = ts
+
+    def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
+        self.apply(payload)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._touched.clear()
+        self._floor = self._epoch = self._epoch + 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- LISTEN -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="user-state-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout=5.0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen_forever(self) -> None:
+        """Holds a LISTEN connection; while it is down nothing is cached (every decision reads
+        Postgres), so no notification can be missed unseen."""
+        while True:
+            lost = asyncio.Event()
+            try:
+                connection = await self.pool.acquire()
+            except Exception:
+                await asyncio.sleep(1.0)  # Postgres away: retry the LISTEN connection
+                continue
+            try:
+                connection.add_termination_listener(lambda *_, lost=lost: lost.set())
+                await connection.add_listener(USER_STATE_CHANNEL, self._on_notification)
+                self.clear()  # anything cached before this LISTEN may have missed a change
+                self._listener_pid = connection.get_server_pid()
+                self._connected.set()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=5.0)
+                    if not lost.is_set() and connection.is_closed():
+                        lost.set()
+            except Exception:
+                log.warning("user state LISTEN lost; reading Postgres until it is back")
+            finally:
+                self._connected.clear()
+                self._listener_pid = None
+                self.clear()
+                with contextlib.suppress(Exception):
+                    await connection.remove_listener(USER_STATE_CHANNEL, self._on_notification)
+                with contextlib.suppress(Exception):
+                    await self.pool.release(connection)
+            await asyncio.sleep(0.5)  # before reconnecting

@@ -1,0 +1,150 @@
+"""In-memory user state (serving/user_state.py) kept true by Postgres notifications, and the
+decision log's contract (pipeline._log): real Postgres, the real writer, a second cache standing
+in for another serving process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from adserve.serving.identity import UserKeys
+
+from adserve.db.engine import asyncpg_dsn
+from adserve.serving.user_state import UserStateCache
+from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
+
+SINCE = timedelta(days=30)
+
+
+async def until(condition, deadline_s: float = 10.0) -> None:
+    stop = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > stop:
+            raise TimeoutError("condition never held")
+        await asyncio.sleep(0.01)  # polling interval of a condition wait
+
+
+@pytest.fixture
+async def other_process(database_url):
+    """A second process's user state: its own pool and LISTEN connection on the same database."""
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=4)
+    cache = UserStateCache(pool, history_length=50)
+    await cache.start()
+    try:
+        yield cache
+    finally:
+        await cache.close()
+        await pool.close()
+
+
+def event(user: str, category: str) -> dict:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "user_id": user,
+        "type": "product_view",
+        "item_id": f"sku-{uuid.uuid4().hex[:6]}",
+        "category": category,
+        "ts": datetime.now(UTC).isoformat(),
+    }
+
+
+async def test_a_user_is_read_once_until_their_behaviour_changes(client, other_process, settings) -> None:
+    user = f"state-{uuid.uuid4().hex[:8]}"
+    key = UserKeys(settings.secret_key).consented(user)
+    posted = await client.post("/v1/events", json={"consent": True, "events": [event(user, "shoes")]})
+    assert posted.status_code == 202
+    # a load that overlaps the commit's notification is used once, not kept: let it arrive first
+    await until(lambda: key in other_process._touched)
+    now = datetime.now(UTC)
+    first = await other_process.get(key, True, [], now - SINCE)
+    loads = other_process.loads
+    assert [e.category for e in first.history] == ["shoes"]
+    again = await other_process.get(key, True, [], now - SINCE)
+    assert again.history == first.history and other_process.loads == loads  # from memory
+
+    posted = await client.post("/v1/events", json={"consent": True, "events": [event(user, "audio")]})
+    assert posted.status_code == 202 and posted.json()["durability"] == "stored"
+    await until(lambda: key not in other_process._entries)  # the commit's notification arrived
+    fresh = await other_process.get(key, True, [], now - SINCE)
+    assert [e.category for e in fresh.history] == ["shoes", "audio"] and other_process.loads == loads + 1
+
+
+async def test_a_capped_serve_reaches_the_other_process_without_a_read(
+    client, sessionmaker, other_process, settings, database_url
+) -> None:
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        campaign = await builder.campaign(
+            "capped", bid=9.0, frequency_cap={"impressions": 2, "window_s": 3600}
+        )
+        key = await builder.placement("state-cap")
+    await wait_for_placement(client, key)
+    user = f"cap-{uuid.uuid4().hex[:8]}"
+    user_key = UserKeys(settings.secret_key).consented(user)
+    before = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
+    assert before.served == {}
+    loads = other_process.loads
+
+    response = await client.post(
+        "/v1/decisions", json={"user_id": user, "consent": True, "placements": [key]}
+    )
+    decision = response.json()["decisions"][0]
+    assert decision["creative"]["campaign_id"] == campaign
+    # a capped serve is committed before the answer: the row is there without waiting
+    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        stored = await connection.fetchval(
+            "SELECT count(*) FROM decisions WHERE id = $1", uuid.UUID(decision["decision_id"])
+        )
+    finally:
+        await connection.close()
+    assert stored == 1
+
+    def heard() -> bool:
+        entry = other_process._entries.get(user_key)
+        return entry is not None and len(entry.served.get(campaign, {})) == 1
+
+    await until(heard)
+    after = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
+    assert len(after.served[campaign]) == 1 and other_process.loads == loads
+
+
+async def test_a_lost_listen_connection_forgets_every_user(other_process, database_url) -> None:
+    await other_process.get("some-user-key", False, [], datetime.now(UTC) - SINCE)
+    assert len(other_process) == 1
+    listener = other_process._listener_pid
+    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        assert await connection.fetchval("SELECT pg_terminate_backend($1)", listener)
+    finally:
+        await connection.close()
+    await until(lambda: other_process._listener_pid not in (None, listener))  # listening again
+    assert len(other_process) == 0
+    await other_process.get("some-user-key", False, [], datetime.now(UTC) - SINCE)
+    assert len(other_process) == 1  # and caching again
+
+
+async def test_uncapped_decision_rows_reach_postgres_within_the_flush_window(
+    client, sessionmaker, database_url, settings
+) -> None:
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        await builder.campaign("uncapped", bid=1.0)
+        key = await builder.placement("log-contract")
+    await wait_for_placement(client, key)
+    response = await client.post("/v1/decisions", json={"user_id": "log-contract", "placements": [key]})
+    answered = time.monotonic()
+    decision_id = uuid.UUID(response.json()["decisions"][0]["decision_id"])
+    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        while not await connection.fetchval("SELECT count(*) FROM decisions WHERE id = $1", decision_id):
+            assert time.monotonic() - answered < settings.writer.flush_ms / 1000 + 2.0, (
+                "row not logged in time"
+            )
+            await asyncio.sleep(0.01)  # polling interval of a condition wait
+    finally:
+        await connection.close()

@@ -1,0 +1,140 @@
+"""The decision pipeline's steps, one at a time, with fake scorers, policies and a recording writer
+(the storage itself is exercised against Postgres in tests/integration/serving)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from adserve.domain import BehaviourEvent, Choice, EventType
+from adserve.errors import NotFound
+from adserve.serving.catalog import Catalog, PlacementEntry
+from adserve.serving.eligibility import Eligible
+from adserve.serving.pipeline import DecisionPipeline
+from adserve.serving.schemas import DecisionRequest, PageContext
+from adserve.serving.user_state import UserState
+from tests.unit.serving.test_eligibility import campaign, creative
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+PLACEMENT = PlacementEntry(id=7, key="slot", width=300, height=250, page_type="product", position=2)
+
+
+class FixedScorer:
+    """Scores by creative id; `prepared` says whether the scores need a worker thread."""
+
+    version = "fixed"
+
+    def __init__(self, scores: dict[int, float], prepared: bool | None = None) -> None:
+        self.scores = scores
+        self.threads: list[int] = []
+        if prepared is not None:
+            self.prepared = lambda context, candidates: prepared
+
+    def score(self, context, candidates) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return np.array([self.scores[c.creative_id] for c in candidates])
+
+    def score_many(self, requests) -> list[np.ndarray]:
+        return [self.score(context, candidates) for context, candidates in requests]
+
+
+class Greedy:
+    version = "greedy"
+
+    def choose(self, context, candidates, scores, rng) -> Choice:
+        best = int(np.argmax(scores))
+        return Choice(pmf=tuple(float(i == best) for i in range(len(candidates))), index=best)
+
+
+class RecordingWriter:
+    def __init__(self, online: bool = True) -> None:
+        self.online = online
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def write(self, table, rows):
+        self.calls.append(("awaited", table, len(rows)))
+        return "stored"
+
+    def write_nowait(self, table, rows) -> None:
+        self.calls.append(("queued", table, len(rows)))
+
+
+def pipeline(scorer=None, writer=None) -> DecisionPipeline:
+    return DecisionPipeline(
+        catalog=None,
+        scorer=scorer or FixedScorer({}),
+        policy=Greedy(),
+        user_states=None,
+        writer=writer or RecordingWriter(),
+        signer=None,
+        user_keys=None,
+        public_url="https://ads.example",
+    )
+
+
+def request(**overrides) -> DecisionRequest:
+    fields = {
+        "user_id": "u",
+        "placements": ["slot"],
+        "consent": True,
+        "context": PageContext(device="mobile"),
+    }
+    fields.update(overrides)
+    return DecisionRequest(**fields)
+
+
+def test_placements_keep_the_requests_order_and_an_unknown_key_is_a_404() -> None:
+    other = PlacementEntry(id=8, key="side", width=300, height=250, page_type="product", position=0)
+    snapshot = Catalog(placements={"slot": PLACEMENT, "side": other}, creatives={}, by_size={}, loaded_at=NOW)
+    assert DecisionPipeline._placements(snapshot, request(placements=["side", "slot"])) == [other, PLACEMENT]
+    with pytest.raises(NotFound):
+        DecisionPipeline._placements(snapshot, request(placements=["slot", "nope"]))
+
+
+def test_the_decision_context_carries_the_user_only_with_consent() -> None:
+    history = (BehaviourEvent(EventType.PRODUCT_VIEW, NOW.timestamp() - 5, item_id="sku"),)
+    state = UserState(history=history, served={})
+    consented = DecisionPipeline._decision_context(request(), PLACEMENT, "key", state, NOW)
+    assert consented.user_key == "key" and consented.history == history
+    assert consented.position == 2 and consented.hour == 12 and consented.device == "mobile"
+    anonymous = DecisionPipeline._decision_context(request(consent=False), PLACEMENT, "key", state, NOW)
+    assert anonymous.user_key is None
+
+
+async def test_choose_serves_the_policys_pick_among_the_eligible() -> None:
+    entries = [creative(campaign(id=i), creative_id=i) for i in (1, 2, 3)]
+    eligible = Eligible(creatives=entries, considered=3, removed=Counter())
+    steps = pipeline(FixedScorer({1: 0.1, 2: 0.3, 3: 0.2}))
+    context = DecisionPipeline._decision_context(request(), PLACEMENT, "key", UserState((), {}), NOW)
+    served = await steps._choose(PLACEMENT, eligible, context)
+    assert served.chosen is entries[1] and served.p_click == pytest.approx(0.3)
+    assert list(served.scores) == pytest.approx([0.1, 0.3, 0.2]) and served.placement is PLACEMENT
+
+
+async def test_scores_needing_a_forward_pass_run_off_the_event_loop() -> None:
+    candidates = [creative(campaign(id=1)).candidate]
+    context = DecisionPipeline._decision_context(request(), PLACEMENT, "key", UserState((), {}), NOW)
+    loop_thread = threading.get_ident()
+    for prepared, off_loop in ((True, False), (False, True), (None, False)):
+        scorer = FixedScorer({1: 0.5}, prepared=prepared)
+        steps = pipeline(scorer)
+        assert list(await steps._scores(context, candidates)) == [0.5]
+        assert (scorer.threads[-1] != loop_thread) is off_loop
+        await steps.close()
+
+
+@pytest.mark.parametrize(
+    ("capped", "online", "expected"),
+    [(False, True, "queued"), (True, True, "awaited"), (False, False, "awaited")],
+)
+async def test_the_log_waits_only_for_capped_serves_or_the_spool(capped, online, expected) -> None:
+    writer = RecordingWriter(online=online)
+    await pipeline(writer=writer)._log([("row",)], capped_serve=capped)
+    assert writer.calls == [(expected, "decisions", 1)]
+    writer.calls.clear()
+    await pipeline(writer=writer)._log([], capped_serve=capped)
+    assert writer.calls == []
