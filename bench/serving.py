@@ -528,8 +528,8 @@ class Report:
         if self.models:
             trained = (
                 f"Before measuring, the benchmark logged {self.models.decisions:,} decisions with their "
-                f"impressions and {self.models.clicks:,} clicks through the server, ran `adserve train "
-                f"--promote` ({self.models.train_s:.0f} s) and `adserve learn` ({self.models.learn_s:.0f} s), "
+                f"impressions and {self.models.clicks:,} clicks through the server, ran `adserve train` "
+                f"({self.models.train_s:.0f} s) and `adserve learn` ({self.models.learn_s:.0f} s), "
                 "and waited for the server to hot-swap both. "
             )
         else:

@@ -8,8 +8,9 @@ promoted through the registry and hot-swapped in by the running server, as in pr
 1. logged traffic through the running server: decisions for the benchmark's users, the tag's
    impression for each, and clicks drawn from a simple click model (a user clicks ads of their
    favourite category about six times as often) with a browser User-Agent;
-2. `adserve train --promote` (the interest model, trained on those logs and the seeded
-   behaviour events) and `adserve learn` (reward join, one VW learning step, its gate);
+2. `adserve train` (the interest model, trained on those logs and the seeded behaviour events,
+   gated like the retrain job: the first one becomes champion) and `adserve learn` (reward
+   join, one VW learning step, its gate);
 3. `/ready` polled until the server reports the interest model and the learned policy serving.
 """
 
@@ -116,7 +117,7 @@ async def warm_models(
     # clicks follow their impressions within a second here; training takes longer than this
     # window, so every logged decision's window has closed when `adserve learn` joins rewards
     job_env = {**env, "ADSERVE_BANDIT_REWARD_WINDOW_S": "5"}
-    train_s = _adserve(["train", "--promote", "--epochs", "2", "--seed", str(seed)], job_env, root)
+    train_s = _adserve(["train", "--epochs", "2", "--seed", str(seed)], job_env, root)
     learn_s = _adserve(["learn", "--seed", str(seed)], job_env, root)
     deadline = time.monotonic() + 60
     while True:
