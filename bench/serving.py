@@ -649,6 +649,9 @@ async def bench(args: argparse.Namespace) -> Report:
             "ADSERVE_WRITER_SPOOL_DIR": str(work / "spool"),
             "ADSERVE_MODELS_DIR": str(work / "models"),
             "ADSERVE_SERVER_RATE_LIMIT_PER_MINUTE": "0",  # the load generator is one client address
+            # the scheduled jobs (retrain, learning) run in `adserve worker` in a deployment; here the
+            # benchmark runs them once itself, so they do not share the cores with the measurement
+            "ADSERVE_JOBS_ENABLED": "false",
             **dict(item.split("=", 1) for item in args.server_env),
         }
         adserve_argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port)]

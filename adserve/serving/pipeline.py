@@ -17,6 +17,7 @@ writer without waiting (see `_log` for what that guarantees).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ import numpy as np
 from adserve.db.rows import make_row
 from adserve.domain import DecisionContext, Policy, Scorer, expected_value
 from adserve.errors import NotFound
+from adserve.metrics import observe_decision
 from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, Eligible, eligible_creatives
 from adserve.serving.schemas import (
@@ -141,6 +143,7 @@ class DecisionPipeline:
                 replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns)),
             )
             if not eligible.creatives:
+                observe_decision("no_eligible_creative", eligible.removed)
                 decisions.append(
                     PlacementDecision(
                         placement=placement.key,
@@ -227,8 +230,17 @@ class DecisionPipeline:
         self, placement: PlacementEntry, eligible: Eligible, context: DecisionContext
     ) -> Served:
         candidates = [entry.candidate for entry in eligible.creatives]
+        started = time.perf_counter()
         scores = await self._scores(context, candidates)
+        scored = time.perf_counter()
         choice = self.policy.choose(context, candidates, scores, self.rng)
+        observe_decision(
+            "served",
+            eligible.removed,
+            explored=choice.explored,
+            score_s=scored - started,
+            choose_s=time.perf_counter() - scored,
+        )
         return Served(
             placement=placement,
             eligible=eligible,

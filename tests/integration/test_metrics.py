@@ -153,3 +153,24 @@ async def test_a_line_logged_while_handling_a_request_carries_its_id(settings, c
     assert response.status_code == 200
     warned = [record for record in caplog.records if "job_runs not read" in record.getMessage()]
     assert warned and warned[0].request_id == response.headers["x-request-id"]
+
+
+async def test_decisions_are_counted_by_outcome_and_removal_rule(metrics_client, sessionmaker) -> None:
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        await builder.campaign("counted", creatives=2, targeting={"geo": ["DE"]})
+        key = await builder.placement("counted-slot")
+    await wait_for_placement(metrics_client, key)
+    before = await _scrape(metrics_client)
+    for geo in ("DE", "FR"):
+        body = {"user_id": "counted-user", "placements": [key], "context": {"geo": geo}}
+        assert (await metrics_client.post("/v1/decisions", json=body)).status_code == 200
+    after = await _scrape(metrics_client)
+
+    def moved(name: str, **labels: str) -> float:
+        return (_series(after, name, **labels) or 0) - (_series(before, name, **labels) or 0)
+
+    assert moved("adserve_decisions_total", outcome="served") == 1
+    assert moved("adserve_decisions_total", outcome="no_eligible_creative") == 1
+    assert moved("adserve_eligibility_removed_total", rule="geo") == 2
+    assert moved("adserve_scoring_seconds_count") == 1 and moved("adserve_policy_choose_seconds_count") == 1
