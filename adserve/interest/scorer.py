@@ -137,6 +137,8 @@ class InterestScorer:
             prior[0] = float("-inf")
             self._prior_logp = torch.log_softmax(prior, dim=-1).cpu().numpy()
         self._prior_logp_padded = np.append(self._prior_logp, -np.inf).astype(np.float64)
+        with torch.inference_mode():  # the next-item head's (V, D) output matrix depends on weights only
+            self._item_matrix = self.model.next_item.item_matrix(self.model.encoder.events).detach()
 
     @property
     def scores_ads(self) -> bool:
@@ -231,9 +233,15 @@ class InterestScorer:
             return self._prior_logp
         if encoding.next_item_logp is None:
             with torch.inference_mode():
-                logits = self.model.next_item.logits(encoding.encoded[-1:], self.model.encoder.events)
+                logits = self._next_item_logits(encoding.encoded[-1:])
                 encoding.next_item_logp = torch.log_softmax(logits[0].float(), dim=-1).cpu().numpy()
         return encoding.next_item_logp
+
+    def _next_item_logits(self, user: torch.Tensor) -> torch.Tensor:
+        """NextItemHead.logits over the item matrix computed once at load."""
+        scores = user @ self._item_matrix.T + self.model.next_item.bias
+        scores[:, 0] = float("-inf")
+        return scores
 
     def _rows_of(self, product_ids: tuple[str, ...]) -> np.ndarray:
         rows = self._product_rows.get(product_ids)
@@ -327,6 +335,13 @@ class InterestScorer:
                 return False
         return kernel.has_block(candidates) and kernel.has_context(context)
 
+    def prepare_user(self, user_key: str, history: Sequence[BehaviourEvent]) -> None:
+        """Encodes a consented user's history ahead of their next decision (at event time)."""
+        if self._kernel is not None and history:
+            self.user_view(
+                DecisionContext(placement="", now=history[-1].ts, user_key=user_key, history=tuple(history))
+            )
+
     def user_view(self, context: DecisionContext) -> UserView | None:
         """The user's decision-time summary, cached with their encoding; None without history."""
         encoding = self.encoding(context)
@@ -387,7 +402,7 @@ class InterestScorer:
                 scores = head.bias.detach().clone()
                 scores[0] = float("-inf")
             else:
-                scores = head.logits(encoding.encoded[-1:], self.model.encoder.events)[0]
+                scores = self._next_item_logits(encoding.encoded[-1:])[0]
             if exclude_purchased:
                 bought = {e.item_id for e in history if e.event_type == EventType.PURCHASE and e.item_id}
                 rows = [self.vocab.index[item] for item in bought if item in self.vocab.index]
@@ -494,6 +509,9 @@ class InterestScorerHolder:
 
     def prepared(self, context: DecisionContext, candidates: Sequence[Candidate]) -> bool:
         return self.current.prepared(context, candidates)
+
+    def prepare_user(self, user_key: str, history: Sequence[BehaviourEvent]) -> None:
+        self.current.prepare_user(user_key, history)
 
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
         return self.current.score_many(requests)

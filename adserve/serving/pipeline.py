@@ -16,6 +16,7 @@ writer without waiting (see `_log` for what that guarantees).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -119,6 +120,8 @@ class DecisionPipeline:
         self.rng = rng or np.random.default_rng()
         self.reservations = LocalReservations()  # budget held by decisions newer than the snapshot
         self._batcher: Any = None  # MicroBatcher of the scorer that needs it, made on first use
+        if user_states is not None:
+            user_states.prepare = self._prepare_user
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -166,6 +169,13 @@ class DecisionPipeline:
             decisions.append(self._placement_decision(served, user_key, now, request.explain))
         await self._log(rows, capped_serve)
         return DecisionResponse(request_id=request_id, decisions=decisions)
+
+    async def _prepare_user(self, user_key: str, state: UserState) -> None:
+        """Encodes a user whose behaviour just changed, off the event loop, so their next decision
+        is numpy work only (the scorer keeps the encoding keyed by the new history)."""
+        prepare = getattr(self.scorer, "prepare_user", None)
+        if prepare is not None:
+            await asyncio.to_thread(prepare, user_key, state.history)
 
     # --- steps --------------------------------------------------------------------------------------
 

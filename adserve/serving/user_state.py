@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 from adserve.domain import BehaviourEvent, EventType
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import asyncpg
 
 __all__ = ["USER_STATE_CHANNEL", "UserState", "UserStateCache"]
@@ -38,6 +40,7 @@ __all__ = ["USER_STATE_CHANNEL", "UserState", "UserStateCache"]
 log = logging.getLogger(__name__)
 
 USER_STATE_CHANNEL = "adserve_user_state"
+MAX_REFRESHING = 64  # users refreshed at event time at once; beyond, their next decision loads them
 EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
 
 HISTORY_SQL = """
@@ -93,6 +96,10 @@ class UserStateCache:
         self._connected = asyncio.Event()
         self.hits = 0
         self.loads = 0
+        self.refreshed = 0
+        # called with (user_key, state) after a refresh at event time; the pipeline sets it
+        self.prepare: Callable[[str, UserState], Awaitable[None]] | None = None
+        self._refreshing: set[str] = set()
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -176,7 +183,10 @@ class UserStateCache:
         for line in payload.splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "e":
+                entry = self._entries.get(rest)
                 self.forget(rest)
+                if entry is not None and self.prepare is not None:
+                    self._refresh_soon(rest, entry)
             elif kind == "s":
                 user_key, campaign, epoch_us = rest.rsplit(" ", 2)
                 self._touch(user_key)
@@ -184,6 +194,25 @@ class UserStateCache:
                 if entry is not None:
                     ts = datetime.fromtimestamp(int(epoch_us) / 1_000_000, UTC)
                     entry.served.setdefault(int(campaign), {})[int(epoch_us)] = ts
+
+    def _refresh_soon(self, user_key: str, entry: _Entry) -> None:
+        """Encode at event time: a user this process was serving changed their behaviour, so
+        their state is reloaded now and handed to `prepare` (the scorer encodes it in a worker
+        thread), and their next decision finds everything ready."""
+        if user_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHING:
+            return  # already on its way, or too many at once: the next decision loads it
+        self._refreshing.add(user_key)
+        task = asyncio.create_task(self._refresh(user_key, entry))
+        task.add_done_callback(lambda _: self._refreshing.discard(user_key))
+
+    async def _refresh(self, user_key: str, entry: _Entry) -> None:
+        try:
+            state = await self.get(user_key, entry.with_history, sorted(entry.campaigns), entry.since)
+            if self.prepare is not None and state.history:
+                await self.prepare(user_key, state)
+            self.refreshed += 1
+        except Exception:
+            log.warning("refreshing a user's state after their event failed; their next decision loads it")
 
     def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
         self.apply(payload)
@@ -204,6 +233,7 @@ class UserStateCache:
             await asyncio.wait_for(self._connected.wait(), timeout=5.0)
 
     async def close(self) -> None:
+        self.prepare = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

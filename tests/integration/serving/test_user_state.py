@@ -148,3 +148,29 @@ async def test_uncapped_decision_rows_reach_postgres_within_the_flush_window(
             await asyncio.sleep(0.01)  # polling interval of a condition wait
     finally:
         await connection.close()
+
+
+async def test_an_event_refreshes_a_served_user_ahead_of_their_next_decision(
+    client, other_process, settings
+) -> None:
+    """Encode at event time: the process reloads a user it was serving when their behaviour
+    changes and hands the state to `prepare` (the scorer encodes it), before any decision asks."""
+    prepared: list[tuple[str, list[str]]] = []
+
+    async def prepare(user_key, state) -> None:
+        prepared.append((user_key, [e.category for e in state.history]))
+
+    other_process.prepare = prepare
+    user = f"refresh-{uuid.uuid4().hex[:8]}"
+    key = UserKeys(settings.secret_key).consented(user)
+    await client.post("/v1/events", json={"consent": True, "events": [event(user, "shoes")]})
+    await until(lambda: key in other_process._touched)
+    await other_process.get(key, True, [], datetime.now(UTC) - SINCE)
+    assert prepared == []  # a plain read prepares nothing
+
+    await client.post("/v1/events", json={"consent": True, "events": [event(user, "audio")]})
+    await until(lambda: bool(prepared))
+    assert prepared == [(key, ["shoes", "audio"])]
+    loads = other_process.loads
+    state = await other_process.get(key, True, [], datetime.now(UTC) - SINCE)
+    assert [e.category for e in state.history] == ["shoes", "audio"] and other_process.loads == loads

@@ -74,3 +74,17 @@ def test_a_later_request_of_the_same_user_reuses_cached_parts_exactly(tiny_check
         np.testing.assert_allclose(
             fast, scorer.click_features_many([(moved, creatives)])[0], rtol=1e-4, atol=1e-4
         )
+
+
+def test_a_user_prepared_at_event_time_is_scored_without_a_forward_pass(tiny_checkpoint, tiny_world) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    context = _contexts(tiny_world)[1]
+    assert context.user_key is not None
+    scorer.score(context, creatives)  # the candidate list and the context are prepared
+    assert scorer.prepared(context, creatives)
+    viewed = BehaviourEvent(EventType.PRODUCT_VIEW, context.now, item_id="sku-new", category="c1")
+    later = dataclasses.replace(context, now=context.now + 1, history=(*context.history, viewed))
+    assert not scorer.prepared(later, creatives)  # a new event: the encoder must run
+    scorer.prepare_user(later.user_key, later.history)
+    assert scorer.prepared(later, creatives)
