@@ -49,7 +49,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import msgspec
-from serving_models import ServingModels, serving_status, warm_models
+from serving_models import ServingModels, serving_status, visit_every_user, warm_models
 
 from adserve.admin import schemas
 from adserve.admin.services import AdvertiserService, CampaignService, CreativeService, PlacementService
@@ -490,6 +490,7 @@ class Report:
     serving: dict
     workers: int
     section: str
+    visited_s: float
 
     @property
     def plain_rps(self) -> float:
@@ -534,6 +535,10 @@ class Report:
             )
         else:
             trained = "No model was trained: the cold start serves. "
+        trained += (
+            f"Then one decision per user ({self.users:,}, {self.visited_s:.0f} s) before measuring, so the "
+            "server holds every user's state and encoding, as for users whose events it has seen. "
+        )
         served = (
             f"{trained}Serving during the run (`/ready`): scorer `{scorer['kind']}` version "
             f"`{scorer['version']}`, policy `{policy['kind']}` version `{policy['version']}` "
@@ -550,7 +555,7 @@ class Report:
             f"`{self.command}`",
             "",
             "Workload: one 300×250 placement with 100 eligible creatives (20 campaigns × 5, half CPC",
-            "half CPM, generous budgets; 5 campaigns carry a 1000/day frequency cap that never binds, so",
+            "half CPM, generous budgets; 5 campaigns carry a 1000/day frequency cap that never binds, whose",
             f"the served-campaigns query runs); {self.users:,} consented users with {EVENTS_PER_USER} behaviour",
             f"events each ({self.events:,} rows in user_events), user id rotated per request. `adserve serve`",
             f"(`ADSERVE_ENV=prod`, default configuration, {self.workers} worker(s)) and `bench/plain_app.py`",
@@ -717,6 +722,10 @@ async def bench(args: argparse.Namespace) -> Report:
             profile_decisions(
                 endpoints["decisions"][3], args.profile, lambda: load("decisions", args.profile + 2)
             )
+        visited_s = await visit_every_user(port, args.users, request_body)
+        print(
+            f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True
+        )
         serving = await serving_status(port)
         plain_latency = await open_loop(
             plain_port, "/plain", args.users, b'"ok":true', args.rate, args.latency_duration
@@ -754,6 +763,7 @@ async def bench(args: argparse.Namespace) -> Report:
         serving=serving,
         workers=args.workers,
         section=args.section,
+        visited_s=visited_s,
     )
 
 

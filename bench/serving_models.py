@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServingModels", "serving_status", "warm_models"]
+__all__ = ["ServingModels", "serving_status", "visit_every_user", "warm_models"]
 
 BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
@@ -130,3 +130,22 @@ async def warm_models(
         await asyncio.sleep(0.5)  # the server hot-swaps on its model poll; this waits for it
     print(f"serving: scorer {scorer}, policy {policy}", flush=True)
     return ServingModels(scorer, policy, served, clicks, train_s, learn_s)
+
+
+async def visit_every_user(port: int, users: int, request_body) -> float:
+    """One decision per user before measuring: the serving process holds every user's state and
+    encoding, as it does for users whose behaviour events it has seen (encoded at event time);
+    the seeded users arrived by COPY, which notifies nobody. Returns the seconds it took."""
+    started = time.perf_counter()
+    limit = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+
+        async def one(user: int) -> None:
+            async with limit:
+                response = await client.post(
+                    "/v1/decisions", content=request_body(user), headers={"content-type": "application/json"}
+                )
+                response.raise_for_status()
+
+        await asyncio.gather(*(one(user) for user in range(users)))
+    return time.perf_counter() - started
