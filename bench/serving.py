@@ -145,7 +145,7 @@ async def seed_catalog(url: str) -> None:
                     "total_budget": 1e9,
                     "daily_budget": 1e8,
                 }
-                if c % 4 == 0:  # a cap that never binds, so the served-campaigns query runs
+                if c % 4 == 0:  # a cap that never binds: its serves wait for their commit
                     body["frequency_cap"] = {"impressions": 1000, "window_s": 86400}
                 campaign = await CampaignService(session, None).create(
                     msgspec.convert(body, schemas.CampaignCreate), advertiser.id
@@ -556,7 +556,7 @@ class Report:
             "",
             "Workload: one 300×250 placement with 100 eligible creatives (20 campaigns × 5, half CPC",
             "half CPM, generous budgets; 5 campaigns carry a 1000/day frequency cap that never binds, whose",
-            f"the served-campaigns query runs); {self.users:,} consented users with {EVENTS_PER_USER} behaviour",
+            f"serves wait for their commit); {self.users:,} consented users with {EVENTS_PER_USER} behaviour",
             f"events each ({self.events:,} rows in user_events), user id rotated per request. `adserve serve`",
             f"(`ADSERVE_ENV=prod`, default configuration, {self.workers} worker(s)) and `bench/plain_app.py`",
             "(one `POST /plain` decoding the same JSON body, 1 worker) run under the same uvicorn",
