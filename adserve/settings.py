@@ -70,6 +70,7 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # is trusted without a notification (it heals a missed one)
     user_state_cache_size: int = 100_000
     user_state_max_age_s: float = 60.0
+    torch_threads: int = 1  # intra-op threads of a serving process's interest model passes
     model_poll_s: float = 5.0
     interest_precision: Literal["fp32", "int8"] = "fp32"
 

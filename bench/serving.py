@@ -687,6 +687,8 @@ async def bench(args: argparse.Namespace) -> Report:
             f"servers up: adserve pid {servers[0].process.pid}, plain pid {servers[1].process.pid}",
             flush=True,
         )
+        visited_s = await visit_every_user(port, args.users, request_body)
+        print(f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True)
 
         endpoints = {
             "plain": (plain_port, "/plain", '"ok":true', servers[1].process.pid),

@@ -154,6 +154,37 @@ class InterestScorer:
             encoded = self.model.encoder(events)[0]
         return _Encoding(encoded, events.padding[0], encoded_history.ts)
 
+    def _encode_missing(self, contexts: Sequence[DecisionContext]) -> None:
+        """Encodes the consented users among `contexts` whose encoding is not cached in one
+        encoder pass (left-padded: each event keeps the position it has alone, padding is masked,
+        so each row equals its own pass)."""
+        missing: dict[tuple[str, int, float], DecisionContext] = {}
+        for context in contexts:
+            if context.history and context.user_key is not None:
+                key = self._cache_key(context)
+                with self._lock:
+                    cached = key in self._cache
+                if not cached:
+                    missing[key] = context
+        if len(missing) < 2:
+            return  # one miss: encoding() does it the usual way
+        histories = [
+            encode_history(context.history[-self.config.max_len :], self.config, self.vocab)
+            for context in missing.values()
+        ]
+        events = stack_histories(histories, self.config.max_len).to(self.device)
+        with torch.inference_mode():
+            encoded = self.model.encoder(events)
+        length = encoded.shape[1]
+        with self._lock:
+            for row, (key, history) in enumerate(zip(missing, histories, strict=True)):
+                start = length - len(history.ts)
+                self._cache[key] = _Encoding(
+                    encoded[row, start:].clone(), events.padding[row, start:].clone(), history.ts
+                )
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
     @staticmethod
     def _cache_key(context: DecisionContext) -> tuple[str, int, float]:
         history = context.history
@@ -368,6 +399,7 @@ class InterestScorer:
         """Calibrated P(click) for several requests (one forward pass on the torch path)."""
         if self._kernel is not None and self.fusion is not None:
             fusion = self.fusion
+            self._encode_missing([context for context, _ in requests])
             return [
                 fusion(self.fusion_features(context, candidates)) if candidates else np.zeros(0)
                 for context, candidates in requests

@@ -76,7 +76,13 @@ class ModelWatcher:
                 await self._load_bandit(row["version"], row["path"])
 
     async def _load_interest(self, version: str, path: str) -> None:
+        import torch
+
         from adserve.interest.scorer import InterestScorerHolder
+
+        # One thread per forward pass: passes run one batch at a time in a worker thread beside
+        # the event loop, and idle OpenMP workers spinning for more cost more CPU than they save.
+        torch.set_num_threads(self.settings.serving.torch_threads)
 
         try:
             if self.interest is None:

@@ -88,3 +88,13 @@ def test_a_user_prepared_at_event_time_is_scored_without_a_forward_pass(tiny_che
     assert not scorer.prepared(later, creatives)  # a new event: the encoder must run
     scorer.prepare_user(later.user_key, later.history)
     assert scorer.prepared(later, creatives)
+
+
+def test_users_encoded_together_score_as_when_encoded_alone(tiny_checkpoint, tiny_world) -> None:
+    _, creatives, _ = tiny_world
+    contexts = [c for c in _contexts(tiny_world) if c.user_key is not None and c.history]
+    assert len({len(c.history) for c in contexts}) > 1  # different lengths: left padding is exercised
+    together = InterestScorer(tiny_checkpoint).score_many([(c, creatives) for c in contexts])
+    alone = InterestScorer(tiny_checkpoint)
+    for context, scores in zip(contexts, together, strict=True):
+        np.testing.assert_allclose(scores, alone.score(context, creatives), rtol=1e-5, atol=1e-6)
