@@ -1,6 +1,6 @@
 """One batched async log writer per process: group commit through asyncpg COPY, spool when down.
 
-Rows are tuples in the column order of `adserve.events.rows.columns` (`make_row` builds one).
+Rows are tuples in the column order of `adserve.db.rows.columns` (`make_row` builds one).
 
 A table's rows gather in one batch that is flushed when it holds ``flush_rows`` rows or
 ``flush_ms`` after its first row, whichever comes first, or at once when a caller awaits
@@ -51,9 +51,9 @@ import asyncpg
 import msgspec
 
 from adserve.db.engine import asyncpg_dsn
+from adserve.db.rows import WRITABLE_TABLES, columns
 from adserve.errors import ServiceUnavailable
 from adserve.events.billing import ERASABLE_TABLES, INSERT_SQL, LOCK_SQL, RETURNS_COUNT, stage_table
-from adserve.events.rows import WRITABLE_TABLES, columns
 from adserve.events.spool import Spool, SpoolLockedError
 
 # Published in the transaction that stores the rows, so every serving process's in-memory user

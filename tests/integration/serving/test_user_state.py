@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from adserve.serving.identity import UserKeys
 
 from adserve.db.engine import asyncpg_dsn
 from adserve.serving.user_state import UserStateCache
+from adserve.signing.identity import UserKeys
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 SINCE = timedelta(days=30)
