@@ -724,8 +724,6 @@ async def bench(args: argparse.Namespace) -> Report:
             profile_decisions(
                 endpoints["decisions"][3], args.profile, lambda: load("decisions", args.profile + 2)
             )
-        visited_s = await visit_every_user(port, args.users, request_body)
-        print(
             f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True
         )
         serving = await serving_status(port)
