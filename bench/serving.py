@@ -724,8 +724,6 @@ async def bench(args: argparse.Namespace) -> Report:
             profile_decisions(
                 endpoints["decisions"][3], args.profile, lambda: load("decisions", args.profile + 2)
             )
-            f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True
-        )
         serving = await serving_status(port)
         plain_latency = await open_loop(
             plain_port, "/plain", args.users, b'"ok":true', args.rate, args.latency_duration
