@@ -12,7 +12,7 @@ while the state series are those of the worker that answered the scrape.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from adserve.events.writer import LogWriter
 
 __all__ = [
     "CONTENT_TYPE",
@@ -174,6 +173,16 @@ def observe_writer_flush(table: str, seconds: float) -> None:
     WRITER_FLUSH_SECONDS.labels(table).observe(seconds)
 
 
+class LogWriterState(Protocol):
+    """What the scrape reads of `events.writer.LogWriter` (typed here: the writer reports its
+    flushes to this module, so this module does not import it)."""
+
+    online: bool
+    caught_up: bool
+
+    def stats(self) -> dict[str, int]: ...
+
+
 # LogWriter.stats() keys that are levels, not running totals.
 _WRITER_GAUGES = {
     "pending": (
@@ -185,7 +194,7 @@ _WRITER_GAUGES = {
 _ROWS_WRITTEN = "rows_written_"
 
 
-def _writer_families(writer: LogWriter) -> Iterator[Metric]:
+def _writer_families(writer: LogWriterState) -> Iterator[Metric]:
     rows_written = CounterMetricFamily(
         "adserve_writer_rows_written", "Rows the log writer committed to Postgres, by table", labels=["table"]
     )
@@ -255,7 +264,7 @@ class ProcessStateCollector(Collector):
 
     def __init__(
         self,
-        writer: Callable[[], LogWriter | None],
+        writer: Callable[[], LogWriterState | None],
         serving: Callable[[], Mapping[str, Any]],
         job_finishes: Callable[[], Mapping[tuple[str, str], float]] = dict,
     ) -> None:

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -55,6 +56,7 @@ from adserve.db.rows import WRITABLE_TABLES, columns
 from adserve.errors import ServiceUnavailable
 from adserve.events.billing import ERASABLE_TABLES, INSERT_SQL, LOCK_SQL, RETURNS_COUNT, stage_table
 from adserve.events.spool import Spool, SpoolLockedError
+from adserve.metrics import observe_writer_flush
 
 # Published in the transaction that stores the rows, so every serving process's in-memory user
 # state (serving/user_state.py) hears of a change as it commits: the users whose behaviour
@@ -447,6 +449,7 @@ class LogWriter:
 
     async def _flush(self, table: str, batch: _Batch) -> None:
         outcomes: list[_Result] | None = None
+        started = time.perf_counter()
         try:
             if self._online:
                 try:
@@ -465,6 +468,7 @@ class LogWriter:
             outcomes = [
                 RowsRejectedError(f"{table} rows were lost to an unexpected error") for _ in batch.waiters
             ]
+        observe_writer_flush(table, time.perf_counter() - started)
         for (_, _, future), outcome in zip(batch.waiters, outcomes, strict=True):
             if future is not None and not future.done():
                 if isinstance(outcome, LogWriteError):

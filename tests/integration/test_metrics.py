@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from adserve.app import create_app
 from adserve.db.engine import asyncpg_dsn
 from adserve.jobs.runs import RetryPolicy, run_recorded
-from tests.integration.conftest import bearer
+from tests.integration.conftest import bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 
 TOKEN = "metrics-token-" + "m" * 20
@@ -174,3 +174,8 @@ async def test_decisions_are_counted_by_outcome_and_removal_rule(metrics_client,
     assert moved("adserve_decisions_total", outcome="no_eligible_creative") == 1
     assert moved("adserve_eligibility_removed_total", rule="geo") == 2
     assert moved("adserve_scoring_seconds_count") == 1 and moved("adserve_policy_choose_seconds_count") == 1
+    await decisions_logged(metrics_client)
+    flushed = await _scrape(metrics_client)
+    assert (_series(flushed, "adserve_writer_flush_seconds_count", table="decisions") or 0) > (
+        _series(before, "adserve_writer_flush_seconds_count", table="decisions") or 0
+    )
