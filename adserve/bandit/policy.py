@@ -46,6 +46,10 @@ Learner and readers
 One process learns (`learn`, then `save` a version directory); serving processes `load` a
 version and `reload` newer ones: the new workspace is built off to the side and swapped in one
 reference assignment under the lock, so requests never see a half-loaded model.
+
+One module, past 450 lines, on purpose: the features VW sees, the pmf served and the costs learned
+must agree exactly (the logged propensity is the sampling probability), so they are kept side by
+side.
 """
 
 from __future__ import annotations

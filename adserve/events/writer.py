@@ -36,6 +36,10 @@ erasure is stored without the user (decisions, impressions, clicks, conversions)
 (behaviour events), whenever and through whichever writer it arrives. Each writer transaction
 holds `WRITE_BARRIER_KEY` shared; the erasure takes it exclusively once its tombstones are
 committed, so every row that was stored without seeing them is committed before it sweeps.
+
+Past 450 lines, on purpose: batching, group commit, the spool and its replay are one state machine
+(queues, in-flight slots, the online flag, the replay lock); the billing statements live in
+`billing.py` and the row tuples in `db/rows.py`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ embedding is the same hashed input embedding (weight tying, as in SASRec), plus 
 Sequences are left-padded: slot `L - 1` is always the most recent event and position embeddings
 count back from it, so a batch may be trimmed to its longest sequence without changing any output.
 This file reads no files and parses no configs.
+
+One module, past 450 lines, on purpose: the architecture in one place (embeddings, encoder, both
+heads), as in the reference implementations it follows.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ User encodings are cached in a bounded LRU keyed by (user_key, number of events,
 time), so the next event a user makes is a new key and the stale encoding ages out; the encoder
 output does not depend on the clock (time to the request enters in the click head), so a cached
 encoding stays exact while the request time moves.
+
+Past 450 lines: the scorer, its hot-swap holder and the micro-batcher share the encoding cache and
+its lock; the numpy decision-time path itself lives in `inference.py`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ empirical-CTR scorer (the serving cold start).
 The objective is CTR (the goal is stated in CTR against the CTR oracle): the VW policies run
 with `objective = "clicks"` (cost −1 on a click, the model's value = P(click)); everything else
 in their configuration is the serving one.
+
+One module, past 450 lines, on purpose: every arm of the comparison is configured here from the
+serving settings, so no arm can run with a configuration the others do not see.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ uniform-random policy would expect on the very same request, so regret needs no 
 
 Learners plug in through hooks: `on_page(page)` sees every page and its behaviour events,
 `on_outcome(decision, clicked)` every decision and its outcome (bandit updates, periodic retraining).
+
+One module, past 450 lines, on purpose: the replay loop, its bookkeeping of regret and the learner
+hooks share the per-request random draws; split, a change to one could silently change another arm's
+draws.
 """
 
 from __future__ import annotations

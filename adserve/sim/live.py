@@ -20,6 +20,9 @@ from `/ready`'s `serving` object (the scorer and policy the pipeline uses now).
 Every few seconds it prints one line: decisions served, CTR so far and over the last window
 (with what the oracle and a uniform-random policy would expect on the same requests), clicks
 drawn and fired, the service's own figures and the scorer and policy serving.
+
+One module, past 450 lines, on purpose: the demo's shopper driver, its tag rules (viewability,
+clicks after impressions) and its progress line read the same counters.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ integration can load it through the admin API and map database ids back to simul
 Interest drift is a mean-reverting random walk in logit space with one anchor per
 `drift_interval_s`, linearly interpolated in between: a user's interest is then a pure function of
 time, so the oracle can be asked about any moment in any order and still give the same answer.
+
+One module, past 450 lines, on purpose: the world's random streams (catalogue, users, drift,
+traffic) are derived from one seed here; splitting them would make reproducibility depend on import
+order.
 """
 
 from __future__ import annotations
