@@ -9,11 +9,11 @@ first and share one `adserve.db.engine.Database` for their whole run.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from adserve.cli import admin, bandit, data, demo, interest, serve, simulate
 from adserve.errors import UserError
+from adserve.logging_config import configure_logging
 from adserve.settings import SettingsError, load_settings
 
 __all__ = ["build_parser", "main"]
@@ -33,11 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        for chatty in ("pgserver", "alembic", "apscheduler"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+        configure_logging(settings.log_level, settings.log_format)  # worker and demo log JSON too
         return args.run(args, settings)
     except SettingsError as exc:
         print(f"adserve: configuration error: {exc}", file=sys.stderr)

@@ -256,16 +256,19 @@ class CatalogCache:
         """Local shortcut: this process changed the catalogue, refresh without waiting."""
         self._changed.set()
 
+    def _on_notify(self, *_: object) -> None:
+        self._changed.set()
+
     async def _listen(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
             return
         self._listener = await self.pool.acquire()
-        await self._listener.add_listener(CATALOG_CHANNEL, lambda *_: self._changed.set())
+        await self._listener.add_listener(CATALOG_CHANNEL, self._on_notify)
 
     async def _unlisten(self) -> None:
         if self._listener is not None:
             with contextlib.suppress(Exception):
-                await self._listener.remove_listener(CATALOG_CHANNEL, lambda *_: None)
+                await self._listener.remove_listener(CATALOG_CHANNEL, self._on_notify)
             with contextlib.suppress(Exception):
                 await self.pool.release(self._listener)
             self._listener = None
