@@ -357,6 +357,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.serving.history_length,
             max_users=settings.serving.user_state_cache_size,
             max_age_s=settings.serving.user_state_max_age_s,
+            history_days=settings.serving.history_days,
         )
         await user_states.start()
         app.state.catalog = catalog

@@ -66,10 +66,11 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attribution_window_s: int = 604800
     max_events_per_batch: int = 500
     history_length: int = 50
+    history_days: float = 30.0  # a decision reads the user's last history_length events of these days
     # per-process user state (serving/user_state.py): how many users, and the longest an entry
     # is trusted without a notification (it heals a missed one)
     user_state_cache_size: int = 100_000
-    user_state_max_age_s: float = 60.0
+    user_state_max_age_s: float = 300.0
     torch_threads: int = 1  # intra-op threads of a serving process's interest model passes
     model_poll_s: float = 5.0
     interest_precision: Literal["fp32", "int8"] = "fp32"

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from adserve.domain import BehaviourEvent, Candidate, DecisionContext
     from adserve.interest.network import InterestConfig, InterestModel
 
-__all__ = ["CandidateBlock", "ClickKernel", "UserView"]
+__all__ = ["CandidateBlock", "ClickKernel", "UserView", "log_mass"]
 
 CONTEXT_CACHE = 4_096
 BLOCK_CACHE = 256
@@ -59,7 +59,7 @@ def _transposed(weight: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(_numpy(weight).T)
 
 
-def _log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
+def log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
     """log Σ exp(logp[rows]), floored at MIN_AFFINITY (no rows: the floor)."""
     if not rows.size:
         return MIN_AFFINITY
@@ -356,10 +356,10 @@ class ClickKernel:
         for category in block.unique_categories:
             if category not in masses:
                 rows = block.category_rows.get(category) if category else None
-                masses[category] = _log_mass(logp, rows) if rows is not None else MIN_AFFINITY
+                masses[category] = log_mass(logp, rows) if rows is not None else MIN_AFFINITY
         out[:, 1] = np.array([masses[c] for c in block.unique_categories])[block.category_index]
         for members, rows in block.brand_groups:
-            out[members, 2] = _log_mass(logp, rows)
+            out[members, 2] = log_mass(logp, rows)
         return out
 
     @staticmethod

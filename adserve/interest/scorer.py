@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import warnings
 from collections import OrderedDict
@@ -42,7 +41,7 @@ from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType
 from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from adserve.interest.data import click_inputs, encode_history, request_gaps, stack_histories
 from adserve.interest.fusion import MIN_AFFINITY, behaviour_features
-from adserve.interest.inference import ClickKernel, UserView
+from adserve.interest.inference import ClickKernel, UserView, log_mass
 from adserve.interest.network import InterestModel
 
 __all__ = [
@@ -297,16 +296,6 @@ class InterestScorer:
         if self._kernel is not None:
             self._kernel.clear()
 
-    @staticmethod
-    def _log_mass(logp: np.ndarray, rows: np.ndarray) -> float:
-        if not rows.size:
-            return MIN_AFFINITY
-        values = logp[rows]
-        top = values.max()
-        if not np.isfinite(top):
-            return MIN_AFFINITY
-        return max(top + math.log(np.exp(values - top).sum()), MIN_AFFINITY)
-
     def affinities(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         """(N, 3) log P(the user's next item is one of: the candidate's linked products, its
         category's items, the linked products of this request's candidates of its brand)."""
@@ -315,15 +304,15 @@ class InterestScorer:
         for candidate in candidates:
             if candidate.brand:
                 brand_rows.setdefault(candidate.brand, []).append(self._rows_of(candidate.product_ids))
-        brand_mass = {b: self._log_mass(logp, np.unique(np.concatenate(r))) for b, r in brand_rows.items()}
+        brand_mass = {b: log_mass(logp, np.unique(np.concatenate(r))) for b, r in brand_rows.items()}
         category_mass: dict[str | None, float] = {}
         out = np.full((len(candidates), 3), MIN_AFFINITY)
         for i, candidate in enumerate(candidates):
-            out[i, 0] = self._log_mass(logp, self._rows_of(candidate.product_ids))
+            out[i, 0] = log_mass(logp, self._rows_of(candidate.product_ids))
             category = candidate.category
             if category not in category_mass:
                 rows = self._category_rows.get(category) if category else None
-                category_mass[category] = self._log_mass(logp, rows) if rows is not None else MIN_AFFINITY
+                category_mass[category] = log_mass(logp, rows) if rows is not None else MIN_AFFINITY
             out[i, 1] = category_mass[category]
             if candidate.brand:
                 out[i, 2] = brand_mass[candidate.brand]

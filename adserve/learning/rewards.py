@@ -41,6 +41,8 @@ SELECT d.id, d.ts, d.chosen_creative_id, c.pricing, c.bid,
 FROM decisions d
 LEFT JOIN rewards r ON r.decision_id = d.id
 LEFT JOIN impressions i ON i.decision_id = d.id
+  -- an impression follows its decision: the bound lets Postgres skip older partitions
+  AND i.ts >= $1::timestamptz - make_interval(secs => $3::float8 + 3600)
 LEFT JOIN campaigns c ON c.id = d.campaign_id
 WHERE r.decision_id IS NULL AND d.chosen_creative_id IS NOT NULL
   AND d.ts >= $1::timestamptz - make_interval(secs => $3::float8)

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from adserve.domain import BehaviourEvent, EventType
@@ -43,9 +43,10 @@ USER_STATE_CHANNEL = "adserve_user_state"
 MAX_REFRESHING = 64  # users refreshed at event time at once; beyond, their next decision loads them
 EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
 
+# Bounded in time so Postgres reads only the partitions of the last `history_days` days.
 HISTORY_SQL = """
 SELECT event_type, ts, item_id, category, price, query FROM user_events
-WHERE user_id = $1 ORDER BY ts DESC LIMIT $2
+WHERE user_id = $1 AND ts > $3 ORDER BY ts DESC LIMIT $2
 """
 
 SERVED_SQL = """
@@ -81,10 +82,16 @@ def _epoch_us(ts: datetime) -> int:
 
 class UserStateCache:
     def __init__(
-        self, pool: asyncpg.Pool, history_length: int, max_users: int = 100_000, max_age_s: float = 60.0
+        self,
+        pool: asyncpg.Pool,
+        history_length: int,
+        max_users: int = 100_000,
+        max_age_s: float = 300.0,
+        history_days: float = 30.0,
     ) -> None:
         self.pool = pool
         self.history_length = history_length
+        self.history_days = history_days
         self.max_users = max_users
         self.max_age_s = max_age_s
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -135,8 +142,11 @@ class UserStateCache:
         loaded_at = time.monotonic()
         try:
             async with self.pool.acquire(timeout=1.0) as connection:
+                history_since = datetime.now(UTC) - timedelta(days=self.history_days)
                 rows = (
-                    await connection.fetch(HISTORY_SQL, user_key, self.history_length) if with_history else []
+                    await connection.fetch(HISTORY_SQL, user_key, self.history_length, history_since)
+                    if with_history
+                    else []
                 )
                 served_rows = await connection.fetch(SERVED_SQL, user_key, since, capped) if capped else []
         except Exception:
