@@ -201,7 +201,10 @@ class ClickKernel:
         self.b_first = _numpy(linears[0].bias)
         self.rest = [(_transposed(layer.weight), _numpy(layer.bias)) for layer in linears[1:]]
         self._contexts: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._blocks: OrderedDict[tuple[int, ...], CandidateBlock] = OrderedDict()
+        self._blocks: OrderedDict[tuple[int, ...], tuple[tuple[Candidate, ...], CandidateBlock]] = (
+            OrderedDict()
+        )
+        self._by_content: dict[tuple[Candidate, ...], CandidateBlock] = {}
         self._lock = threading.Lock()  # the caches are shared by the scoring threads
 
     # --- cached parts -----------------------------------------------------------------------------
@@ -249,10 +252,18 @@ class ClickKernel:
     ) -> CandidateBlock:
         key = tuple(map(id, candidates))
         with self._lock:
-            block = self._blocks.get(key)
-            if block is not None:
+            held = self._blocks.get(key)
+            if held is not None:
                 self._blocks.move_to_end(key)
-                return block
+                return held[1]
+        # A catalogue refresh rebuilds equal candidates as new objects: reuse their prepared block
+        # (and with it every user's cached pair features) instead of running the tower again.
+        content = tuple(candidates)
+        with self._lock:
+            block = self._by_content.get(content)
+        if block is not None:
+            self._remember(key, content, block)
+            return block
         inputs = click_inputs(
             [(context, c) for c in candidates], self._config, [np.zeros(0)] * len(candidates), 0
         )
@@ -274,16 +285,23 @@ class ClickKernel:
             category_rows=category_rows,
             priors=np.array([creative_priors.get(c.creative_id, 0.0) for c in candidates], dtype=np.float64),
         )
-        with self._lock:
-            self._blocks[key] = block
-            if len(self._blocks) > BLOCK_CACHE:
-                self._blocks.popitem(last=False)
+        self._remember(key, content, block)
         return block
+
+    def _remember(self, key: tuple[int, ...], content: tuple[Candidate, ...], block: CandidateBlock) -> None:
+        with self._lock:
+            self._blocks[key] = (content, block)  # the candidates are held: their ids stay theirs
+            self._by_content[content] = block
+            while len(self._blocks) > BLOCK_CACHE:
+                _, (old_content, _) = self._blocks.popitem(last=False)
+                if not any(held is old_content for held, _ in self._blocks.values()):
+                    self._by_content.pop(old_content, None)
 
     def clear(self) -> None:
         """Forget prepared candidate lists (their category rows or priors changed)."""
         with self._lock:
             self._blocks.clear()
+            self._by_content.clear()
 
     # --- per decision -----------------------------------------------------------------------------
 

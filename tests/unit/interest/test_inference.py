@@ -98,3 +98,21 @@ def test_users_encoded_together_score_as_when_encoded_alone(tiny_checkpoint, tin
     alone = InterestScorer(tiny_checkpoint)
     for context, scores in zip(contexts, together, strict=True):
         np.testing.assert_allclose(scores, alone.score(context, creatives), rtol=1e-5, atol=1e-6)
+
+
+def test_a_catalogue_refresh_with_equal_candidates_reuses_the_prepared_block(
+    tiny_checkpoint, tiny_world
+) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    context = _contexts(tiny_world)[1]
+    first = scorer.fusion_features(context, creatives)
+    pair = scorer.user_view(context).pair
+    refreshed = [dataclasses.replace(c) for c in creatives]  # equal content, new objects
+    assert all(a is not b and a == b for a, b in zip(creatives, refreshed, strict=True))
+    np.testing.assert_allclose(scorer.fusion_features(context, refreshed), first)
+    assert scorer.user_view(context).pair is pair  # the same block: the user's pair cache held
+    assert scorer.prepared(context, refreshed)
+    rebid = [dataclasses.replace(c, bid=c.bid + 1.0) for c in creatives]
+    scorer.fusion_features(context, rebid)
+    assert scorer.user_view(context).pair is not pair  # different content: a new block
