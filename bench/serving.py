@@ -291,10 +291,22 @@ class WrkResult:
     server_cpu_ms: float = 0.0  # the server process's CPU time per request (user + system)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+def _own_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (/proc/<pid>/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a server so far: the process and its children (uvicorn's workers with
+    `--workers N`, which do the serving while the parent only supervises)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    total = _own_cpu_seconds(pid)
+    for kid in kids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += _own_cpu_seconds(kid)
+    return total
 
 
 def run_wrk(
