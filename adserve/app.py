@@ -33,7 +33,7 @@ from adserve import metrics
 from adserve.admin.controllers import ADMIN_COMPONENTS, admin_router
 from adserve.admin.dashboard import dashboard_router
 from adserve.admin.privacy import site_privacy_router
-from adserve.db.engine import asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
+from adserve.db.engine import Database, asyncpg_dsn, create_engine, resolve_database_url, sessionmaker_for
 from adserve.db.migrate import head_revision
 from adserve.errors import ServiceUnavailable, UserError
 from adserve.events.ingest import EventIngest
@@ -363,6 +363,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.catalog = catalog
         app.state.writer = writer
         app.state.pool = pool
+        app.state.database = Database(pool, app.state.sessionmaker)  # the handle learning/ takes
         app.state.user_states = user_states
         app.state.pipeline = DecisionPipeline(
             catalog=catalog,

@@ -2,7 +2,7 @@
 
 `GET /admin/v1/ope?days=7`: the value (CTR and revenue per decision) of the logging policy,
 uniform random, greedy, and the registered bandit champion, each with IPS, SNIPS and DR, a
-bootstrap 95% interval and the effective sample size (`adserve.learning.bandit.ope_from_logs`).
+bootstrap 95% interval and the effective sample size (`adserve.learning.ope.ope_from_logs`).
 A challenger file is evaluated with `adserve ope --challenger DIR` only: the API never opens paths.
 """
 
@@ -16,7 +16,7 @@ from litestar.params import QueryParameter
 from msgspec import Struct
 
 from adserve.admin.auth import requires_admin
-from adserve.learning.bandit import ope_from_logs
+from adserve.learning.ope import ope_from_logs
 
 __all__ = ["OpeController", "OpeInterval", "OpePolicy", "OpeResponse"]
 
@@ -62,7 +62,7 @@ class OpeController(Controller):
     ) -> OpeResponse:
         until = datetime.now(UTC)
         since = until - timedelta(days=days)
-        report = await ope_from_logs(request.app.state.pool, since, until, seed=seed)
+        report = await ope_from_logs(request.app.state.database, since, until, seed=seed)
         data = report.to_dict()
         return OpeResponse(
             since=since,

@@ -1,6 +1,6 @@
 """One learning step of the bandit, without storage: learn a batch progressively, then gate it.
 
-Shared by the Postgres learner (`adserve.learning.bandit.learn_once`, the `bandit_learning` job
+Shared by the Postgres learner (`adserve.learning.learner.learn_once`, the `bandit_learning` job
 and `adserve learn`) and the simulator's `full` arm, so both learn with the same semantics:
 
 - a batch holds decisions whose reward window has closed, clicked or not, so positives never

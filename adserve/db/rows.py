@@ -14,11 +14,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Boolean, DateTime, Integer, Numeric
 
 from adserve.db.tables import Base
+from adserve.domain import Candidate, Pricing
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
-__all__ = ["WRITABLE_TABLES", "columns", "make_row"]
+__all__ = [
+    "WRITABLE_TABLES",
+    "candidate_from_row",
+    "columns",
+    "make_row",
+]
 
 # Append-only tables keyed by a unique id, so ON CONFLICT DO NOTHING makes every write idempotent.
 WRITABLE_TABLES = ("user_events", "decisions", "impressions", "clicks", "conversions", "rewards")
@@ -74,4 +80,21 @@ def make_row(table: str, **values: Any) -> tuple:
     return tuple(
         values[name] if name in values else (shape.defaults[name]() if name in shape.defaults else None)
         for name in shape.columns
+    )
+
+
+def candidate_from_row(row: Mapping[str, Any], creative_id: str = "id") -> Candidate:
+    """A creative row joined with its campaign (`campaign_id`, `advertiser_id`, `pricing`, `bid`,
+    `category`, `brand`, `product_ids`, `price`) as scorers and policies see it: the one place
+    a `Candidate` is read from Postgres (the catalogue snapshot, training data, logged decisions)."""
+    return Candidate(
+        creative_id=row[creative_id],
+        campaign_id=row["campaign_id"],
+        advertiser_id=row["advertiser_id"],
+        pricing=Pricing(row["pricing"]),
+        bid=float(row["bid"]),
+        category=row["category"],
+        brand=row["brand"],
+        product_ids=tuple(row["product_ids"] or ()),
+        price=None if row["price"] is None else float(row["price"]),
     )

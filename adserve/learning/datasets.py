@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from adserve.db.rows import columns
-from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
+from adserve.db.rows import candidate_from_row, columns
+from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -113,17 +113,7 @@ async def load_impressions(
                 decision_ts=row["ts"].timestamp(),
                 user_key=context.user_key,
                 context=context,
-                candidate=Candidate(
-                    creative_id=row["chosen_creative_id"],
-                    campaign_id=row["campaign_id"],
-                    advertiser_id=row["advertiser_id"],
-                    pricing=Pricing(row["pricing"]),
-                    bid=float(row["bid"]),
-                    category=row["category"],
-                    brand=row["brand"],
-                    product_ids=tuple(row["product_ids"] or ()),
-                    price=None if row["price"] is None else float(row["price"]),
-                ),
+                candidate=candidate_from_row(row, creative_id="chosen_creative_id"),
                 clicked=row["clicked"],
             )
         )

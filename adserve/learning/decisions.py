@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from adserve.bandit.records import LoggedDecision
-from adserve.domain import Candidate, Pricing
+from adserve.db.rows import candidate_from_row
+from adserve.domain import Candidate
 from adserve.learning.datasets import decision_context
 
 if TYPE_CHECKING:
@@ -82,17 +83,7 @@ async def fetch_logged(
     candidates: dict[int, Candidate] = {}
     if creative_ids:
         for row in await connection.fetch(CANDIDATES_SQL, creative_ids):
-            candidates[row["id"]] = Candidate(
-                creative_id=row["id"],
-                campaign_id=row["campaign_id"],
-                advertiser_id=row["advertiser_id"],
-                pricing=Pricing(row["pricing"]),
-                bid=float(row["bid"]),
-                category=row["category"],
-                brand=row["brand"],
-                product_ids=tuple(row["product_ids"] or ()),
-                price=None if row["price"] is None else float(row["price"]),
-            )
+            candidates[row["id"]] = candidate_from_row(row)
     records, skipped = [], 0
     for row in rows:
         record = _record(row, candidates)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from adserve.db.catalog_channel import CATALOG_CHANNEL
+from adserve.db.rows import candidate_from_row
 from adserve.domain import Candidate, Pricing
 
 if TYPE_CHECKING:
@@ -184,17 +185,7 @@ async def load_catalog(connection: asyncpg.Connection, reservation_ttl_s: float 
                 reserved=float(row["reserved"]),
             )
             campaigns[campaign.id] = campaign
-        candidate = Candidate(
-            creative_id=row["id"],
-            campaign_id=campaign.id,
-            advertiser_id=campaign.advertiser_id,
-            pricing=campaign.pricing,
-            bid=campaign.bid,
-            category=row["category"],
-            brand=row["brand"],
-            product_ids=tuple(row["product_ids"] or ()),
-            price=_float(row["price"]),
-        )
+        candidate = candidate_from_row(row)
         entry = CreativeEntry(
             id=row["id"],
             campaign=campaign,

@@ -330,6 +330,7 @@ async def test_ope_from_logs_estimates_every_policy(world, database_url, databas
 async def test_cli_learn_and_ope(client, world, database_url, tmp_path) -> None:
     # one clicked decision whose reward window has closed, so the CLI's own reward join has work
     page = await serve(client, [world["first"]], "cli-shopper")
+    await decisions_logged(client)
     await impress(client, page[0])
     await click(client, page[0])
     await backdate(database_url, page[0]["decision_id"], 2 * WINDOW)
@@ -382,6 +383,7 @@ async def test_scheduled_job_joins_and_learns_through_its_context(
     from adserve.jobs.tasks import JobContext, learn_bandit
 
     page = await serve(client, [world["first"]], "job-shopper")
+    await decisions_logged(client)
     await impress(client, page[0])
     await click(client, page[0])
     await backdate(database_url, page[0]["decision_id"], 2 * WINDOW)
