@@ -261,16 +261,22 @@ async def test_two_nodes_and_a_worker_survive_a_node_kill(fresh_database, tmp_pa
             # The decision log's contract (README): a served decision's row is committed within
             # writer.flush_ms, so only the killed node's decisions of its last flush window may be
             # missing; every other 2xx decision and every recorded impression is stored.
-            stored_ids = {
-                row["id"]
-                for row in await db.fetch(
-                    "SELECT id FROM decisions WHERE id = ANY($1::uuid[])", load.decision_ids
-                )
-            }
-            stored = len(stored_ids)
             window_s = (
                 load_settings("prod", environ={"ADSERVE_SECRET_KEY": "x" * 40}).writer.flush_ms / 1000 + 1.0
             )
+            survivors = {d for d, (node, _) in load.answered_at.items() if node == "b"}
+            deadline = time.monotonic() + window_s  # the survivor's last rows are still in its flush window
+            while True:
+                stored_ids = {
+                    row["id"]
+                    for row in await db.fetch(
+                        "SELECT id FROM decisions WHERE id = ANY($1::uuid[])", load.decision_ids
+                    )
+                }
+                if survivors <= stored_ids or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)  # polling interval of a condition wait
+            stored = len(stored_ids)
             missing = [load.answered_at[d] for d in load.decision_ids if d not in stored_ids]
             assert all(node == "a" and load.killed_at - at < window_s for node, at in missing), missing
             impressions = await db.fetchval(
