@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATURES",
+    "BehaviourProfile",
     "MIN_AFFINITY",
     "ClickFusion",
     "behaviour_features",

@@ -28,14 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from adserve.domain import EventType
 from adserve.interest.data import click_inputs
-from adserve.interest.fusion import (
-    _PRODUCT_EVENTS,
-    MIN_AFFINITY,
-    PURCHASE_TAU_S,
-    RECENT_TAU_S,
-)
+from adserve.interest.fusion import MIN_AFFINITY, PURCHASE_TAU_S, RECENT_TAU_S, BehaviourProfile
 from adserve.interest.network import N_GAP_BUCKETS
 
 if TYPE_CHECKING:
@@ -99,31 +93,19 @@ class UserView:
         logp: np.ndarray,
     ) -> UserView:
         reference = max((event.ts for event in history), default=0.0)
-        category_recent: dict[str, float] = defaultdict(float)
-        category_count: dict[str, int] = defaultdict(int)
-        product_recent: dict[str, float] = defaultdict(float)
-        purchased: dict[str, float] = defaultdict(float)
-        for event in history:
-            age = reference - event.ts
-            if event.category:
-                category_recent[event.category] += math.exp(-age / RECENT_TAU_S)
-                category_count[event.category] += 1
-            if not event.item_id:
-                continue
-            if event.event_type in _PRODUCT_EVENTS:
-                product_recent[event.item_id] += math.exp(-age / RECENT_TAU_S)
-            elif event.event_type is EventType.PURCHASE:
-                purchased[event.item_id] += math.exp(-age / PURCHASE_TAU_S)
+        # the sums the fusion features are built from (fusion.BehaviourProfile), as of the newest
+        # event; a request scales them by its own decay
+        profile = BehaviourProfile(history, reference)
         return cls(
             encoded=encoded,
             ts=ts,
             logp=np.append(logp, -np.inf).astype(np.float64),
             length=len(history),
             reference=reference,
-            category_recent=dict(category_recent),
-            category_count=dict(category_count),
-            product_recent=dict(product_recent),
-            purchased=dict(purchased),
+            category_recent=dict(profile.category_recent),
+            category_count=dict(profile.category_count),
+            product_recent=dict(profile.product_recent),
+            purchased=dict(profile.purchased),
         )
 
 
