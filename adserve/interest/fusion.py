@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATURES",
-    "BehaviourProfile",
     "MIN_AFFINITY",
+    "BehaviourProfile",
     "ClickFusion",
     "behaviour_features",
     "creative_priors",
