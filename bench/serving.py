@@ -700,7 +700,9 @@ async def bench(args: argparse.Namespace) -> Report:
             flush=True,
         )
         visited_s = await visit_every_user(port, args.users, request_body)
-        print(f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True)
+        print(
+            f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True
+        )
 
         endpoints = {
             "plain": (plain_port, "/plain", '"ok":true', servers[1].process.pid),
