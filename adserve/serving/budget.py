@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["SNAPSHOT_MARGIN_S", "LocalReservations", "expected_cost"]
 
 # A local reservation is forgotten only once a snapshot read at least this long after it was made
-# has it from Postgres (the decision row's write is awaited before the response, normally a few
-# milliseconds); within the margin it may be counted twice, which only holds back a little more.
-SNAPSHOT_MARGIN_S = 1.0
+# has it from Postgres. The decision row (which carries the reservation) is queued and committed
+# within writer.flush_ms (200 ms) plus the commit, which a loaded machine stretches to seconds;
+# within the margin a reservation may be counted twice, which only holds back a little more.
+SNAPSHOT_MARGIN_S = 5.0
 
 
 def expected_cost(campaign: CampaignState, p_click: float) -> float:
