@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import vowpalwabbit
 
-from adserve.bandit.features import example_lines
+from adserve.bandit.features import action_line, example_lines, shared_line
 from adserve.domain import Choice, Pricing
 
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ __all__ = [
 
 MODEL_FILE = "model.vw"
 POLICY_FILE = "policy.json"
+# Residuals kept per (context text, creative text) between weight changes: a slot's contexts
+# repeat (placement, page, device, geo, hour), so most decisions need no VW parse at all.
+RESIDUAL_CACHE_SIZE = 100_000
 
 
 class Exploration(StrEnum):
@@ -268,6 +271,7 @@ class VWPolicy:
         self.scorer_versions: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._workspace = vowpalwabbit.Workspace(arg_list=self.config.vw_args())
+        self._residuals: dict[tuple[str, str], float] = {}
 
     @property
     def gamma(self) -> float:
@@ -276,16 +280,31 @@ class VWPolicy:
     # -- serving ---------------------------------------------------------------------------
 
     def residuals(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
-        """(N,) VW's learned correction to the model's predicted cost of each candidate."""
-        lines = example_lines(context, candidates)
+        """(N,) VW's learned correction to the model's predicted cost of each candidate.
+
+        In `--cb_adf` regression each action is scored on its own features with the shared ones,
+        independently of the other actions, so a residual is a pure function of (context text,
+        creative text) until the weights change (`learn`, `reload`): it is cached on that key and
+        only the candidates not seen in this context go through VW's parser.
+        """
+        shared = shared_line(context)
+        keys = [(shared, action_line(candidate)) for candidate in candidates]
         with self._lock:
-            workspace = self._workspace
-            examples = workspace.parse(lines)
-            try:
-                predicted = workspace.predict(examples)
-            finally:
-                workspace.finish_example(examples)
-        return np.asarray(predicted, dtype=np.float64)
+            cache = self._residuals
+            values = [cache.get(key) for key in keys]
+            missing = [i for i, value in enumerate(values) if value is None]
+            if missing:
+                workspace = self._workspace
+                examples = workspace.parse([shared, *(keys[i][1] for i in missing)])
+                try:
+                    predicted = workspace.predict(examples)
+                finally:
+                    workspace.finish_example(examples)
+                if len(cache) + len(missing) > RESIDUAL_CACHE_SIZE:
+                    cache.clear()  # bounded memory; contexts repeat, so it refills in seconds
+                for i, value in zip(missing, predicted, strict=True):
+                    values[i] = cache[keys[i]] = float(value)
+        return np.asarray(values, dtype=np.float64)
 
     def predicted_costs(
         self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: np.ndarray
@@ -367,6 +386,7 @@ class VWPolicy:
         for record in ordered:
             lines = self._labelled_lines(record)
             with self._lock:
+                self._residuals.clear()
                 examples = self._workspace.parse(lines)
                 try:
                     self._workspace.learn(examples)
@@ -440,6 +460,7 @@ class VWPolicy:
         """Rebuild a policy from a version directory alone (config, counters and VW weights)."""
         policy = cls.__new__(cls)
         policy._lock = threading.Lock()
+        policy._residuals = {}
         policy._adopt(cls._read(Path(directory)))
         return policy
 
@@ -455,6 +476,7 @@ class VWPolicy:
         self.config, self.version, self.examples_learned = state.config, state.version, state.learned
         self.data_window, self.scorer_versions = state.window, state.scorer_versions
         self._workspace = state.workspace
+        self._residuals = {}
 
     @staticmethod
     def _read(directory: Path) -> _SavedState:

@@ -339,3 +339,46 @@ def test_concurrent_choose_during_reloads_is_safe(tmp_path: Path) -> None:
     assert len(pmfs) == 1200
     expected = tuple(trained.pmf(CONTEXT, candidates, np.full(5, 0.05)))
     assert all(p == expected for p in pmfs)  # same version reloaded: every answer identical
+
+
+def _uncached_residuals(
+    policy: VWPolicy, context: DecisionContext, candidates: list[Candidate]
+) -> np.ndarray:
+    from adserve.bandit.features import example_lines
+
+    workspace = policy._workspace
+    examples = workspace.parse(example_lines(context, candidates))
+    try:
+        return np.asarray(workspace.predict(examples), dtype=np.float64)
+    finally:
+        workspace.finish_example(examples)
+
+
+def test_cached_residuals_are_vws_own_for_any_subset_order_and_context() -> None:
+    policy, candidates = trained_policy(PolicyConfig(interactions=("SA", "VA")))
+    evening = DecisionContext(placement="homepage-top", now=CONTEXT.now, device="desktop", hour=21)
+    for context in (CONTEXT, evening):
+        full = policy.residuals(context, candidates)
+        np.testing.assert_allclose(full, _uncached_residuals(policy, context, candidates), rtol=1e-6)
+        subset = [candidates[3], candidates[0], candidates[2]]
+        np.testing.assert_allclose(policy.residuals(context, subset), full[[3, 0, 2]], rtol=1e-6)
+    # the slot x ad interaction makes the contexts differ: the cache must not mix them up
+    assert not np.allclose(policy.residuals(CONTEXT, candidates), policy.residuals(evening, candidates))
+
+
+def test_learning_invalidates_cached_residuals() -> None:
+    policy, candidates = trained_policy(n=50)
+    before = policy.residuals(CONTEXT, candidates)
+    record = LoggedDecision(
+        context=CONTEXT,
+        candidates=tuple(candidates),
+        click_probabilities=(0.05,) * 5,
+        pmf=(0.2,) * 5,
+        chosen=2,
+        clicked=True,
+        revenue=1.0,
+    )
+    policy.learn([record] * 20)
+    after = policy.residuals(CONTEXT, candidates)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _uncached_residuals(policy, CONTEXT, candidates), rtol=1e-6)
