@@ -619,7 +619,12 @@ def evaluate_checkpoint(
         MarkovChain(split.train, len(loaded.vocab)),
     ]
     next_item, next_item_new = evaluate_next_item(rankers, split.test_inputs, split.test_targets)
-    report: dict[str, Any] = {"next_item": next_item, "next_item_exclude_seen": next_item_new, "click": {}}
+    report: dict[str, Any] = {
+        "next_item": next_item,
+        "next_item_exclude_seen": next_item_new,
+        "next_item_users": len(split.test_targets),
+        "click": {},
+    }
     clicks = sorted(click_examples, key=lambda example: example.context.now)
     if clicks:
         train, _, test = split_click_examples(clicks)

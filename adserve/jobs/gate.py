@@ -12,9 +12,11 @@ for versions that score ads, the served P(click)'s log loss on the newest 15% of
 
 - A version that scores ads replaces one that does not (the first model fitted on impressions),
   and never the other way round.
-- Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10 no
-  more than `NDCG_TOLERANCE` (relative) below the champion's: click quality may not be bought with
-  next-item quality.
+- Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10
+  that did not fall: no more than `NDCG_TOLERANCE` (relative) below the champion's, or, on a
+  small holdout, no more than two standard errors of the difference (`ndcg_noise`), so that
+  click quality is never bought with next-item quality and a few hundred users' sampling noise
+  does not block a better click model.
 - Two versions that do not: the challenger needs a higher NDCG@10.
 
 Either way the reason, with both sets of figures, is recorded on its `model_versions` row.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -53,6 +56,7 @@ __all__ = [
     "decide",
     "evaluate_pair",
     "holdout_figures",
+    "ndcg_noise",
     "train_and_gate",
 ]
 
@@ -66,11 +70,28 @@ class HoldoutFigures:
     ndcg_at_10: float
     logloss: float | None  # None when the version does not score ads
     scores_ads: bool
+    ndcg_users: int = 0  # users whose held-out item the NDCG averages over (0: unknown)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoldoutFigures:
         scores_ads = data.get("scores_ads", data.get("click_trained", False))
-        return cls(data["ndcg_at_10"], data.get("logloss"), bool(scores_ads))
+        return cls(
+            data["ndcg_at_10"], data.get("logloss"), bool(scores_ads), int(data.get("ndcg_users") or 0)
+        )
+
+    @property
+    def ndcg_standard_error(self) -> float:
+        """Upper bound of the standard error of the mean NDCG: each user's NDCG lies in [0, 1],
+        so its variance is at most m(1 - m) for mean m."""
+        if self.ndcg_users <= 0:
+            return 0.0
+        m = min(max(self.ndcg_at_10, 0.0), 1.0)
+        return math.sqrt(m * (1.0 - m) / self.ndcg_users)
+
+
+def ndcg_noise(challenger: HoldoutFigures, champion: HoldoutFigures) -> float:
+    """Two standard errors of the difference of the two versions' NDCG@10 on the holdout."""
+    return 2.0 * math.hypot(challenger.ndcg_standard_error, champion.ndcg_standard_error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +111,9 @@ def holdout_figures(
     scores_ads = load_checkpoint(path).fusion is not None
     report = evaluate_checkpoint(path, sequences, click_examples, device="cpu")
     logloss = report["click"].get("interest", {}).get("logloss") if scores_ads else None
-    return HoldoutFigures(float(report["next_item"]["interest"]["ndcg@10"]), logloss, scores_ads)
+    return HoldoutFigures(
+        float(report["next_item"]["interest"]["ndcg@10"]), logloss, scores_ads, int(report["next_item_users"])
+    )
 
 
 def _known_to_both(
@@ -137,8 +160,11 @@ def decide(challenger: HoldoutFigures, champion: HoldoutFigures | None) -> GateD
     loss = f"click log loss {challenger.logloss:.4f} vs champion {champion.logloss:.4f}"
     if challenger.logloss is None or champion.logloss is None or challenger.logloss > champion.logloss:
         return GateDecision(False, f"rejected: {loss} is worse ({ndcg})")
-    if challenger.ndcg_at_10 < champion.ndcg_at_10 * (1 - NDCG_TOLERANCE):
-        return GateDecision(False, f"rejected: next-item {ndcg} fell ({loss})")
+    allowed_fall = max(champion.ndcg_at_10 * NDCG_TOLERANCE, ndcg_noise(challenger, champion))
+    if challenger.ndcg_at_10 < champion.ndcg_at_10 - allowed_fall:
+        return GateDecision(
+            False, f"rejected: next-item {ndcg} fell by more than {allowed_fall:.4f} ({loss})"
+        )
     return GateDecision(True, f"promoted: {loss}, {ndcg}")
 
 

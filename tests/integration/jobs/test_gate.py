@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -55,6 +55,24 @@ def test_decide_needs_no_worse_log_loss_and_next_item_quality_kept() -> None:
     worse_loss = decide(HoldoutFigures(0.40, 0.60, True), champion)
     assert not worse_loss.promote and "log loss" in worse_loss.reason
     assert decide(HoldoutFigures(0.01, None, False), None).promote
+
+
+def test_a_next_item_fall_within_the_holdouts_sampling_noise_does_not_block_better_clicks() -> None:
+    # the demo's case: 0.1954 -> 0.1830 on about a thousand users, click log loss better
+    small = decide(HoldoutFigures(0.1830, 0.0656, True, 1_000), HoldoutFigures(0.1954, 0.0682, True, 1_000))
+    assert small.promote, small.reason
+    # the same fall measured on a million users is real: rejected
+    large = decide(
+        HoldoutFigures(0.1830, 0.0656, True, 1_000_000), HoldoutFigures(0.1954, 0.0682, True, 1_000_000)
+    )
+    assert not large.promote and "fell by more than 0.0039" in large.reason
+    # a fall well beyond the noise is rejected on a small holdout too
+    assert not decide(
+        HoldoutFigures(0.10, 0.0656, True, 1_000), HoldoutFigures(0.1954, 0.0682, True, 1_000)
+    ).promote
+    # the figures round-trip through the JSON stored on model_versions
+    figures = HoldoutFigures(0.2, 0.05, True, 321)
+    assert HoldoutFigures.from_dict(asdict(figures)) == figures
 
 
 async def test_better_challenger_promoted_worse_rejected(
