@@ -45,11 +45,15 @@ async def test_a_second_valid_click_on_another_day_is_a_duplicate(make_writer, d
     ]
 
 
-async def test_concurrent_flushes_store_one_impression_and_one_valid_click_per_decision(make_writer, db):
+@pytest.mark.parametrize(("pricing", "click_cost"), [("cpc", 0.01), ("cpm", 0.0)])
+async def test_concurrent_flushes_store_one_impression_and_one_valid_click_per_decision(
+    make_writer, db, pricing: str, click_cost: float
+):
     """Two writers (two nodes) each store an impression and a valid click of the same decisions at
     the same moment, at different times (so different keys): one of each per decision is kept,
-    and each click charged once."""
-    campaign = await create_campaign(db, pricing="cpc")
+    and each click charged once. A CPM campaign's clicks carry no price, and are still counted
+    once: a duplicate valid click would inflate its CTR and the bandit's rewards."""
+    campaign = await create_campaign(db, pricing=pricing)
     first, second = await make_writer(), await make_writer()
     decisions = [uuid.uuid4() for _ in range(100)]
     later = datetime.now(UTC) + timedelta(seconds=1)
@@ -57,8 +61,8 @@ async def test_concurrent_flushes_store_one_impression_and_one_valid_click_per_d
     def impressions(ts: datetime | None = None) -> list[tuple]:
         return [impression_row(campaign, 0.0, decision_id=d, **({"ts": ts} if ts else {})) for d in decisions]
 
-    def clicks(ts: datetime | None = None) -> list[tuple]:  # priced (CPC): billing serialises them
-        return [click_row(campaign, d, 0.01, **({"ts": ts} if ts else {})) for d in decisions]
+    def clicks(ts: datetime | None = None) -> list[tuple]:
+        return [click_row(campaign, d, click_cost, **({"ts": ts} if ts else {})) for d in decisions]
 
     for _ in range(3):
         await asyncio.gather(
@@ -75,4 +79,4 @@ async def test_concurrent_flushes_store_one_impression_and_one_valid_click_per_d
     )
     assert {(r["impressions"], r["valid_clicks"]) for r in per_decision} == {(1, 1)}
     spent = await db.fetchval("SELECT spend_total::float8 FROM campaigns WHERE id = $1", campaign)
-    assert spent == pytest.approx(0.01 * len(decisions))
+    assert spent == pytest.approx(click_cost * len(decisions))
