@@ -12,7 +12,7 @@ from adserve.cli.common import migrated_url, run_with_database, stop_child, term
 from adserve.cli.serve import serve_http
 from adserve.demo import create_admin_key
 from adserve.settings import load_settings
-from adserve.sim.live import seed_sim_catalog
+from adserve.sim.live import seed_sim_catalog, visit_speedup
 from adserve.sim.world import World, WorldConfig
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     async def seed(database: Database) -> tuple[int, str]:
         async with database.sessionmaker() as session:
-            created = await seed_sim_catalog(session, world)
+            # budgets and caps sized for the shoppers' visit rate (see seed_sim_catalog)
+            speedup = 1.0 if args.no_sim else visit_speedup(args.sim_rate)
+            created = await seed_sim_catalog(session, world, speedup)
             return created, await create_admin_key(session, "demo")
 
     created, key = run_with_database(url, settings, seed)

@@ -5,8 +5,12 @@ targeting), creatives (banners served by the app) and placements through the adm
 
 `python -m adserve.sim.live --url URL --key ADMIN_KEY` (started by `adserve demo` in its own
 process, so it never slows the server's event loop) waits for `/ready`, then replays the world's
-traffic through the real HTTP API at a modest rate: behaviour events, decisions, then what a
-browser running the ad tag does. Its requests carry a browser's User-Agent (one per simulated
+traffic through the real HTTP API in real time: behaviour events, decisions, then what a
+browser running the ad tag does. The world runs on the wall clock (`real_time_world`: its
+traffic starts now and its users visit often enough for `--rate` pages per second), and every
+page is sent when its simulated time comes, with its events' own timestamps: the time structure
+the service sees (a view 40 s before the ad request, a session an hour ago) is the one the
+simulator's click model uses, so the recency the oracle rewards is recency the service can learn. Its requests carry a browser's User-Agent (one per simulated
 device) and headers, so the service's bot filter has no reason to reject them. The tag fires an
 ad's impression URL once the ad has been viewable for one second, so the driver fires it one
 second after the decision; when the simulator's click model (`Traffic.outcome`: the oracle's
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
+import itertools
 import os
 import signal
 import sys
@@ -43,15 +48,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from adserve.sim.oracle import Oracle
-from adserve.sim.traffic import Traffic
+from adserve.sim.traffic import Traffic, diurnal_factor
 from adserve.sim.world import World, WorldConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from adserve.sim.traffic import PageView
 
-__all__ = ["SVG_CATEGORY", "LiveDriver", "main", "seed_sim_catalog"]
+__all__ = ["SVG_CATEGORY", "LiveDriver", "main", "real_time_world", "seed_sim_catalog", "visit_speedup"]
 
 # The app draws banners for a few categories (serving/pages.py); each sim category borrows one.
 SVG_CATEGORY = {
@@ -72,8 +79,14 @@ def banner_url(category: str, width: int, height: int) -> str:
     return f"/static/creatives/{SVG_CATEGORY.get(category, 'home')}-{width}x{height}.svg"
 
 
-async def seed_sim_catalog(session: AsyncSession, world: World) -> int:
-    """Creates the world's catalogue unless advertisers exist; returns the creatives created."""
+async def seed_sim_catalog(session: AsyncSession, world: World, visit_speedup: float = 1.0) -> int:
+    """Creates the world's catalogue unless advertisers exist; returns the creatives created.
+
+    `visit_speedup`: how many times more often the demo's shoppers visit than the world's
+    (`visit_speedup(rate)`). Budgets are multiplied and frequency-cap windows divided by it, so
+    spend against budget, pacing and caps bind as they would at the world's own visit rate,
+    instead of pacing out most campaigns within minutes.
+    """
     from sqlalchemy import select
 
     from adserve.admin import schemas
@@ -100,7 +113,9 @@ async def seed_sim_catalog(session: AsyncSession, world: World) -> int:
     campaign_ids: dict[int, int] = {}
     for c in world.campaigns:
         cap = (
-            schemas.FrequencyCap(impressions=c.frequency_cap, window_s=c.frequency_window_s)
+            schemas.FrequencyCap(
+                impressions=c.frequency_cap, window_s=max(60, round(c.frequency_window_s / visit_speedup))
+            )
             if c.frequency_cap and c.frequency_window_s
             else None
         )
@@ -109,8 +124,8 @@ async def seed_sim_catalog(session: AsyncSession, world: World) -> int:
                 name=c.name,
                 pricing=c.pricing.value,  # type: ignore[arg-type]
                 bid=c.bid,
-                daily_budget=c.daily_budget,
-                total_budget=c.total_budget,
+                daily_budget=round(c.daily_budget * visit_speedup, 2),
+                total_budget=round(c.total_budget * visit_speedup, 2),
                 targeting=schemas.Targeting(
                     geo=list(c.targeting.get("geo", [])),
                     device=list(c.targeting.get("device", [])),  # type: ignore[arg-type]
@@ -176,6 +191,33 @@ class _Pending:
     click_delay_s: float | None = field(default=None, compare=False)
 
 
+PAGES_PER_SESSION = 6.5  # measured on the default world: 200,000 pages of seed 7's traffic
+# The shop was open before the ad server: this much of the world's traffic (its sessions take
+# minutes to reach the steady page rate) is sent as behaviour history only, in batches, at start.
+HISTORY_S = 900.0
+
+
+def visit_speedup(rate: float, now: float | None = None) -> float:
+    """How many times a shopper's 1.5 sessions a day `rate` pages per second needs from the
+    world's users (about 87 at 20 pages/s), the diurnal swing taken out at the hour of `now`."""
+    start = time.time() if now is None else now
+    natural = WorldConfig()
+    sessions = rate * 86_400.0 / (natural.n_users * PAGES_PER_SESSION * diurnal_factor(start))
+    return sessions / natural.sessions_per_user_per_day
+
+
+def real_time_world(seed: int, rate: float, now: float | None = None) -> World:
+    """The demo's world on the wall clock: ad requests from `now`, about `rate` pages per second.
+
+    The catalogue is the one `World(WorldConfig(seed=seed))` has (start time and visit frequency
+    draw nothing); only how often each user comes back is raised, by `visit_speedup(rate)`. The
+    world's traffic starts `HISTORY_S` before `now`.
+    """
+    start = time.time() if now is None else now
+    sessions = WorldConfig().sessions_per_user_per_day * visit_speedup(rate, start)
+    return World(WorldConfig(seed=seed, start_ts=start - HISTORY_S, sessions_per_user_per_day=sessions))
+
+
 class LiveDriver:
     """Replays a world's traffic through the HTTP API like browsers would; keeps the running score."""
 
@@ -213,6 +255,8 @@ class LiveDriver:
         self._seq = 0
         self._service_base: tuple[int, int, float] | None = None
         self.parent_pid: int | None = None  # stop as soon as this process is no longer our parent
+        # wall clock minus the world's: the time spent waiting for the server before the first page
+        self.clock_offset = 0.0
 
     # -- the service ---------------------------------------------------------------------------
 
@@ -336,28 +380,52 @@ class LiveDriver:
             time.sleep(max(0.0, min(self.pending[0].due - time.monotonic(), 0.5)))
             self.fire_due()
 
+    def _event_rows(self, page: PageView) -> list[dict[str, Any]]:
+        return [
+            {
+                "event_id": str(uuid.uuid4()),
+                "user_id": page.user.key,
+                "type": e.event_type.value,
+                "ts": datetime.fromtimestamp(e.ts + self.clock_offset, UTC).isoformat(),
+                **{k: v for k, v in (("item_id", e.item_id), ("category", e.category),
+                                      ("price", e.price), ("query", e.query)) if v is not None},
+            }
+            for e in page.events
+        ]  # fmt: skip
+
+    def _post_events(self, events: list[dict[str, Any]], consent: bool, headers: dict[str, str]) -> None:
+        response = self.client.post(
+            "/v1/events", json={"events": events, "consent": consent}, headers=headers
+        )
+        if response.status_code != 202:
+            self.errors += 1
+
+    def send_history(self, pages: Iterator[PageView], until: float) -> PageView | None:
+        """Posts the behaviour of every page before world time `until` in batches (no ads: the
+        ad server was not there yet); returns the first page at or after it."""
+        batches: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        headers = {"User-Agent": BROWSER_USER_AGENTS["desktop"]}
+        first_live = None
+        for page in pages:
+            if page.ts >= until:
+                first_live = page
+                break
+            batch = batches[page.user.consent]
+            batch += self._event_rows(page)
+            if len(batch) >= 400:
+                self._post_events(batch, page.user.consent, headers)
+                batch.clear()
+        for consent, batch in batches.items():
+            if batch:
+                self._post_events(batch, consent, headers)
+        return first_live
+
     def step(self, page: PageView) -> None:
         user = page.user
         user_agent = BROWSER_USER_AGENTS.get(user.device, BROWSER_USER_AGENTS["desktop"])
         headers = {"User-Agent": user_agent}
         if page.events:
-            now = datetime.now(UTC).isoformat()
-            events = [
-                {
-                    "event_id": str(uuid.uuid4()),
-                    "user_id": user.key,
-                    "type": e.event_type.value,
-                    "ts": now,
-                    **{k: v for k, v in (("item_id", e.item_id), ("category", e.category),
-                                          ("price", e.price), ("query", e.query)) if v is not None},
-                }
-                for e in page.events
-            ]  # fmt: skip
-            response = self.client.post(
-                "/v1/events", json={"events": events, "consent": user.consent}, headers=headers
-            )
-            if response.status_code != 202:
-                self.errors += 1
+            self._post_events(self._event_rows(page), user.consent, headers)
         if not page.ad_requests:
             return
         body = {
@@ -424,14 +492,31 @@ class LiveDriver:
             + (f" · errors {self.errors}" if self.errors else "")
         )
 
+    def _wait_until(self, ts: float) -> None:
+        """Sleeps until wall-clock `ts` (a page's simulated time), firing queued impressions and
+        clicks meanwhile; a driver behind its schedule sends at once and catches up."""
+        while (wait := ts - time.time()) > 0:
+            if self.pending:
+                wait = min(wait, self.pending[0].due - time.monotonic())
+            time.sleep(max(0.0, min(wait, 0.5)))
+            self.fire_due()
+
     def run(
         self, every_s: float = 5.0, max_decisions: int | None = None, max_seconds: float | None = None
     ) -> None:
         self.wait_ready()
         self.load_creatives()
         self._service_base = self.service_totals()
+        live_from = self.world.config.start_ts + HISTORY_S
+        self.clock_offset = max(0.0, time.time() - live_from)
+        pages = iter(self.traffic)
+        first = self.send_history(pages, live_from)
+        history_events = sum(len(u.events) for u in self.world.users)
+        print(f"[sim] sent {history_events:,} behaviour events of the shop's last {HISTORY_S / 60:.0f} minutes",
+              file=self.out, flush=True)  # fmt: skip
         started = last_print = time.monotonic()
-        for pages, page in enumerate(self.traffic, start=1):
+        for page in itertools.chain((first,) if first else (), pages):
+            self._wait_until(page.ts + self.clock_offset)
             try:
                 self.step(page)
             except Exception as error:  # a restart or a timeout must not end the demo
@@ -450,11 +535,6 @@ class LiveDriver:
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 print("[sim] adserve demo is gone; stopping", file=self.out, flush=True)
                 return
-            next_page = started + pages / self.rate
-            while (now := time.monotonic()) < next_page:  # queued impressions and clicks meanwhile
-                due = self.pending[0].due if self.pending else next_page
-                time.sleep(max(0.0, min(next_page, due) - now))
-                self.fire_due()
         self.drain()
         print(self.line(), file=self.out, flush=True)
 
@@ -470,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float)
     parser.add_argument("--parent-pid", type=int, help="stop when this process (adserve demo) is gone")
     args = parser.parse_args(argv)
-    driver = LiveDriver(args.url, args.key, World(WorldConfig(seed=args.seed)), rate=args.rate)
+    driver = LiveDriver(args.url, args.key, real_time_world(args.seed, args.rate), rate=args.rate)
     driver.parent_pid = args.parent_pid
     # SIGTERM (from `adserve demo` shutting down, or a service manager) ends the run like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupted)

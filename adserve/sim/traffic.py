@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from adserve.sim.world import Creative, Placement, User, World
 
-__all__ = ["AdOutcome", "AdRequest", "PageView", "Traffic"]
+__all__ = ["AdOutcome", "AdRequest", "PageView", "Traffic", "diurnal_factor"]
 
 _DAY_S = 86_400.0
 _PEAK_HOUR_UTC = 15.0
@@ -173,7 +173,7 @@ class Traffic:
         max_events = world.config.max_user_events
         while True:
             while not heap or arrival <= heap[0][0]:
-                if rng.random() < _diurnal(arrival) / (1 + _DIURNAL_AMPLITUDE):
+                if rng.random() < diurnal_factor(arrival) / (1 + _DIURNAL_AMPLITUDE):
                     user = world.users[
                         int(np.searchsorted(self._activity_cdf, rng.random() * self._activity_cdf[-1]))
                     ]
@@ -291,7 +291,8 @@ class Traffic:
         return min(0.3, world.config.cart_rate * math.exp(0.5 * liking + affinity))
 
 
-def _diurnal(ts: float) -> float:
+def diurnal_factor(ts: float) -> float:
+    """The session arrival rate at `ts` relative to the daily mean (peak 1.5 at 15:00 UTC)."""
     hour = (ts % _DAY_S) / 3600.0
     return 1.0 + _DIURNAL_AMPLITUDE * math.cos(2 * math.pi * (hour - _PEAK_HOUR_UTC) / 24.0)
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
 from adserve.demo import create_admin_key
-from adserve.sim.live import seed_sim_catalog
+from adserve.sim.live import real_time_world, seed_sim_catalog, visit_speedup
 from adserve.sim.world import World, WorldConfig
 from tests.e2e.conftest import ROOT, free_port, run_server
 
@@ -122,6 +122,54 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
         assert impressions == number(last["n"]) and decisions >= impressions
     finally:
         await engine.dispose()
+
+
+async def test_demo_catalogue_budgets_and_caps_follow_the_shoppers_visit_rate(
+    fresh_database, settings: Settings
+) -> None:
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    world = World(WorldConfig(seed=7))
+    engine = create_engine(url, settings)
+    try:
+        async with sessionmaker_for(engine)() as session:
+            assert await seed_sim_catalog(session, world, visit_speedup=40.0) == len(world.creatives)
+            rows = (
+                await session.execute(
+                    text("SELECT name, daily_budget, total_budget, frequency_window_s FROM campaigns")
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    stored = {row.name: row for row in rows}
+    capped = 0
+    for campaign in world.campaigns:
+        row = stored[campaign.name]
+        assert float(row.daily_budget) == pytest.approx(campaign.daily_budget * 40, abs=0.01)
+        assert float(row.total_budget) == pytest.approx(campaign.total_budget * 40, abs=0.01)
+        if campaign.frequency_cap:
+            capped += 1
+            assert row.frequency_window_s == round(campaign.frequency_window_s / 40)
+    assert capped > 0
+
+
+def test_the_demo_world_runs_on_the_wall_clock_at_the_asked_rate() -> None:
+    now = 1_790_000_000.0  # any instant: the rate is set for its hour
+    world = real_time_world(7, rate=20.0, now=now)
+    assert world.catalogue() == World(WorldConfig(seed=7)).catalogue()  # the same shop
+    assert visit_speedup(20.0, now) == pytest.approx(
+        world.config.sessions_per_user_per_day / WorldConfig().sessions_per_user_per_day
+    )
+    from adserve.sim.traffic import Traffic
+
+    times = []
+    for page in Traffic(world):
+        if page.ts >= now + 120:
+            break
+        times.append(page.ts)
+    live = [t for t in times if t >= now]  # the minutes after the shop's history
+    assert times[0] < now - 600  # the shop's history starts before the ad server does
+    assert 15.0 <= len(live) / 120.0 <= 25.0, len(live) / 120.0
 
 
 # -- `adserve demo` itself ------------------------------------------------------------------------
