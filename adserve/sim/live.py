@@ -6,17 +6,17 @@ targeting), creatives (banners served by the app) and placements through the adm
 `python -m adserve.sim.live --url URL --key ADMIN_KEY` (started by `adserve demo` in its own
 process, so it never slows the server's event loop) waits for `/ready`, then replays the world's
 traffic through the real HTTP API in real time: behaviour events, decisions, then what a
-browser running the ad tag does. The world runs on the wall clock (`real_time_world`: its
-traffic starts now and its users visit often enough for `--rate` pages per second), and every
-page is sent when its simulated time comes, with its events' own timestamps: the time structure
-the service sees (a view 40 s before the ad request, a session an hour ago) is the one the
-simulator's click model uses, so the recency the oracle rewards is recency the service can learn. Its requests carry a browser's User-Agent (one per simulated
-device) and headers, so the service's bot filter has no reason to reject them. The tag fires an
-ad's impression URL once the ad has been viewable for one second, so the driver fires it one
-second after the decision; when the simulator's click model (`Traffic.outcome`: the oracle's
+browser running the ad tag does. The world runs on the wall clock (`real_time_world`: its users
+visit often enough for `--rate` pages per second, and its last `HISTORY_S` of behaviour is sent as
+history first); every page is sent when its simulated time comes, with its events' own
+timestamps, so the time structure the service sees (a view 40 s before the ad request, a session
+an hour ago) is the one the simulator's click model uses. Its requests carry a browser's
+User-Agent (one per simulated device) and headers, so the service's bot filter has no reason to
+reject them. The tag fires an ad's impression URL once the ad has been viewable for one second,
+so the driver fires it one second after the decision; when the simulator's click model (`Traffic.outcome`: the oracle's
 P(click) against the request's own draw) says the shopper clicks, the click URL follows at the
 model's click time, never sooner than a second after the impression was recorded. Impressions
-and clicks wait in a small queue fired when due, so the page rate is kept. Every drawn click is a
+and clicks wait in a small queue fired when due, while the driver waits for the next page's time. Every drawn click is a
 valid click in Postgres: the progress line prints both counts (drawn and fired by the driver;
 valid clicks, impressions, CTR and spend as the service recorded them), and reads what serves
 from `/ready`'s `serving` object (the scorer and policy the pipeline uses now).
@@ -199,7 +199,8 @@ HISTORY_S = 900.0
 
 def visit_speedup(rate: float, now: float | None = None) -> float:
     """How many times a shopper's 1.5 sessions a day `rate` pages per second needs from the
-    world's users (about 87 at 20 pages/s), the diurnal swing taken out at the hour of `now`."""
+    world's users, the diurnal swing taken out at the hour of `now` (at 20 pages/s about 60 at
+    the 15:00 UTC peak, 180 at the 03:00 trough)."""
     start = time.time() if now is None else now
     natural = WorldConfig()
     sessions = rate * 86_400.0 / (natural.n_users * PAGES_PER_SESSION * diurnal_factor(start))
@@ -226,7 +227,6 @@ class LiveDriver:
         url: str,
         admin_key: str,
         world: World,
-        rate: float = 20.0,
         window: int = 2000,
         out: TextIO | None = None,
     ) -> None:
@@ -236,7 +236,6 @@ class LiveDriver:
         self.world = world
         self.oracle = Oracle(world)
         self.traffic = Traffic(world, self.oracle)
-        self.rate = rate
         self.out = out or sys.stdout
         headers = {**BROWSER_HEADERS, "User-Agent": BROWSER_USER_AGENTS["desktop"]}
         self.client = httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
@@ -550,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float)
     parser.add_argument("--parent-pid", type=int, help="stop when this process (adserve demo) is gone")
     args = parser.parse_args(argv)
-    driver = LiveDriver(args.url, args.key, real_time_world(args.seed, args.rate), rate=args.rate)
+    driver = LiveDriver(args.url, args.key, real_time_world(args.seed, args.rate))
     driver.parent_pid = args.parent_pid
     # SIGTERM (from `adserve demo` shutting down, or a service manager) ends the run like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupted)
