@@ -46,16 +46,20 @@ def _quoted(names: list[str] | tuple[str, ...]) -> str:
 
 # Locks the campaigns a batch may charge, in id order (no deadlock between two flushes), so the
 # billing verdict below reads spend that no other transaction can move until this one commits.
-# Unpriced rows lock too: the tables' keys hold ts (partitioning), so a second impression or valid
-# click of a decision is kept out by NOT EXISTS, which sees a concurrent flush's row only once that
-# flush, holding the same campaign's lock, has committed. Without it, two nodes flushing a CPM
-# campaign's click of one decision at the same instant both stored it valid.
+# Unpriced impressions lock too: the tables' keys hold ts (partitioning), so a second impression of
+# a decision is kept out by NOT EXISTS, which sees a concurrent flush's row only once that flush,
+# holding the same campaign's lock, has committed. Valid clicks take a transaction advisory lock
+# per decision (in decision order) for the same reason: without it two nodes flushing a CPM
+# campaign's click of one decision at the same instant both stored it valid. (A per-decision lock
+# rather than the campaign's: an unpriced click need not wait for the campaign's other writers.)
 # NO KEY UPDATE: creating a creative (a foreign key's KEY SHARE lock) is not blocked.
 LOCK_SQL = {
     "impressions": "SELECT id FROM campaigns WHERE id IN "
     "(SELECT campaign_id FROM _stage_impressions) ORDER BY id FOR NO KEY UPDATE",
-    "clicks": "SELECT id FROM campaigns WHERE id IN "
-    "(SELECT campaign_id FROM _stage_clicks WHERE valid) ORDER BY id FOR NO KEY UPDATE",
+    "clicks": "SELECT pg_advisory_xact_lock(hashtextextended(decision_id::text, 0)) "
+    "FROM (SELECT DISTINCT decision_id FROM _stage_clicks WHERE valid ORDER BY 1) AS decided; "
+    "SELECT id FROM campaigns WHERE id IN "
+    "(SELECT campaign_id FROM _stage_clicks WHERE valid AND cost > 0) ORDER BY id FOR NO KEY UPDATE",
 }
 
 # `candidates` (key, campaign_id, ts, cost): the rows this statement will store that carry a price.
