@@ -49,15 +49,18 @@ def _quoted(names: list[str] | tuple[str, ...]) -> str:
 # Unpriced impressions lock too: the tables' keys hold ts (partitioning), so a second impression of
 # a decision is kept out by NOT EXISTS, which sees a concurrent flush's row only once that flush,
 # holding the same campaign's lock, has committed. Valid clicks take a transaction advisory lock
-# per decision (in decision order) for the same reason: without it two nodes flushing a CPM
-# campaign's click of one decision at the same instant both stored it valid. (A per-decision lock
-# rather than the campaign's: an unpriced click need not wait for the campaign's other writers.)
+# per decision for the same reason: without it two nodes flushing a CPM campaign's click of one
+# decision at the same instant both stored it valid. Per decision rather than the campaign's row,
+# so an unpriced click need not wait for the campaign's other writers; in the two-key form, apart
+# from the single-key locks of the job leader, learner and write barrier; in key order, so no two
+# flushes deadlock.
 # NO KEY UPDATE: creating a creative (a foreign key's KEY SHARE lock) is not blocked.
+CLICK_LOCK_CLASS = 0x636C6B  # "clk": the first key of the per-decision click locks
 LOCK_SQL = {
     "impressions": "SELECT id FROM campaigns WHERE id IN "
     "(SELECT campaign_id FROM _stage_impressions) ORDER BY id FOR NO KEY UPDATE",
-    "clicks": "SELECT pg_advisory_xact_lock(hashtextextended(decision_id::text, 0)) "
-    "FROM (SELECT DISTINCT decision_id FROM _stage_clicks WHERE valid ORDER BY 1) AS decided; "
+    "clicks": f"SELECT pg_advisory_xact_lock({CLICK_LOCK_CLASS}, key) FROM "
+    "(SELECT DISTINCT hashtext(decision_id::text) AS key FROM _stage_clicks WHERE valid ORDER BY 1) AS keys; "
     "SELECT id FROM campaigns WHERE id IN "
     "(SELECT campaign_id FROM _stage_clicks WHERE valid AND cost > 0) ORDER BY id FOR NO KEY UPDATE",
 }
