@@ -31,7 +31,9 @@ from adserve.sim.world import World, WorldConfig
 from tests.e2e.conftest import ROOT, free_port, run_server
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adserve.settings import Settings
 
@@ -72,14 +74,23 @@ async def click_counts(url: str) -> dict[str | None, int]:
     return {row["invalid_reason"]: row["n"] for row in rows}
 
 
+@contextlib.asynccontextmanager
+async def migrated_database(fresh_database, settings: Settings) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    """A fresh, migrated database and an engine on it (disposed on exit)."""
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    engine = create_engine(url, settings)
+    try:
+        yield url, engine
+    finally:
+        await engine.dispose()
+
+
 async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_serves(
     fresh_database, settings: Settings, tmp_path: Path
 ) -> None:
-    url = await fresh_database()
-    await asyncio.to_thread(upgrade, url)
     world = World(WorldConfig(seed=7))
-    engine = create_engine(url, settings)
-    try:
+    async with migrated_database(fresh_database, settings) as (url, engine):
         async with sessionmaker_for(engine)() as session:
             assert await seed_sim_catalog(session, world) == len(world.creatives)
             key = await create_admin_key(session, "demo-test")
@@ -120,27 +131,22 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
             decisions = (await session.execute(text("SELECT count(*) FROM decisions"))).scalar()
             impressions = (await session.execute(text("SELECT count(*) FROM impressions"))).scalar()
         assert impressions == number(last["n"]) and decisions >= impressions
-    finally:
-        await engine.dispose()
 
 
 async def test_demo_catalogue_budgets_and_caps_follow_the_shoppers_visit_rate(
     fresh_database, settings: Settings
 ) -> None:
-    url = await fresh_database()
-    await asyncio.to_thread(upgrade, url)
     world = World(WorldConfig(seed=7))
-    engine = create_engine(url, settings)
-    try:
-        async with sessionmaker_for(engine)() as session:
-            assert await seed_sim_catalog(session, world, visit_speedup=40.0) == len(world.creatives)
-            rows = (
-                await session.execute(
-                    text("SELECT name, daily_budget, total_budget, frequency_window_s FROM campaigns")
-                )
-            ).all()
-    finally:
-        await engine.dispose()
+    async with (
+        migrated_database(fresh_database, settings) as (_, engine),
+        sessionmaker_for(engine)() as session,
+    ):
+        assert await seed_sim_catalog(session, world, visit_speedup=40.0) == len(world.creatives)
+        rows = (
+            await session.execute(
+                text("SELECT name, daily_budget, total_budget, frequency_window_s FROM campaigns")
+            )
+        ).all()
     stored = {row.name: row for row in rows}
     capped = 0
     for campaign in world.campaigns:

@@ -29,6 +29,19 @@ def cpc(creative_id: int, bid: float) -> Candidate:
     return Candidate(creative_id, campaign_id=creative_id, advertiser_id=1, pricing=Pricing.CPC, bid=bid)
 
 
+def paid_click(candidates: list[Candidate], chosen: int, now: float) -> LoggedDecision:
+    """A uniformly logged decision whose chosen ad was clicked and paid 1."""
+    return LoggedDecision(
+        context=DecisionContext(placement="homepage-top", now=now, device="mobile", hour=9),
+        candidates=tuple(candidates),
+        click_probabilities=(0.05,) * len(candidates),
+        pmf=(1 / len(candidates),) * len(candidates),
+        chosen=chosen,
+        clicked=True,
+        revenue=1.0,
+    )
+
+
 def trained_policy(config: PolicyConfig | None = None, n: int = 300) -> tuple[VWPolicy, list[Candidate]]:
     """A policy that has learned creative 2 pays and the others do not (non-uniform pmf)."""
     policy = VWPolicy(config)
@@ -250,20 +263,7 @@ def test_save_load_round_trip_gives_identical_pmf(tmp_path: Path) -> None:
 def test_loaded_policy_resumes_learning_like_the_original(tmp_path: Path) -> None:
     policy, candidates = trained_policy()
     loaded = VWPolicy.load(policy.save(tmp_path, version="v1"))
-    extra = [
-        LoggedDecision(
-            context=DecisionContext(
-                placement="homepage-top", now=CONTEXT.now + 1000 + t, device="mobile", hour=9
-            ),
-            candidates=tuple(candidates),
-            click_probabilities=(0.05,) * 5,
-            pmf=(0.2,) * 5,
-            chosen=4,
-            clicked=True,
-            revenue=1.0,
-        )
-        for t in range(50)
-    ]
+    extra = [paid_click(candidates, 4, CONTEXT.now + 1000 + t) for t in range(50)]
     policy.learn(extra)
     loaded.learn(extra)
     np.testing.assert_allclose(
@@ -369,16 +369,7 @@ def test_cached_residuals_are_vws_own_for_any_subset_order_and_context() -> None
 def test_learning_invalidates_cached_residuals() -> None:
     policy, candidates = trained_policy(n=50)
     before = policy.residuals(CONTEXT, candidates)
-    record = LoggedDecision(
-        context=CONTEXT,
-        candidates=tuple(candidates),
-        click_probabilities=(0.05,) * 5,
-        pmf=(0.2,) * 5,
-        chosen=2,
-        clicked=True,
-        revenue=1.0,
-    )
-    policy.learn([record] * 20)
+    policy.learn([paid_click(candidates, 2, CONTEXT.now)] * 20)
     after = policy.residuals(CONTEXT, candidates)
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, _uncached_residuals(policy, CONTEXT, candidates), rtol=1e-6)
