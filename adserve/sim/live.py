@@ -399,25 +399,27 @@ class LiveDriver:
         if response.status_code != 202:
             self.errors += 1
 
-    def send_history(self, pages: Iterator[PageView], until: float) -> PageView | None:
+    def send_history(self, pages: Iterator[PageView], until: float) -> tuple[PageView | None, int]:
         """Posts the behaviour of every page before world time `until` in batches (no ads: the
-        ad server was not there yet); returns the first page at or after it."""
+        ad server was not there yet); returns the first page at or after it and the events sent."""
         batches: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         headers = {"User-Agent": BROWSER_USER_AGENTS["desktop"]}
         first_live = None
+        sent = 0
         for page in pages:
             if page.ts >= until:
                 first_live = page
                 break
             batch = batches[page.user.consent]
             batch += self._event_rows(page)
+            sent += len(page.events)
             if len(batch) >= 400:
                 self._post_events(batch, page.user.consent, headers)
                 batch.clear()
         for consent, batch in batches.items():
             if batch:
                 self._post_events(batch, consent, headers)
-        return first_live
+        return first_live, sent
 
     def step(self, page: PageView) -> None:
         user = page.user
@@ -509,8 +511,7 @@ class LiveDriver:
         live_from = self.world.config.start_ts + HISTORY_S
         self.clock_offset = max(0.0, time.time() - live_from)
         pages = iter(self.traffic)
-        first = self.send_history(pages, live_from)
-        history_events = sum(len(u.events) for u in self.world.users)
+        first, history_events = self.send_history(pages, live_from)
         print(f"[sim] sent {history_events:,} behaviour events of the shop's last {HISTORY_S / 60:.0f} minutes",
               file=self.out, flush=True)  # fmt: skip
         started = last_print = time.monotonic()

@@ -27,6 +27,7 @@ from adserve.db.engine import asyncpg_dsn, create_engine, sessionmaker_for
 from adserve.db.migrate import upgrade
 from adserve.demo import create_admin_key
 from adserve.sim.live import real_time_world, seed_sim_catalog, visit_speedup
+from adserve.sim.traffic import Traffic
 from adserve.sim.world import World, WorldConfig
 from tests.e2e.conftest import ROOT, free_port, run_server
 
@@ -166,8 +167,6 @@ def test_the_demo_world_runs_on_the_wall_clock_at_the_asked_rate() -> None:
     assert visit_speedup(20.0, now) == pytest.approx(
         world.config.sessions_per_user_per_day / WorldConfig().sessions_per_user_per_day
     )
-    from adserve.sim.traffic import Traffic
-
     times = []
     for page in Traffic(world):
         if page.ts >= now + 120:
