@@ -77,7 +77,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                 f"simulated shoppers: {args.sim_rate:g} pages/s in the background; a progress line every 5 s"
             )
             sys.stdout.flush()
-            driver = subprocess.Popen(command)
+            # the shoppers read each decision's eligible set from the log (their progress line's
+            # fair oracle); in the environment, not argv, where `ps` would show a password
+            driver = subprocess.Popen(command, env={**os.environ, "ADSERVE_DEMO_DATABASE_URL": url})
         sys.stdout.flush()
         serve_http(settings, host, port, 1)
     except KeyboardInterrupt:

@@ -23,7 +23,13 @@ from `/ready`'s `serving` object (the scorer and policy the pipeline uses now).
 
 Every few seconds it prints one line: decisions served, CTR so far and over the last window
 (with what the oracle and a uniform-random policy would expect on the same requests), clicks
-drawn and fired, the service's own figures and the scorer and policy serving.
+drawn and fired, the service's own figures and the scorer and policy serving. The oracle picks
+among every creative the targeting allows; the service may serve only those its rules leave
+(frequency caps, competitive exclusion, budgets and pacing). Given the database
+(`ADSERVE_DEMO_DATABASE_URL`, set by `adserve demo`), the line also shows the oracle and uniform
+figures over each decision's own eligible set, read from its row in `decisions`
+(`candidate_ids`): the same comparison `adserve simulate` makes, where the policy and the oracle
+choose from one list.
 
 One module, past 450 lines, on purpose: the demo's shopper driver, its tag rules (viewability,
 clicks after impressions) and its progress line read the same counters.
@@ -32,6 +38,7 @@ clicks after impressions) and its progress line read the same counters.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import heapq
 import itertools
@@ -219,6 +226,21 @@ def real_time_world(seed: int, rate: float, now: float | None = None) -> World:
     return World(WorldConfig(seed=seed, start_ts=start - HISTORY_S, sessions_per_user_per_day=sessions))
 
 
+@dataclass(slots=True)
+class _Served:
+    """One served decision as the simulator saw it, for the progress line's window."""
+
+    decision_id: str
+    clicked: bool
+    chosen_p: float  # the oracle's P(click) of the served ad
+    best: float  # the oracle's best among every creative the targeting allows
+    mean: float  # a uniform-random pick among them
+    truth: dict[int, float]  # sim creative id -> the oracle's P(click) for this request
+    # (best, mean) among the creatives the service could serve (its row's candidate_ids); None
+    # until the row has been read
+    eligible: tuple[float, float] | None = None
+
+
 class LiveDriver:
     """Replays a world's traffic through the HTTP API like browsers would; keeps the running score."""
 
@@ -248,8 +270,9 @@ class LiveDriver:
         self.errors = 0
         self.oracle_sum = 0.0
         self.uniform_sum = 0.0
-        # (clicked, P(click) of the served ad, oracle's best, uniform's mean) of the last decisions
-        self.recent: deque[tuple[bool, float, float, float]] = deque(maxlen=window)
+        self.recent: deque[_Served] = deque(maxlen=window)
+        # the service's decision log, for the oracle over each decision's eligible set
+        self.database_url = os.environ.get("ADSERVE_DEMO_DATABASE_URL") or None
         self.pending: list[_Pending] = []
         self._seq = 0
         self._service_base: tuple[int, int, float] | None = None
@@ -472,23 +495,65 @@ class LiveDriver:
             mean = float(np.mean(truth)) if len(truth) else outcome.click_probability
             self.decisions += 1
             self.clicks += outcome.clicked
-            self.recent.append((outcome.clicked, outcome.click_probability, best, mean))
+            self.recent.append(
+                _Served(
+                    decision["decision_id"],
+                    outcome.clicked,
+                    outcome.click_probability,
+                    best,
+                    mean,
+                    {c.creative_id: float(p) for c, p in zip(eligible, truth, strict=True)},
+                )
+            )
             self.oracle_sum += best
             self.uniform_sum += mean
+
+    def read_eligible_sets(self) -> None:
+        """Fills in the window's eligible-set figures from the decision rows the service has
+        committed (a row not yet written is read at the next line)."""
+        missing = {s.decision_id: s for s in self.recent if s.eligible is None}
+        if not missing or self.database_url is None:
+            return
+        for decision_id, candidate_ids in _candidate_ids(self.database_url, list(missing)).items():
+            served = missing[decision_id]
+            # the oracle's figures were drawn for the creatives the world's targeting allows, which
+            # hold every creative the service's rules can leave (a subset of its targeting)
+            truth = [p for c in candidate_ids if (p := served.truth.get(self.creatives.get(c, -1))) is not None]
+            if truth:
+                served.eligible = (max(truth), sum(truth) / len(truth))
+
+    def _eligible_figures(self) -> str:
+        if self.database_url is None:
+            return ""
+        try:
+            self.read_eligible_sets()
+        except Exception as error:  # the database restarting must not end the demo
+            return f" · eligible sets not read ({type(error).__name__})"
+        read = [s for s in self.recent if s.eligible is not None]
+        if not read:
+            return " · eligible sets not read yet"
+        expected = sum(s.chosen_p for s in read) / len(read)
+        best = sum(s.eligible[0] for s in read) / len(read)  # type: ignore[index]
+        mean = sum(s.eligible[1] for s in read) / len(read)  # type: ignore[index]
+        return (
+            f" · among the {len(read):,} decisions' eligible sets: oracle {best:.2%}, uniform {mean:.2%}, "
+            f"expected {expected / best if best else 0:.2f}× oracle, {expected / mean if mean else 0:.2f}× uniform"
+        )
 
     def line(self) -> str:
         n = max(self.decisions, 1)
         window = max(len(self.recent), 1)
         recent_ctr, recent_p, recent_best, recent_mean = (
-            (sum(values) / window for values in zip(*self.recent, strict=True))
-            if self.recent
-            else (0.0, 0.0, 0.0, 0.0)
+            sum(s.clicked for s in self.recent) / window,
+            sum(s.chosen_p for s in self.recent) / window,
+            sum(s.best for s in self.recent) / window,
+            sum(s.mean for s in self.recent) / window,
         )
         return (
             f"[sim] decisions {self.decisions:,} · CTR {self.clicks / n:.2%} "
             f"(oracle {self.oracle_sum / n:.2%}, uniform {self.uniform_sum / n:.2%}) · "
             f"last {len(self.recent):,} {recent_ctr:.2%} (expected {recent_p:.2%}, oracle "
-            f"{recent_best:.2%}, uniform {recent_mean:.2%}) · clicks drawn {self.clicks:,}, "
+            f"{recent_best:.2%}, uniform {recent_mean:.2%}){self._eligible_figures()} · clicks drawn {self.clicks:,}, "
             f"fired {self.clicks_fired:,} · {self.service_figures()} · {self.model_versions()}"
             + (f" · errors {self.errors}" if self.errors else "")
         )
@@ -537,6 +602,25 @@ class LiveDriver:
                 return
         self.drain()
         print(self.line(), file=self.out, flush=True)
+
+
+def _candidate_ids(database_url: str, decision_ids: list[str]) -> dict[str, list[int]]:
+    """decision id -> the creatives the service found eligible (its row's candidate_ids)."""
+    import asyncpg
+
+    from adserve.db.engine import asyncpg_dsn
+
+    async def read() -> dict[str, list[int]]:
+        connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+        try:
+            rows = await connection.fetch(
+                "SELECT id::text, candidate_ids FROM decisions WHERE id = ANY($1::uuid[])", decision_ids
+            )
+        finally:
+            await connection.close()
+        return {row[0]: list(row[1]) for row in rows}
+
+    return asyncio.run(read())
 
 
 def main(argv: list[str] | None = None) -> int:

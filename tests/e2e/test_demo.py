@@ -44,7 +44,10 @@ LINE = re.compile(
     r"^\[sim\] decisions (?P<n>[\d,]+) · CTR (?P<ctr>[\d.]+)% "
     r"\(oracle (?P<oracle>[\d.]+)%, uniform (?P<uniform>[\d.]+)%\) · "
     r"last (?P<window>[\d,]+) (?P<last>[\d.]+)% \(expected (?P<last_expected>[\d.]+)%, oracle (?P<last_oracle>[\d.]+)%, "
-    r"uniform (?P<last_uniform>[\d.]+)%\) · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
+    r"uniform (?P<last_uniform>[\d.]+)%\)"
+    r"(?: · among the (?P<eligible_n>[\d,]+) decisions' eligible sets: oracle (?P<eligible_oracle>[\d.]+)%, "
+    r"uniform (?P<eligible_uniform>[\d.]+)%, expected [\d.]+× oracle, [\d.]+× uniform| · eligible sets not read[^·]*)?"
+    r" · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
     r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
     r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head\))? · "
     r"policy (?P<policy>\S+) (?P<policy_version>\S+)"
@@ -102,7 +105,13 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
             command = [sys.executable, "-m", "adserve.sim.live", "--url", server.url, "--key", key,
                        "--rate", "40", "--every", "2", "--max-seconds", "14"]  # fmt: skip
             done = await asyncio.to_thread(
-                subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=150
+                subprocess.run,
+                command,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=150,
+                env={**os.environ, "ADSERVE_DEMO_DATABASE_URL": url},
             )
             assert done.returncode == 0, done.stderr[-3000:]
             lines = progress_lines(done.stdout)
@@ -111,6 +120,11 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
             assert number(last["n"]) > 20
             assert float(last["oracle"]) > float(last["uniform"]) > 0
             assert "errors" not in last.string, last.string
+            # after the drain every decision's row is read: its eligible set holds the served ad
+            # and is a subset of what the targeting allows, so its oracle lies between the two
+            assert number(last["eligible_n"]) == number(last["window"]), last.string
+            assert float(last["last_expected"]) <= float(last["eligible_oracle"]) <= float(last["last_oracle"])
+            assert float(last["eligible_uniform"]) > 0
             # what the pipeline serves, read from /ready's `serving` object
             assert (last["scorer"], last["scorer_version"]) == (
                 serving["scorer"]["kind"],
