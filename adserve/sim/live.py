@@ -518,7 +518,9 @@ class LiveDriver:
             served = missing[decision_id]
             # the oracle's figures were drawn for the creatives the world's targeting allows, which
             # hold every creative the service's rules can leave (a subset of its targeting)
-            truth = [p for c in candidate_ids if (p := served.truth.get(self.creatives.get(c, -1))) is not None]
+            truth = [
+                p for c in candidate_ids if (p := served.truth.get(self.creatives.get(c, -1))) is not None
+            ]
             if truth:
                 served.eligible = (max(truth), sum(truth) / len(truth))
 

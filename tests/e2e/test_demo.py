@@ -123,7 +123,9 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
             # after the drain every decision's row is read: its eligible set holds the served ad
             # and is a subset of what the targeting allows, so its oracle lies between the two
             assert number(last["eligible_n"]) == number(last["window"]), last.string
-            assert float(last["last_expected"]) <= float(last["eligible_oracle"]) <= float(last["last_oracle"])
+            assert (
+                float(last["last_expected"]) <= float(last["eligible_oracle"]) <= float(last["last_oracle"])
+            )
             assert float(last["eligible_uniform"]) > 0
             # what the pipeline serves, read from /ready's `serving` object
             assert (last["scorer"], last["scorer_version"]) == (
