@@ -68,6 +68,7 @@ EVENT_TYPES = ("page_view", "product_view", "add_to_cart", "purchase", "search")
 EVENTS_PER_USER = 50
 CAMPAIGNS = 20
 CREATIVES_PER_CAMPAIGN = 5
+CLIENT_KEEPALIVE_S = 4.0  # under uvicorn's 5 s keep-alive timeout
 
 
 # --- Postgres -----------------------------------------------------------------------------------
@@ -381,15 +382,19 @@ async def open_loop(
     connections are reused when idle, opened when none is); latency runs from the schedule."""
     total = int(rate * seconds)
     result = RateResult(endpoint=path, rate=rate, sent=total)
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # (reader, writer, idle since): a connection idle past the servers' keep-alive timeout
+    # (uvicorn's 5 s) is closed by the server, so the client drops it first, as browsers do
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
     offset = random.randrange(users)
 
     async def one(index: int, scheduled: float) -> None:
         body = request_body((offset + index) % users)
         request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        while idle and time.perf_counter() - idle[-1][2] > CLIENT_KEEPALIVE_S:
+            idle.pop()[1].close()
         if idle:
-            reader, writer = idle.pop()
+            reader, writer, _ = idle.pop()
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             result.connections += 1
@@ -402,7 +407,7 @@ async def open_loop(
             writer.close()
             return
         result.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
-        idle.append((reader, writer))
+        idle.append((reader, writer, time.perf_counter()))
         if not 200 <= status < 300:
             result.errors += 1
             result.error_kinds[f"HTTP {status}"] = result.error_kinds.get(f"HTTP {status}", 0) + 1
@@ -420,7 +425,7 @@ async def open_loop(
             result.late_sends += 1
         tasks.append(asyncio.create_task(one(index, scheduled)))
     await asyncio.gather(*tasks)
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return result
 

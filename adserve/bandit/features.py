@@ -115,6 +115,42 @@ def cb_label(cost: float, probability: float) -> str:
 
 
 def shared_line(context: DecisionContext) -> str:
+    # a slot's contexts repeat (placement, page, device, geo, hour), and the text is built per
+    # decision: kept per value of the fields it reads (the context itself, with its history,
+    # would be a costly key)
+    return _shared_text(
+        context.placement,
+        context.position,
+        context.page_category,
+        context.keywords,
+        context.device,
+        context.geo,
+        context.hour,
+    )
+
+
+@lru_cache(maxsize=16_384)
+def _shared_text(
+    placement: str,
+    position: int,
+    page_category: str | None,
+    keywords: tuple[str, ...],
+    device: str | None,
+    geo: str | None,
+    hour: int,
+) -> str:
+    from adserve.domain import DecisionContext
+
+    context = DecisionContext(
+        placement=placement,
+        now=0.0,
+        page_category=page_category,
+        keywords=keywords,
+        device=device,
+        geo=geo,
+        hour=hour,
+        position=position,
+    )
     return f"shared {slot_namespace(context)} {visitor_namespace(context)}"
 
 
@@ -125,8 +161,26 @@ def _creative_text(candidate: Candidate) -> str:
     return f"{ad_namespace(candidate)} {money_namespace(candidate)}"
 
 
+# The same candidate objects serve request after request (the catalogue snapshot's): their text is
+# found by identity first, which skips hashing every field of the dataclass. Each entry holds its
+# candidate, so the id cannot be reused by another object while the entry lives.
+_TEXT_BY_OBJECT_SIZE = 65_536
+_text_by_object: dict[int, tuple[Candidate, str]] = {}
+
+
+def creative_text(candidate: Candidate) -> str:
+    held = _text_by_object.get(id(candidate))
+    if held is not None and held[0] is candidate:
+        return held[1]
+    text = _creative_text(candidate)
+    if len(_text_by_object) >= _TEXT_BY_OBJECT_SIZE:
+        _text_by_object.clear()  # bounded memory; refills from the content cache
+    _text_by_object[id(candidate)] = (candidate, text)
+    return text
+
+
 def action_line(candidate: Candidate, label: str | None = None) -> str:
-    body = _creative_text(candidate)
+    body = creative_text(candidate)
     return f"{label} {body}" if label else body
 
 

@@ -59,7 +59,7 @@ import os
 import shutil
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -88,6 +88,7 @@ __all__ = [
     "inverse_gap_pmf",
     "list_versions",
     "model_costs",
+    "sample",
     "top_k_indices",
 ]
 
@@ -96,6 +97,13 @@ POLICY_FILE = "policy.json"
 # Residuals kept per (context text, creative text) between weight changes: a slot's contexts
 # repeat (placement, page, device, geo, hour), so most decisions need no VW parse at all.
 RESIDUAL_CACHE_SIZE = 100_000
+# Candidate lists repeat (a slot's eligible set changes with the catalogue, caps and budgets, not
+# per request), so each list's pricing and bids are kept as arrays instead of read per decision.
+PRICE_CACHE_SIZE = 1024
+_price_lock = threading.Lock()
+_price_vectors_of: OrderedDict[tuple[int, ...], tuple[tuple[Candidate, ...], np.ndarray, np.ndarray]] = (
+    OrderedDict()
+)
 
 
 class Exploration(StrEnum):
@@ -191,6 +199,22 @@ def cost_of(revenue: float, conversion_value: float, config: CostConfig, clicked
     return -min(max(value, 0.0), 1.0)
 
 
+def _price_vectors(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) whether each candidate is priced per click, and (N,) its bid; kept per list (the
+    list's objects are held with it, so their ids in the key stay theirs)."""
+    key = tuple(map(id, candidates))
+    held = _price_vectors_of.get(key)
+    if held is not None:
+        return held[1], held[2]
+    cpc = np.fromiter((c.pricing is Pricing.CPC for c in candidates), bool, len(candidates))
+    bids = np.fromiter((c.bid for c in candidates), np.float64, len(candidates))
+    with _price_lock:
+        _price_vectors_of[key] = (tuple(candidates), cpc, bids)
+        while len(_price_vectors_of) > PRICE_CACHE_SIZE:
+            _price_vectors_of.popitem(last=False)
+    return cpc, bids
+
+
 def model_values(
     candidates: Sequence[Candidate], click_probabilities: Sequence[float] | np.ndarray, config: CostConfig
 ) -> np.ndarray:
@@ -198,19 +222,22 @@ def model_values(
     p = np.asarray(click_probabilities, dtype=np.float64)
     if config.objective == "clicks":
         return p.copy()
-    cpc = np.fromiter((c.pricing is Pricing.CPC for c in candidates), bool, len(candidates))
-    bids = np.fromiter((c.bid for c in candidates), np.float64, len(candidates))
+    cpc, bids = _price_vectors(candidates)
     return np.where(cpc, bids * p, bids / 1000.0)
+
+
+def costs_of_values(values: np.ndarray, config: CostConfig) -> np.ndarray:
+    """The model's values (`model_values`) on VW's cost scale."""
+    if config.objective == "clicks":
+        return -values
+    return -np.clip(values / config.revenue_scale, 0.0, 1.0)
 
 
 def model_costs(
     candidates: Sequence[Candidate], click_probabilities: Sequence[float] | np.ndarray, config: CostConfig
 ) -> np.ndarray:
     """(N,) the cost the model predicts for each candidate, on VW's cost scale."""
-    values = model_values(candidates, click_probabilities, config)
-    if config.objective == "clicks":
-        return -values
-    return -np.clip(values / config.revenue_scale, 0.0, 1.0)
+    return costs_of_values(model_values(candidates, click_probabilities, config), config)
 
 
 def top_k_indices(
@@ -227,7 +254,22 @@ def top_k_indices(
     if len(candidates) <= k:
         return np.arange(len(candidates))
     values = model_values(candidates, click_probabilities, config or CostConfig())
+    return _top_of_values(values, k)
+
+
+def _top_of_values(values: np.ndarray, k: int) -> np.ndarray:
+    if len(values) <= k:
+        return np.arange(len(values))
     return np.sort(np.argsort(-values, kind="stable")[:k])
+
+
+def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
+    """One index drawn from `pmf` (non-negative, summing to 1 up to rounding): numpy's own
+    `Generator.choice(len(pmf), p=pmf)` algorithm, one uniform draw against the cumulative sum,
+    without its argument checks (the policy built the pmf)."""
+    cdf = np.cumsum(pmf)
+    index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return min(index, len(pmf) - 1)
 
 
 def inverse_gap_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
@@ -332,8 +374,12 @@ class VWPolicy:
         self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: Any
     ) -> tuple[np.ndarray, int]:
         scores = self._checked(candidates, click_probabilities)
-        top = top_k_indices(candidates, scores, self.config.top_k, self.config.cost)
-        costs = self.predicted_costs(context, [candidates[i] for i in top], scores[top])
+        cost_config = self.config.cost
+        values = model_values(candidates, scores, cost_config)
+        top = _top_of_values(values, self.config.top_k)  # = top_k_indices, from the same values
+        costs = costs_of_values(values[top], cost_config) + self.residuals(
+            context, [candidates[i] for i in top]
+        )
         if self.config.exploration is Exploration.SQUARECB:
             top_pmf = inverse_gap_pmf(costs, self.gamma)
         else:
@@ -361,7 +407,7 @@ class VWPolicy:
     ) -> Choice:
         """Sample one candidate from `pmf`; the returned `Choice.pmf` is that exact pmf."""
         pmf, greedy = self._pmf_and_greedy(context, candidates, click_probabilities)
-        index = int(rng.choice(len(pmf), p=pmf))
+        index = sample(pmf, rng)
         return Choice(
             pmf=tuple(pmf.tolist()),
             index=index,

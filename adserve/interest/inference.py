@@ -295,17 +295,11 @@ class ClickKernel:
             last = self.no_history
         else:
             keys, values, last = self._memory(user, context.now)
-        scores = block.query @ keys.T  # (N, L + 1)
-        scores -= scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores)
-        weights /= weights.sum(axis=1, keepdims=True)
-        attended = weights @ values  # (N, D)
-        hidden = (
-            block.first_layer
-            + (self.context_vector(context) + last @ self.w_last)
-            + attended @ self.w_attended
-            + (block.creative * attended) @ self.w_product
-        )
+        attended = _attention(block.query @ keys.T, values)  # (N, D)
+        hidden = attended @ self.w_attended  # in place from here: fewer (N, H1) temporaries
+        hidden += (block.creative * attended) @ self.w_product
+        hidden += block.first_layer
+        hidden += self.context_vector(context) + last @ self.w_last
         np.maximum(hidden, 0.0, out=hidden)
         for i, (weight, bias) in enumerate(self.rest):
             hidden = hidden @ weight + bias
@@ -393,6 +387,26 @@ class ClickKernel:
         out[:, 2] = 1.0 - np.exp(-sums[:, 2] * recent_decay)
         out[:, 3] = 1.0 - np.exp(-sums[:, 3] * math.exp(-age / PURCHASE_TAU_S))
         return out
+
+
+# A row of attention weights whose sum falls below this after the block-wide shift had its own
+# maximum far below the block's: it is recomputed with its own shift (float32 underflow).
+_UNDERFLOW_SUM = 1e-30
+
+
+def _attention(scores: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """softmax(scores, axis=1) @ values. Softmax is unchanged by a constant per row: one shift
+    for the whole block (its maximum) skips a per-row reduction, which at these sizes costs more
+    than the products, and the row sums come from a product too. A row the shared shift would
+    underflow (its own maximum far below the block's) takes its own shift."""
+    weights = np.exp(scores - scores.max())
+    sums = weights @ np.ones(weights.shape[1], dtype=weights.dtype)
+    if sums.min() < _UNDERFLOW_SUM:
+        low = sums < _UNDERFLOW_SUM
+        own = scores[low]
+        weights[low] = np.exp(own - own.max(axis=1, keepdims=True))
+        sums[low] = weights[low].sum(axis=1)
+    return (weights @ values) / sums[:, None]
 
 
 def _probe_candidate() -> Candidate:

@@ -73,6 +73,9 @@ class EligibilityRequest:
     excluded_campaigns: frozenset[int] = frozenset()
     # campaign id -> this process's reservations not yet in the catalogue snapshot
     reserved: Mapping[int, float] = field(default_factory=dict)
+    # time zone -> (local date, share of the local day gone) at `now`, filled as rules need them:
+    # campaigns share a few zones, and the conversion is most of a budget rule's cost
+    local_days: dict[ZoneInfo, tuple[date, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -125,6 +128,16 @@ def pacing_allows(campaign: CampaignState, now: datetime) -> bool:
     return spend_today(campaign, now) < allowed
 
 
+def _local_day(request: EligibilityRequest, timezone: ZoneInfo) -> tuple[date, float]:
+    held = request.local_days.get(timezone)
+    if held is None:
+        now = request.now
+        day = now.astimezone(timezone).date()
+        start, end = _day_bounds(timezone, day)
+        held = request.local_days[timezone] = (day, (now - start) / (end - start))
+    return held
+
+
 def _cap_reached(campaign: CampaignState, request: EligibilityRequest) -> bool:
     if not campaign.frequency_cap or not campaign.frequency_window_s:
         return False
@@ -156,11 +169,15 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
         and committed_total(campaign, pending) + campaign.cost_per_event > campaign.total_budget
     ):
         return "total_budget"
-    left = daily_budget_left(campaign, now, pending)
-    if left is not None and left < campaign.cost_per_event:
-        return "daily_budget"
-    if not pacing_allows(campaign, now):
-        return "pacing"
+    if campaign.daily_budget is not None:
+        # daily_budget_left and pacing_allows, with the request's local day of the campaign's zone
+        day, day_gone = _local_day(request, campaign.timezone)
+        billed_today = campaign.spend_today if campaign.spend_day == day else 0.0
+        left = campaign.daily_budget - (billed_today + campaign.reserved + pending)
+        if left < campaign.cost_per_event:
+            return "daily_budget"
+        if not billed_today < campaign.daily_budget * min(1.0, day_gone + PACING_LEAD):
+            return "pacing"
     if _cap_reached(campaign, request):
         return "frequency_cap"
     if campaign.id in request.excluded_campaigns:

@@ -299,7 +299,7 @@ class DecisionPipeline:
                 "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
             },
             candidate_ids=[entry.candidate.creative_id for entry in eligible.creatives],
-            scores=[float(s) for s in served.scores],
+            scores=served.scores.tolist(),  # float64 array: Python floats
             pmf=list(served.choice.pmf),
             chosen_creative_id=served.chosen.id,
             campaign_id=served.chosen.campaign.id,

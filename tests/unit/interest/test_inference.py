@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from adserve.domain import BehaviourEvent, DecisionContext, EventType
+from adserve.interest.inference import _attention
 from adserve.interest.scorer import InterestScorer
 
 
@@ -116,3 +117,18 @@ def test_a_catalogue_refresh_with_equal_candidates_reuses_the_prepared_block(
     rebid = [dataclasses.replace(c, bid=c.bid + 1.0) for c in creatives]
     scorer.fusion_features(context, rebid)
     assert scorer.user_view(context).pair is not pair  # different content: a new block
+
+
+def test_attention_with_one_shift_per_block_equals_a_per_row_softmax() -> None:
+    """One shift for the whole block, and rows it would underflow (their maximum hundreds below
+    the block's) recomputed with their own: the same weights as a row-wise softmax."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0.0, 3.0, (6, 9)).astype(np.float32)
+    scores[1] -= 300.0  # exp underflows to 0 in float32 under the block's shift
+    scores[4] += 60.0  # sets the block's maximum
+    values = rng.normal(0.0, 1.0, (9, 5)).astype(np.float32)
+    shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
+    weights = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    attended = _attention(scores.copy(), values)
+    assert np.isfinite(attended).all()
+    np.testing.assert_allclose(attended, weights @ values, rtol=1e-5, atol=1e-6)
