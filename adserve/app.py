@@ -45,7 +45,7 @@ from adserve.jobs.runs import latest_finishes
 from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
-from adserve.serving.models import ModelWatcher, limit_blas_threads
+from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.rate_limit import STORE, public_rate_limit, purge_expired, retry_after
@@ -334,7 +334,6 @@ def create_app(settings: Settings) -> Litestar:
     async def serving(app: Litestar) -> AsyncIterator[None]:
         """The hot path's heavy objects, built once per process: pool, writer, snapshot, models."""
         url = app.state.database_url
-        limit_blas_threads(settings.serving.blas_threads)
         # min_size=0: the process starts (and /ready reports why) even while Postgres is away.
         pool = await asyncpg.create_pool(
             **asyncpg_dsn(url, statement_timeout_ms=settings.database.statement_timeout_ms),

@@ -72,7 +72,6 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user_state_cache_size: int = 100_000
     user_state_max_age_s: float = 300.0
     torch_threads: int = 1  # intra-op threads of a serving process's interest model passes
-    blas_threads: int = 1  # numpy's BLAS threads in a serving process (decision-time products)
     model_poll_s: float = 5.0
     interest_precision: Literal["fp32", "int8"] = "fp32"
 

@@ -22,27 +22,11 @@ if TYPE_CHECKING:
     from adserve.serving.scoring import EmpiricalCTRScorer
     from adserve.settings import Settings
 
-__all__ = ["ModelWatcher", "limit_blas_threads"]
+__all__ = ["ModelWatcher"]
 
 log = logging.getLogger(__name__)
 
 CHAMPIONS_SQL = "SELECT kind, version, path FROM model_versions WHERE status = 'champion'"
-
-
-def limit_blas_threads(threads: int) -> None:
-    """Caps numpy's BLAS threads in this process (0 leaves the library's default).
-
-    A decision's products are small (100 candidates × 64–128 wide) and many requests run at once:
-    parallelism comes from requests, not from one product. OpenBLAS splits products past a size
-    threshold over every core and keeps its idle threads spinning for the next one, which on a
-    server shared with Postgres costs far more CPU than it saves: on 2 cores a decision took
-    3.2–3.8 ms of CPU with the default threads and 1.3 ms with one (BENCHMARKS.md).
-    """
-    if threads <= 0:
-        return
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads, user_api="blas")
 
 
 class ModelWatcher:

@@ -141,10 +141,9 @@ class DecisionPipeline:
         capped_serve = False
         chosen_campaigns: set[int] = set()
         for placement in placements:
-            eligible = eligible_creatives(
-                snapshot.creatives_for(placement),
-                replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns)),
-            )
+            if chosen_campaigns:  # (dataclasses.replace costs more than the rules of one campaign)
+                eligibility = replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns))
+            eligible = eligible_creatives(snapshot.creatives_for(placement), eligibility)
             if not eligible.creatives:
                 observe_decision("no_eligible_creative", eligible.removed)
                 decisions.append(

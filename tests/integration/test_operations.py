@@ -1,10 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 
 import asyncpg
 import msgspec
@@ -78,51 +74,3 @@ async def test_a_500_never_leaks_a_stack_trace(settings) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert response.json()["title"] == "Internal Server Error"
-
-
-BLAS_PROBE = """
-import asyncio, json, sys
-from threadpoolctl import threadpool_info, threadpool_limits
-from adserve.app import create_app
-from adserve.settings import load_settings
-
-def blas_threads():
-    return sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
-
-async def main():
-    threadpool_limits(limits=2, user_api="blas")  # as numpy starts on a 2-core machine
-    before = blas_threads()
-    async with create_app(load_settings()).lifespan():  # on the main thread, as uvicorn runs it
-        serving = blas_threads()
-    print(json.dumps({"before": before, "serving": serving}))
-
-asyncio.run(main())
-"""
-
-
-async def test_a_serving_process_runs_numpys_blas_on_one_thread(settings, fresh_database) -> None:
-    """Decision-time products are small and requests run side by side: a serving process caps
-    numpy's BLAS at `serving.blas_threads` (1), whatever the machine's cores. Probed in a process
-    of its own: the BLAS thread count is process-wide state the other tests' apps also set."""
-    url = await fresh_database()
-    await asyncio.to_thread(upgrade, url)
-    env = {
-        **os.environ,
-        "ADSERVE_ENV": "test",
-        "ADSERVE_DATABASE_URL": url,
-        "ADSERVE_VAR_DIR": settings.var_dir,
-        "ADSERVE_WRITER_SPOOL_DIR": f"{settings.var_dir}/spool-blas-probe",
-        "ADSERVE_MODELS_DIR": settings.models_dir,
-    }
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", BLAS_PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures == {"before": [2], "serving": [settings.serving.blas_threads]}
-    assert settings.serving.blas_threads == 1
