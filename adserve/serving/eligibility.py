@@ -94,14 +94,24 @@ def _day_bounds(timezone: ZoneInfo, day: date) -> tuple[datetime, datetime]:
     return start, end
 
 
+def local_day(now: datetime, timezone: ZoneInfo) -> tuple[date, float]:
+    """The local date at `now` in `timezone` and the share of that day gone."""
+    day = now.astimezone(timezone).date()
+    start, end = _day_bounds(timezone, day)
+    return day, (now - start) / (end - start)
+
+
 def local_day_fraction(now: datetime, campaign: CampaignState) -> float:
-    start, end = _day_bounds(campaign.timezone, now.astimezone(campaign.timezone).date())
-    return (now - start) / (end - start)
+    return local_day(now, campaign.timezone)[1]
+
+
+def _billed_on(campaign: CampaignState, day: date) -> float:
+    return campaign.spend_today if campaign.spend_day == day else 0.0
 
 
 def spend_today(campaign: CampaignState, now: datetime) -> float:
     """Today's spend in the campaign's own time zone; yesterday's counter does not carry over."""
-    return campaign.spend_today if campaign.spend_day == now.astimezone(campaign.timezone).date() else 0.0
+    return _billed_on(campaign, now.astimezone(campaign.timezone).date())
 
 
 def committed_total(campaign: CampaignState, pending: float = 0.0) -> float:
@@ -111,7 +121,11 @@ def committed_total(campaign: CampaignState, pending: float = 0.0) -> float:
 
 def committed_today(campaign: CampaignState, now: datetime, pending: float = 0.0) -> float:
     """Today's billed spend plus every unexpired reservation (all count against today)."""
-    return spend_today(campaign, now) + campaign.reserved + pending
+    return _committed_on(campaign, now.astimezone(campaign.timezone).date(), pending)
+
+
+def _committed_on(campaign: CampaignState, day: date, pending: float) -> float:
+    return _billed_on(campaign, day) + campaign.reserved + pending
 
 
 def daily_budget_left(campaign: CampaignState, now: datetime, pending: float = 0.0) -> float | None:
@@ -124,17 +138,19 @@ def pacing_allows(campaign: CampaignState, now: datetime) -> bool:
     """Even pacing: by a given moment, at most that share of the day's budget (plus a lead) billed."""
     if campaign.daily_budget is None:
         return True
-    allowed = campaign.daily_budget * min(1.0, local_day_fraction(now, campaign) + PACING_LEAD)
-    return spend_today(campaign, now) < allowed
+    return _paced(campaign, *local_day(now, campaign.timezone))
 
 
-def _local_day(request: EligibilityRequest, timezone: ZoneInfo) -> tuple[date, float]:
+def _paced(campaign: CampaignState, day: date, day_gone: float) -> bool:
+    assert campaign.daily_budget is not None
+    return _billed_on(campaign, day) < campaign.daily_budget * min(1.0, day_gone + PACING_LEAD)
+
+
+def _local_day_of(request: EligibilityRequest, timezone: ZoneInfo) -> tuple[date, float]:
+    """`local_day` at the request's time, once per zone per request."""
     held = request.local_days.get(timezone)
     if held is None:
-        now = request.now
-        day = now.astimezone(timezone).date()
-        start, end = _day_bounds(timezone, day)
-        held = request.local_days[timezone] = (day, (now - start) / (end - start))
+        held = request.local_days[timezone] = local_day(request.now, timezone)
     return held
 
 
@@ -170,13 +186,11 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
     ):
         return "total_budget"
     if campaign.daily_budget is not None:
-        # daily_budget_left and pacing_allows, with the request's local day of the campaign's zone
-        day, day_gone = _local_day(request, campaign.timezone)
-        billed_today = campaign.spend_today if campaign.spend_day == day else 0.0
-        left = campaign.daily_budget - (billed_today + campaign.reserved + pending)
-        if left < campaign.cost_per_event:
+        # daily_budget_left and pacing_allows at the request's local day in the campaign's zone
+        day, day_gone = _local_day_of(request, campaign.timezone)
+        if campaign.daily_budget - _committed_on(campaign, day, pending) < campaign.cost_per_event:
             return "daily_budget"
-        if not billed_today < campaign.daily_budget * min(1.0, day_gone + PACING_LEAD):
+        if not _paced(campaign, day, day_gone):
             return "pacing"
     if _cap_reached(campaign, request):
         return "frequency_cap"
