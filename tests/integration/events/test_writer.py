@@ -300,3 +300,39 @@ async def test_close_flushes_queued_rows(make_writer, db):
 
 def test_day_boundary_arithmetic_used_above():
     assert (datetime(2024, 3, 10, 11, 30, tzinfo=UTC) + timedelta(hours=13)).date() == date(2024, 3, 11)
+
+
+async def test_a_copy_hands_the_event_loop_back_every_few_rows(make_writer, db):
+    """COPY encodes rows on the event loop as it draws them: the writer's row source lets other
+    tasks run every COPY_YIELD_ROWS rows, so a request arriving during a big flush waits for a few
+    rows' encoding, not the whole batch's. Checked on the order of events: the rows COPY drew and
+    the turns another task got between them."""
+    from adserve.events import writer as writer_module
+
+    rows = [decision_row() for _ in range(5 * writer_module.COPY_YIELD_ROWS)]
+    order: list[str] = []
+    drawing = True
+
+    async def other_request() -> None:
+        while drawing:
+            order.append("other")
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_request())
+    await asyncio.sleep(0)
+    async for row in writer_module._yielding(rows):
+        order.append(f"row {rows.index(row)}")
+    drawing = False
+    await other
+    drawn = [i for i, item in enumerate(order) if item.startswith("row")]
+    # between consecutive chunks of COPY_YIELD_ROWS rows, the other task ran
+    for chunk in range(1, 5):
+        before, after = (
+            drawn[chunk * writer_module.COPY_YIELD_ROWS - 1],
+            drawn[chunk * writer_module.COPY_YIELD_ROWS],
+        )
+        assert "other" in order[before:after], order[before : after + 1]
+    # and a batch drawn this way is stored whole
+    writer = await make_writer(flush_rows=10_000, flush_ms=600_000)
+    assert await asyncio.wait_for(writer.write("decisions", rows), GUARD_S) == "stored"
+    assert await count(db, "decisions", [row[0] for row in rows]) == len(rows)

@@ -104,20 +104,27 @@ async def database(database_url, settings):
 @pytest.fixture(scope="module")
 async def world(client, sessionmaker, settings):
     """Two placements on one page: the CPC campaign (bid 0.8, 3 creatives) wins the first, the
-    CPM one (price 4.0) the second (one campaign per page). Eight pages through the session's
-    app (greedy), four through an app serving the VW policy (exploring)."""
+    CPM one (price 4.0) the second (one campaign per page). Eight pages through a greedy app
+    (epsilon-greedy at epsilon 0: the session's app serves the default VW policy, whose
+    exploration picks the CPM ad for a first placement about once in a hundred), four through an
+    app serving the VW policy (exploring)."""
     async with sessionmaker() as session:
         builder = CatalogBuilder(session)
         cpc = await builder.campaign("cpc", creatives=3, category="shoes", bid=0.8, total_budget=1000.0)
         cpm = await builder.campaign("cpm", creatives=1, pricing="cpm", bid=4.0, total_budget=1000.0)
         second = await builder.placement("second", position=1)
         first = await builder.placement("first")
-    await wait_for_placement(client, first)
-    await wait_for_placement(client, second)
-    pages = [
-        await serve(client, [first, second], f"shopper-{i}", ("mobile", "desktop")[i % 2]) for i in range(8)
-    ]
-    await decisions_logged(client)
+    greedy_settings = msgspec.structs.replace(
+        settings, serving=msgspec.structs.replace(settings.serving, policy="epsilon_greedy", epsilon=0.0)
+    )
+    async with AsyncTestClient(create_app(greedy_settings)) as greedy_client:
+        await wait_for_placement(greedy_client, first)
+        await wait_for_placement(greedy_client, second)
+        pages = [
+            await serve(greedy_client, [first, second], f"shopper-{i}", ("mobile", "desktop")[i % 2])
+            for i in range(8)
+        ]
+    # the greedy app's writer stored its rows when it closed
     for page in pages:
         for decision in page:
             await impress(client, decision)
