@@ -348,14 +348,6 @@ class VWPolicy:
                     values[i] = cache[keys[i]] = float(value)
         return np.asarray(values, dtype=np.float64)
 
-    def predicted_costs(
-        self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: np.ndarray
-    ) -> np.ndarray:
-        """(N,) model cost + residual for the given candidates (all of them go to VW)."""
-        return model_costs(candidates, click_probabilities, self.config.cost) + self.residuals(
-            context, candidates
-        )
-
     def _checked(self, candidates: Sequence[Candidate], click_probabilities: Any) -> np.ndarray:
         if len(candidates) == 0:
             raise ValueError("cannot choose among zero candidates")
