@@ -114,11 +114,14 @@ def cb_label(cost: float, probability: float) -> str:
     return f"0:{number(cost)}:{number(probability)}"
 
 
+# A slot's contexts repeat (placement, page, device, geo, hour) and the text is built per decision:
+# kept per value of the fields it reads (the context itself, with its history, would be a costly key).
+_SHARED_TEXT_SIZE = 16_384
+_shared_texts: dict[tuple, str] = {}
+
+
 def shared_line(context: DecisionContext) -> str:
-    # a slot's contexts repeat (placement, page, device, geo, hour), and the text is built per
-    # decision: kept per value of the fields it reads (the context itself, with its history,
-    # would be a costly key)
-    return _shared_text(
+    key = (
         context.placement,
         context.position,
         context.page_category,
@@ -127,31 +130,13 @@ def shared_line(context: DecisionContext) -> str:
         context.geo,
         context.hour,
     )
-
-
-@lru_cache(maxsize=16_384)
-def _shared_text(
-    placement: str,
-    position: int,
-    page_category: str | None,
-    keywords: tuple[str, ...],
-    device: str | None,
-    geo: str | None,
-    hour: int,
-) -> str:
-    from adserve.domain import DecisionContext
-
-    context = DecisionContext(
-        placement=placement,
-        now=0.0,
-        page_category=page_category,
-        keywords=keywords,
-        device=device,
-        geo=geo,
-        hour=hour,
-        position=position,
-    )
-    return f"shared {slot_namespace(context)} {visitor_namespace(context)}"
+    text = _shared_texts.get(key)
+    if text is None:
+        text = f"shared {slot_namespace(context)} {visitor_namespace(context)}"
+        if len(_shared_texts) >= _SHARED_TEXT_SIZE:
+            _shared_texts.clear()  # bounded memory; contexts repeat, so it refills in seconds
+        _shared_texts[key] = text
+    return text
 
 
 @lru_cache(maxsize=65_536)
