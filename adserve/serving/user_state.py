@@ -10,11 +10,16 @@ Postgres itself: the log writer publishes, in the transaction that commits them,
 - `s <user_key> <campaign_id> <epoch_us>` for every decision that served a capped campaign:
   every process adds the serve to its copy.
 
-A process adds its own serves at decision time. The guarantee: a change committed by another
-process is seen once its notification arrives (the notification is sent at commit, before the
-writing process answers its client); an entry is never older than `max_age_s` (a missed
-notification heals by then), and every entry is dropped when the LISTEN connection is lost.
-A load that overlaps a notification about the same user is used once but not kept.
+A process adds its own serves at decision time. The guarantee: a decision sees every change
+another process committed before the decision arrived. Postgres signals the listening sessions
+at commit, before the writing process answers its client, and sends a session's notifications
+before the answer to its next query; so before a decision uses a kept entry, a round trip on the
+LISTEN connection (`SELECT 1`, one shared by every decision that arrived while the previous one
+was out) brings in whatever was committed until then. Where that round trip takes longer than
+`SYNC_TIMEOUT_S` (Postgres stalled) the decision uses what it has. An entry is never older than
+`max_age_s` (a missed notification heals by then), and every entry is dropped when the LISTEN
+connection is lost. A load that overlaps a notification about the same user is used once but
+not kept.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 USER_STATE_CHANNEL = "adserve_user_state"
 MAX_REFRESHING = 64  # users refreshed at event time at once; beyond, their next decision loads them
+SYNC_TIMEOUT_S = 0.05  # a decision waits this long at most for the LISTEN connection's round trip
 EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
 
 # Bounded in time so Postgres reads only the partitions of the last `history_days` days.
@@ -99,6 +105,10 @@ class UserStateCache:
         self._touched: dict[str, int] = {}  # user key -> epoch of its last notification
         self._floor = 0  # loads started before this epoch are not kept (_touched was pruned)
         self._listener_pid: int | None = None  # the LISTEN connection's backend, while it holds
+        self._listener: asyncpg.Connection | None = None
+        self._sync_next: asyncio.Future[None] | None = None  # the round trip decisions now wait for
+        self._syncing: asyncio.Task[None] | None = None
+        self.syncs = 0
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.hits = 0
@@ -111,6 +121,8 @@ class UserStateCache:
     # --- reading ----------------------------------------------------------------------------------
 
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
+        if user_key in self._entries:
+            await self._caught_up()  # a notification on its way may drop or change the entry
         entry = self._entries.get(user_key)
         if entry is not None and self._fits(entry, with_history, capped, since):
             self._entries.move_to_end(user_key)
@@ -127,6 +139,39 @@ class UserStateCache:
             while len(self._entries) > self.max_users:
                 self._entries.popitem(last=False)
         return loaded.state()
+
+    async def _caught_up(self) -> None:
+        """Returns once every notification committed before the call has been applied (or after
+        `SYNC_TIMEOUT_S`). Decisions that arrive while a round trip is out share the next one:
+        the one out may have passed Postgres before their writers committed."""
+        if self._listener is None:
+            return  # not listening: nothing is kept
+        if self._sync_next is None:
+            self._sync_next = asyncio.get_running_loop().create_future()
+            if self._syncing is None:
+                self._syncing = asyncio.create_task(self._sync_rounds(self._listener))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._sync_next), SYNC_TIMEOUT_S)
+
+    async def _sync_rounds(self, connection: asyncpg.Connection) -> None:
+        try:
+            while self._sync_next is not None:
+                waiting, self._sync_next = self._sync_next, None
+                try:
+                    # the notifications Postgres holds for this session arrive before the answer,
+                    # and asyncpg calls the listener before it wakes the caller
+                    await connection.execute("SELECT 1")
+                except Exception:
+                    log.warning("user state sync failed; the LISTEN connection is checked")
+                finally:
+                    self.syncs += 1
+                    if not waiting.done():
+                        waiting.set_result(None)
+        finally:
+            self._syncing = None
+            if self._sync_next is not None and not self._sync_next.done():
+                self._sync_next.set_result(None)  # cancelled meanwhile: release the waiters
+            self._sync_next = None
 
     def _fits(self, entry: _Entry, with_history: bool, capped: list[int], since: datetime) -> bool:
         return (
@@ -244,10 +289,18 @@ class UserStateCache:
 
     async def close(self) -> None:
         self.prepare = None
+        await self._stop_syncing()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def _stop_syncing(self) -> None:
+        task = self._syncing
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _listen_forever(self) -> None:
         """Holds a LISTEN connection; while it is down nothing is cached (every decision reads
@@ -264,6 +317,7 @@ class UserStateCache:
                 await connection.add_listener(USER_STATE_CHANNEL, self._on_notification)
                 self.clear()  # anything cached before this LISTEN may have missed a change
                 self._listener_pid = connection.get_server_pid()
+                self._listener = connection
                 self._connected.set()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -275,6 +329,8 @@ class UserStateCache:
             finally:
                 self._connected.clear()
                 self._listener_pid = None
+                self._listener = None
+                await self._stop_syncing()  # its round trip must not hold the connection released
                 self.clear()
                 with contextlib.suppress(Exception):
                     await connection.remove_listener(USER_STATE_CHANNEL, self._on_notification)

@@ -5,6 +5,7 @@ in for another serving process."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -174,3 +175,39 @@ async def test_an_event_refreshes_a_served_user_ahead_of_their_next_decision(
     loads = other_process.loads
     state = await other_process.get(key, True, [], datetime.now(UTC) - SINCE)
     assert [e.category for e in state.history] == ["shoes", "audio"] and other_process.loads == loads
+
+
+async def test_a_decision_sees_a_change_committed_elsewhere_before_its_notification_was_read(
+    other_process, database_url
+) -> None:
+    """Another process commits a user's event while this one's event loop is busy, so the
+    notification sits unread on the LISTEN socket when the next decision asks: the decision still
+    sees the event (its round trip on the LISTEN connection brings the notification in first)."""
+    user_key = f"sync-{uuid.uuid4().hex[:8]}"
+    since = datetime.now(UTC) - SINCE
+    before = await other_process.get(user_key, True, [], since)
+    assert before.history == () and user_key in other_process._entries
+    loads = other_process.loads
+
+    async def commit_elsewhere() -> None:
+        connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "INSERT INTO user_events (id, user_id, event_type, ts, item_id, category)"
+                    " VALUES ($1, $2, 'product_view', now(), 'sku-sync', 'shoes')",
+                    uuid.uuid4(),
+                    user_key,
+                )
+                await connection.execute("SELECT pg_notify('adserve_user_state', $1)", f"e {user_key}")
+        finally:
+            await connection.close()
+
+    # committed from a thread of its own while this loop waits without running: nothing has read
+    # the notification when `get` is called
+    thread = threading.Thread(target=asyncio.run, args=(commit_elsewhere(),))
+    thread.start()
+    thread.join()
+    after = await other_process.get(user_key, True, [], since)
+    assert [e.item_id for e in after.history] == ["sku-sync"]
+    assert other_process.loads == loads + 1 and other_process.syncs >= 1
