@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -290,6 +291,8 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     server_cpu_ms: float = 0.0  # the server process's CPU time per request (user + system)
+    postgres_cpu_ms: float | None = None  # every local postgres process's CPU time per request
+    commits_per_request: float | None = None  # transactions the bench database committed per request
 
 
 def _own_cpu_seconds(pid: int) -> float:
@@ -310,8 +313,46 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU time so far of every process named `postgres` on this machine (the server and its
+    backends); None where none is readable (a remote server)."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            text = stat.read_text()
+            if text[text.index("(") + 1 : text.rindex(")")] == "postgres":
+                fields = text.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                found = True
+    return total if found else None
+
+
+def database_commits(url: str) -> int:
+    """Transactions committed in the bench database so far (`pg_stat_database`; backends report
+    theirs at most a second late, small against a run's thousands)."""
+
+    async def read() -> int:
+        connection = await asyncpg.connect(**asyncpg_dsn(url))
+        try:
+            return await connection.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        finally:
+            await connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside the bench's loop
+        return pool.submit(asyncio.run, read()).result()
+
+
 def run_wrk(
-    port: int, path: str, users: int, expect: str, connections: int, seconds: int, pid: int | None = None
+    port: int,
+    path: str,
+    users: int,
+    expect: str,
+    connections: int,
+    seconds: int,
+    pid: int | None = None,
+    database_url: str | None = None,
 ) -> WrkResult:
     env = {
         **os.environ,
@@ -322,10 +363,14 @@ def run_wrk(
     }
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA)]
     cpu_before = cpu_seconds(pid) if pid else 0.0
+    postgres_before = postgres_cpu_seconds()
+    commits_before = database_commits(database_url) if database_url else None
     completed = subprocess.run(
         [*argv, f"http://127.0.0.1:{port}"], env=env, capture_output=True, text=True, check=True
     )
     cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
+    postgres_after = postgres_cpu_seconds()
+    commits = database_commits(database_url) - commits_before if commits_before is not None else None
     line = next(x for x in completed.stdout.splitlines() if x.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
     socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]
@@ -338,6 +383,10 @@ def run_wrk(
         p50_ms=data["p50_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         server_cpu_ms=1000 * cpu_used / max(1, data["requests"]),
+        postgres_cpu_ms=None
+        if postgres_before is None or postgres_after is None
+        else 1000 * (postgres_after - postgres_before) / max(1, data["requests"]),
+        commits_per_request=None if commits is None else commits / max(1, data["requests"]),
     )
 
 
@@ -475,6 +524,11 @@ def profile_decisions(pid: int, seconds: int, run_load) -> None:
 # --- report ---------------------------------------------------------------------------------------
 
 
+def _mean_of(values, unit: str = "ms", digits: int = 3) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.mean(known):.{digits}f} {unit}".strip() if known else "n/a"
+
+
 def _sh(command: str) -> str:
     try:
         return subprocess.run(command, shell=True, capture_output=True, text=True, check=False).stdout.strip()
@@ -594,6 +648,12 @@ class Report:
             f"| server process CPU per request under that load (/proc utime + stime) | "
             f"{statistics.mean(p.server_cpu_ms for p, _ in self.rounds):.3f} ms | "
             f"{statistics.mean(d.server_cpu_ms for _, d in self.rounds):.3f} ms | |",
+            f"| Postgres CPU per request under that load (every local `postgres` process) | "
+            f"{_mean_of(p.postgres_cpu_ms for p, _ in self.rounds)} | "
+            f"{_mean_of(d.postgres_cpu_ms for _, d in self.rounds)} | |",
+            f"| transactions committed per request under that load (`pg_stat_database`) | "
+            f"{_mean_of((p.commits_per_request for p, _ in self.rounds), '', 2)} | "
+            f"{_mean_of((d.commits_per_request for _, d in self.rounds), '', 2)} | |",
             f"| latency at a fixed {lat.rate:g} req/s, open loop, {lat.sent:,} requests, p50 / p99 "
             f"| {plat.percentile(50):.1f} / {plat.percentile(99):.1f} ms "
             f"| **{lat.percentile(50):.1f} / {lat.percentile(99):.1f} ms** | |",
@@ -716,7 +776,7 @@ async def bench(args: argparse.Namespace) -> Report:
 
         def load(name: str, seconds: int, connections: int = args.connections) -> WrkResult:
             target_port, path, expect, pid = endpoints[name]
-            return run_wrk(target_port, path, args.users, expect, connections, seconds, pid)
+            return run_wrk(target_port, path, args.users, expect, connections, seconds, pid, database.url)
 
         for name in ("plain", "decisions"):
             load(name, args.warmup)
@@ -727,6 +787,8 @@ async def bench(args: argparse.Namespace) -> Report:
                 f"round {r + 1}: plain {plain.rps:,.0f} req/s ({plain.server_cpu_ms:.3f} ms CPU/req), "
                 f"decisions {decisions.rps:,.0f} req/s ({decisions.server_cpu_ms:.3f} ms CPU/req), "
                 f"ratio {decisions.rps / plain.rps:.3f} (errors {plain.errors}+{decisions.errors}, "
+                f"Postgres {decisions.postgres_cpu_ms or 0:.3f} ms CPU and "
+                f"{decisions.commits_per_request or 0:.3f} commits per decision, "
                 f"missing {plain.missing}+{decisions.missing}; wrk p50 {decisions.p50_ms:.1f} ms)",
                 flush=True,
             )
