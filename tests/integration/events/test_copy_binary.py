@@ -19,7 +19,19 @@ from adserve.events.writer import _binary_copy, _init_connection
 
 from .rows import decision_row
 
-EDGE_NUMERICS = [0.0, 1.0, -1.0, 0.1, 1e-6, 123456789012.123456, -0.000001, 2.5e-7, 1234.5, Decimal("10000.0001"), 7]
+EDGE_NUMERICS = [
+    0.0,
+    1.0,
+    -1.0,
+    0.1,
+    1e-6,
+    123456789012.123456,
+    -0.000001,
+    2.5e-7,
+    1234.5,
+    Decimal("10000.0001"),
+    7,
+]
 
 
 def rows_for(table: str) -> list[tuple]:
@@ -40,7 +52,9 @@ def rows_for(table: str) -> list[tuple]:
                 query="rote \\ schuhe\t\n",
                 received_at=now,
             )
-            for i, (ts, price) in enumerate(zip([now, old, other_zone] * 4, [None, *EDGE_NUMERICS], strict=False))
+            for i, (ts, price) in enumerate(
+                zip([now, old, other_zone] * 4, [None, *EDGE_NUMERICS], strict=False)
+            )
         ]
     if table == "decisions":
         return [
@@ -174,3 +188,38 @@ async def test_binary_encoding_hands_the_event_loop_back_between_chunks() -> Non
     await other
     assert stream is not None
     assert turns - before >= 3  # one turn between each of the four chunks
+
+
+async def stage_bytes(db, table: str) -> int:
+    """On-disk size of every session's stage table of `table` (temp tables are visible in the
+    catalogue to other sessions)."""
+    return await db.fetchval(
+        "SELECT coalesce(sum(pg_relation_size(c.oid)), 0) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = $1 AND n.nspname LIKE 'pg_temp%'",
+        f"_stage_{table}",
+    )
+
+
+async def test_each_batch_stages_only_its_own_rows_and_the_stage_stays_small(
+    make_writer, db, monkeypatch
+) -> None:
+    """The stage tables keep their rows past the commit (ON COMMIT DELETE ROWS truncated all six
+    on every commit): each transaction empties its stage first, and truncates it once
+    STAGE_TRUNCATE_ROWS rows went through, so the table stays small (DELETE alone leaves every
+    row's space behind: nothing vacuums a temp table)."""
+    monkeypatch.setattr(writer_module, "STAGE_TRUNCATE_ROWS", 12)
+    writer = await make_writer(flush_rows=10_000, flush_ms=600_000)
+    before = await stage_bytes(db, "decisions")
+    for _ in range(30):
+        rows = [decision_row(candidate_ids=list(range(100)), scores=[0.5] * 100) for _ in range(4)]
+        assert await asyncio.wait_for(writer.write("decisions", rows), 10) == "stored"
+        stored = await db.fetchval(
+            "SELECT count(*) FROM decisions WHERE id = ANY($1::uuid[])", [row[0] for row in rows]
+        )
+        assert stored == 4
+    assert writer.counters.duplicate_rows == 0
+    assert writer.counters.rows_written["decisions"] == 120
+    # 120 rows of ~1.8 kB (~240 kB) went through; truncation keeps at most 16 on disk per connection
+    grown = await stage_bytes(db, "decisions") - before
+    assert grown <= 8 * 8192, grown
