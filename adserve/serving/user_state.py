@@ -82,6 +82,11 @@ class _Entry:
         )
 
 
+def _release(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)
+
+
 def _epoch_us(ts: datetime) -> int:
     return round(ts.timestamp() * 1_000_000)
 
@@ -141,21 +146,25 @@ class UserStateCache:
         return loaded.state()
 
     async def _caught_up(self) -> None:
-        """Returns once every notification committed before the call has been applied (or after
-        `SYNC_TIMEOUT_S`). Decisions that arrive while a round trip is out share the next one:
-        the one out may have passed Postgres before their writers committed."""
+        """Returns once every notification committed before the call has been applied, or
+        `SYNC_TIMEOUT_S` after the round trip it waits for was asked. Decisions that arrive while
+        a round trip is out share the next one."""
         if self._listener is None:
             return  # not listening: nothing is kept
-        if self._sync_next is None:
-            self._sync_next = asyncio.get_running_loop().create_future()
+        waiting = self._sync_next
+        if waiting is None:
+            loop = asyncio.get_running_loop()
+            waiting = self._sync_next = loop.create_future()
+            loop.call_later(SYNC_TIMEOUT_S, _release, waiting)
             if self._syncing is None:
                 self._syncing = asyncio.create_task(self._sync_rounds(self._listener))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._sync_next), SYNC_TIMEOUT_S)
+        await asyncio.shield(waiting)  # a cancelled decision must not cancel the others' round
 
     async def _sync_rounds(self, connection: asyncpg.Connection) -> None:
         try:
             while self._sync_next is not None:
+                # decisions arriving during this round trip make the next one: this one may have
+                # passed Postgres before their writers committed
                 waiting, self._sync_next = self._sync_next, None
                 try:
                     # the notifications Postgres holds for this session arrive before the answer,
@@ -165,12 +174,11 @@ class UserStateCache:
                     log.warning("user state sync failed; the LISTEN connection is checked")
                 finally:
                     self.syncs += 1
-                    if not waiting.done():
-                        waiting.set_result(None)
+                    _release(waiting)
         finally:
             self._syncing = None
-            if self._sync_next is not None and not self._sync_next.done():
-                self._sync_next.set_result(None)  # cancelled meanwhile: release the waiters
+            if self._sync_next is not None:
+                _release(self._sync_next)  # cancelled meanwhile: release the waiters
             self._sync_next = None
 
     def _fits(self, entry: _Entry, with_history: bool, capped: list[int], since: datetime) -> bool:
