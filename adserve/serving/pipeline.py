@@ -78,31 +78,6 @@ class Served:
         return float(self.scores[self.choice.index])
 
 
-@dataclass(frozen=True, slots=True)
-class _ScoredAhead:
-    """A placement's candidates and scores computed while the user's state was being confirmed."""
-
-    placement: PlacementEntry
-    candidates: list
-    scores: np.ndarray
-    scorer_version: str
-    seconds: float
-
-    def scores_for(self, eligible: Eligible, scorer_version: str) -> np.ndarray | None:
-        """The scores, where the placement's eligible creatives are still the ones scored (a
-        reservation made meanwhile can change budgets and pacing) by the model still serving."""
-        if scorer_version != self.scorer_version:
-            return None
-        now = eligible.creatives
-        if len(now) != len(self.candidates):
-            return None
-        if any(
-            entry.candidate is not candidate for entry, candidate in zip(now, self.candidates, strict=True)
-        ):
-            return None
-        return self.scores
-
-
 def _loggable_context(request: DecisionRequest, hour: int) -> dict[str, Any]:
     """Context features kept with the decision; the page URL without its query (which may carry
     personal data) and without the referrer."""
@@ -157,19 +132,8 @@ class DecisionPipeline:
         snapshot = self.catalog.catalog
         placements = self._placements(snapshot, request)
         user_key = self.user_keys.key_for(request.user_id, request.consent, request.session_id)
-        capped = self._capped_campaigns(snapshot, placements)
-        since = now - MAX_CAP_WINDOW
-        kept = self.user_states.kept(user_key, request.consent, capped, since)
-        state = kept.state if kept else await self.user_states.get(user_key, request.consent, capped, since)
+        state = await self._user_state(snapshot, placements, user_key, request.consent, now)
         eligibility = self._eligibility_request(request, state, snapshot, now)
-        ahead = None
-        if kept is not None:
-            # the first placement's scores while the round trip that confirms the state is out
-            ahead = self._scored_ahead(placements[0], snapshot, eligibility, request, user_key, state, now)
-            if not await self.user_states.confirmed(user_key, kept):
-                state = await self.user_states.get(user_key, request.consent, capped, since)
-                eligibility = self._eligibility_request(request, state, snapshot, now)
-                ahead = None
         request_id = uuid.uuid4()
         logged_context = _loggable_context(request, now.hour)
         decisions: list[PlacementDecision] = []
@@ -180,10 +144,6 @@ class DecisionPipeline:
             if chosen_campaigns:  # (dataclasses.replace costs more than the rules of one campaign)
                 eligibility = replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns))
             eligible = eligible_creatives(snapshot.creatives_for(placement), eligibility)
-            scored_ahead = None
-            if ahead is not None and placement is ahead.placement:
-                scores = ahead.scores_for(eligible, self.scorer.version)
-                scored_ahead = None if scores is None else (scores, ahead.seconds)
             if not eligible.creatives:
                 observe_decision("no_eligible_creative", eligible.removed)
                 decisions.append(
@@ -197,7 +157,7 @@ class DecisionPipeline:
                 )
                 continue
             context = self._decision_context(request, placement, user_key, state, now)
-            served = await self._choose(placement, eligible, context, scored_ahead)
+            served = await self._choose(placement, eligible, context)
             chosen_campaigns.add(served.chosen.campaign.id)
             reserved = expected_cost(served.chosen.campaign, served.p_click)
             self.reservations.add(served.chosen.campaign.id, reserved)
@@ -228,10 +188,11 @@ class DecisionPipeline:
             placements.append(placement)
         return placements
 
-    @staticmethod
-    def _capped_campaigns(snapshot: Catalog, placements: list[PlacementEntry]) -> list[int]:
-        """The frequency-capped campaigns in play, whose serves to the user the state must hold."""
-        return sorted(
+    async def _user_state(
+        self, snapshot: Catalog, placements: list[PlacementEntry], user_key: str, consent: bool, now: datetime
+    ) -> UserState:
+        """The user's recent behaviour (with consent) and serves of the capped campaigns in play."""
+        capped = sorted(
             {
                 entry.campaign.id
                 for placement in placements
@@ -239,31 +200,7 @@ class DecisionPipeline:
                 if entry.campaign.frequency_cap
             }
         )
-
-    def _scored_ahead(
-        self,
-        placement: PlacementEntry,
-        snapshot: Catalog,
-        eligibility: EligibilityRequest,
-        request: DecisionRequest,
-        user_key: str,
-        state: UserState,
-        now: datetime,
-    ) -> _ScoredAhead | None:
-        """A placement's scores from a state not yet confirmed; only where scoring is numpy work
-        on the loop (a forward pass goes to a thread once the state is confirmed)."""
-        eligible = eligible_creatives(snapshot.creatives_for(placement), eligibility)
-        if not eligible.creatives:
-            return None
-        candidates = [entry.candidate for entry in eligible.creatives]
-        context = self._decision_context(request, placement, user_key, state, now)
-        prepared = getattr(self.scorer, "prepared", None)
-        if prepared is not None and not prepared(context, candidates):
-            return None
-        version = self.scorer.version
-        started = time.perf_counter()
-        scores = np.asarray(self.scorer.score(context, candidates), dtype=float)
-        return _ScoredAhead(placement, candidates, scores, version, time.perf_counter() - started)
+        return await self.user_states.get(user_key, consent, capped, now - MAX_CAP_WINDOW)
 
     def _eligibility_request(
         self, request: DecisionRequest, state: UserState, snapshot: Catalog, now: datetime
@@ -299,20 +236,11 @@ class DecisionPipeline:
         )
 
     async def _choose(
-        self,
-        placement: PlacementEntry,
-        eligible: Eligible,
-        context: DecisionContext,
-        scored_ahead: tuple[np.ndarray, float] | None = None,
+        self, placement: PlacementEntry, eligible: Eligible, context: DecisionContext
     ) -> Served:
-        """`scored_ahead`: the scores and the seconds they took, computed before (see decide)."""
         candidates = [entry.candidate for entry in eligible.creatives]
         started = time.perf_counter()
-        if scored_ahead is None:
-            scores = await self._scores(context, candidates)
-        else:
-            scores, seconds = scored_ahead
-            started -= seconds
+        scores = await self._scores(context, candidates)
         scored = time.perf_counter()
         choice = self.policy.choose(context, candidates, scores, self.rng)
         observe_decision(

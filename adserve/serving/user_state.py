@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ["USER_STATE_CHANNEL", "Kept", "UserState", "UserStateCache"]
+__all__ = ["USER_STATE_CHANNEL", "UserState", "UserStateCache"]
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ WHERE user_id = $1 AND ts > $2 AND campaign_id = ANY($3::bigint[])
 class UserState:
     history: tuple[BehaviourEvent, ...]
     served: dict[int, list[datetime]] | None  # None: unknown (Postgres unreachable)
-
-
-@dataclass(frozen=True, slots=True)
-class Kept:
-    """A user's kept state read without waiting, and what `UserStateCache.confirmed` checks."""
-
-    state: UserState
-    entry: _Entry
-    epoch: int  # notifications seen when it was read
-    sync: asyncio.Future[None] | None  # the round trip that brings in what was committed before
 
 
 @dataclass(slots=True)
@@ -135,29 +125,6 @@ class UserStateCache:
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def kept(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> Kept | None:
-        """The kept state of a user at once, with the round trip that will confirm it: a decision
-        does its numpy work while the round trip is out, then acts only if `confirmed` (else it
-        reads the state again with `get`). None where nothing fitting is kept."""
-        entry = self._entries.get(user_key)
-        if entry is None or not self._fits(entry, with_history, capped, since):
-            return None
-        self._entries.move_to_end(user_key)
-        self.hits += 1
-        return Kept(entry.state(), entry, self._epoch, self._sync_ticket())
-
-    async def confirmed(self, user_key: str, kept: Kept) -> bool:
-        """Whether `kept` is still true once every notification committed before it was read has
-        arrived: the same entry, and nothing about the user since (a serve of this process
-        counts: see `record_serve`)."""
-        if kept.sync is not None:
-            await asyncio.shield(kept.sync)  # a cancelled decision must not cancel the others' round
-        return (
-            self._entries.get(user_key) is kept.entry
-            and kept.epoch >= self._floor
-            and self._touched.get(user_key, -1) <= kept.epoch
-        )
-
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
         if user_key in self._entries:
             await self._caught_up()  # a notification on its way may drop or change the entry
@@ -180,18 +147,10 @@ class UserStateCache:
 
     async def _caught_up(self) -> None:
         """Returns once every notification committed before the call has been applied, or
-        `SYNC_TIMEOUT_S` after the round trip it waits for was asked."""
-        sync = self._sync_ticket()
-        if sync is not None:
-            await asyncio.shield(sync)  # a cancelled decision must not cancel the others' round
-
-    def _sync_ticket(self) -> asyncio.Future[None] | None:
-        """The round trip on the LISTEN connection that a decision arriving now waits for: the
-        next one to start (the one out may have passed Postgres before this decision's writers
-        committed), shared by every decision that arrives until it starts. Released after
-        `SYNC_TIMEOUT_S` at most. None while not listening (nothing is kept then)."""
+        `SYNC_TIMEOUT_S` after the round trip it waits for was asked. Decisions that arrive while
+        a round trip is out share the next one."""
         if self._listener is None:
-            return None
+            return  # not listening: nothing is kept
         waiting = self._sync_next
         if waiting is None:
             loop = asyncio.get_running_loop()
@@ -199,7 +158,7 @@ class UserStateCache:
             loop.call_later(SYNC_TIMEOUT_S, _release, waiting)
             if self._syncing is None:
                 self._syncing = asyncio.create_task(self._sync_rounds(self._listener))
-        return waiting
+        await asyncio.shield(waiting)  # a cancelled decision must not cancel the others' round
 
     async def _sync_rounds(self, connection: asyncpg.Connection) -> None:
         try:
@@ -265,9 +224,7 @@ class UserStateCache:
     # --- keeping it true --------------------------------------------------------------------------
 
     def record_serve(self, user_key: str, campaign_id: int, ts: datetime) -> None:
-        """This process served a capped campaign to the user (a change like a notification's: a
-        concurrent decision that read the user before it is not `confirmed`)."""
-        self._touch(user_key)
+        """This process served a capped campaign to the user."""
         entry = self._entries.get(user_key)
         if entry is not None:
             entry.served.setdefault(campaign_id, {})[_epoch_us(ts)] = ts

@@ -211,37 +211,3 @@ async def test_a_decision_sees_a_change_committed_elsewhere_before_its_notificat
     after = await other_process.get(user_key, True, [], since)
     assert [e.item_id for e in after.history] == ["sku-sync"]
     assert other_process.loads == loads + 1 and other_process.syncs >= 1
-
-
-async def test_a_kept_state_is_confirmed_only_if_nothing_about_the_user_arrived_meanwhile(
-    other_process, database_url
-) -> None:
-    """A decision reads a kept user at once and scores while the round trip is out; it acts on
-    that only if the round trip brought nothing about the user (an event committed elsewhere, or
-    a serve of this process)."""
-    user_key = f"kept-{uuid.uuid4().hex[:8]}"
-    since = datetime.now(UTC) - SINCE
-    assert other_process.kept(user_key, True, [], since) is None  # nothing kept yet
-    await other_process.get(user_key, True, [], since)
-
-    quiet = other_process.kept(user_key, True, [], since)
-    assert quiet is not None and quiet.state.history == ()
-    assert await other_process.confirmed(user_key, quiet)
-
-    served = other_process.kept(user_key, True, [], since)
-    other_process.record_serve(user_key, 7, datetime.now(UTC))
-    assert not await other_process.confirmed(user_key, served)
-
-    read = other_process.kept(user_key, True, [], since)
-
-    async def commit_elsewhere() -> None:
-        connection = await asyncpg.connect(**asyncpg_dsn(database_url))
-        try:
-            await connection.execute("SELECT pg_notify('adserve_user_state', $1)", f"e {user_key}")
-        finally:
-            await connection.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(commit_elsewhere(),))
-    thread.start()
-    thread.join()  # committed after the read, before the round trip that confirms it
-    assert not await other_process.confirmed(user_key, read)

@@ -14,7 +14,7 @@ from adserve.domain import BehaviourEvent, Choice, EventType
 from adserve.errors import NotFound
 from adserve.serving.catalog import Catalog, PlacementEntry
 from adserve.serving.eligibility import Eligible
-from adserve.serving.pipeline import DecisionPipeline, _ScoredAhead
+from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.schemas import DecisionRequest, PageContext
 from adserve.serving.user_state import UserState
 from tests.unit.serving.test_eligibility import campaign, creative
@@ -113,28 +113,6 @@ async def test_choose_serves_the_policys_pick_among_the_eligible() -> None:
     served = await steps._choose(PLACEMENT, eligible, context)
     assert served.chosen is entries[1] and served.p_click == pytest.approx(0.3)
     assert list(served.scores) == pytest.approx([0.1, 0.3, 0.2]) and served.placement is PLACEMENT
-
-
-async def test_scores_computed_ahead_serve_only_the_same_candidates_under_the_same_model() -> None:
-    """Scores computed while the user's state was being confirmed are used only where the
-    eligible creatives are still the very ones scored and the model has not been swapped; the
-    choice then uses them without scoring again."""
-    entries = [creative(campaign(id=i), creative_id=i) for i in (1, 2, 3)]
-    eligible = Eligible(creatives=entries, considered=3, removed=Counter())
-    scorer = FixedScorer({1: 0.1, 2: 0.3, 3: 0.2})
-    ahead = _ScoredAhead(PLACEMENT, [e.candidate for e in entries], np.array([0.1, 0.3, 0.2]), "fixed", 0.001)
-    scores = ahead.scores_for(eligible, "fixed")
-    assert scores is ahead.scores
-    assert ahead.scores_for(eligible, "swapped") is None
-    fewer = Eligible(creatives=entries[:2], considered=3, removed=Counter({"budget": 1}))
-    assert ahead.scores_for(fewer, "fixed") is None
-    rebuilt = [creative(campaign(id=i), creative_id=i) for i in (1, 2, 3)]  # equal, not the same
-    assert ahead.scores_for(Eligible(creatives=rebuilt, considered=3, removed=Counter()), "fixed") is None
-
-    context = DecisionPipeline._decision_context(request(), PLACEMENT, "key", UserState((), {}), NOW)
-    served = await pipeline(scorer)._choose(PLACEMENT, eligible, context, (scores, 0.001))
-    assert scorer.threads == []  # not scored again
-    assert served.chosen is entries[1] and served.scores is scores
 
 
 async def test_scores_needing_a_forward_pass_run_off_the_event_loop() -> None:
