@@ -293,6 +293,9 @@ class WrkResult:
     server_cpu_ms: float = 0.0  # the server process's CPU time per request (user + system)
     postgres_cpu_ms: float | None = None  # every local postgres process's CPU time per request
     commits_per_request: float | None = None  # transactions the bench database committed per request
+    capped_share: float | None = (
+        None  # decisions that served a frequency-capped campaign (waited for their commit)
+    )
 
 
 def _own_cpu_seconds(pid: int) -> float:
@@ -344,6 +347,27 @@ def database_commits(url: str) -> int:
         return pool.submit(asyncio.run, read()).result()
 
 
+def capped_share(url: str, start: datetime, end: datetime) -> float | None:
+    """The share of the decisions logged between `start` and `end` that served a frequency-capped
+    campaign: each waits for its commit, so this share, which the trained model and policy
+    decide, moves the server's and Postgres's cost per decision between runs."""
+
+    async def read() -> float | None:
+        connection = await asyncpg.connect(**asyncpg_dsn(url))
+        try:
+            return await connection.fetchval(
+                "SELECT avg((c.frequency_cap IS NOT NULL)::int)::float8 FROM decisions d "
+                "JOIN campaigns c ON c.id = d.campaign_id WHERE d.ts >= $1 AND d.ts < $2",
+                start,
+                end,
+            )
+        finally:
+            await connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result()
+
+
 def run_wrk(
     port: int,
     path: str,
@@ -365,12 +389,19 @@ def run_wrk(
     cpu_before = cpu_seconds(pid) if pid else 0.0
     postgres_before = postgres_cpu_seconds()
     commits_before = database_commits(database_url) if database_url else None
+    started_at = datetime.now(UTC)
     completed = subprocess.run(
         [*argv, f"http://127.0.0.1:{port}"], env=env, capture_output=True, text=True, check=True
     )
     cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
     postgres_after = postgres_cpu_seconds()
     commits = database_commits(database_url) - commits_before if commits_before is not None else None
+    # rows of the run's last second may still be in the writer's queue (flush_ms)
+    capped = (
+        capped_share(database_url, started_at, datetime.now(UTC) - timedelta(seconds=1))
+        if database_url and path == "/v1/decisions"
+        else None
+    )
     line = next(x for x in completed.stdout.splitlines() if x.startswith("WRK_JSON "))
     data = json.loads(line.removeprefix("WRK_JSON "))
     socket_errors = data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]
@@ -387,6 +418,7 @@ def run_wrk(
         if postgres_before is None or postgres_after is None
         else 1000 * (postgres_after - postgres_before) / max(1, data["requests"]),
         commits_per_request=None if commits is None else commits / max(1, data["requests"]),
+        capped_share=capped,
     )
 
 
@@ -654,6 +686,8 @@ class Report:
             f"| transactions committed per request under that load (`pg_stat_database`) | "
             f"{_mean_of((p.commits_per_request for p, _ in self.rounds), '', 2)} | "
             f"{_mean_of((d.commits_per_request for _, d in self.rounds), '', 2)} | |",
+            f"| decisions that served a frequency-capped campaign (each waits for its commit) | | "
+            f"{_mean_of((100 * d.capped_share for _, d in self.rounds if d.capped_share is not None), '%', 0)} | |",
             f"| latency at a fixed {lat.rate:g} req/s, open loop, {lat.sent:,} requests, p50 / p99 "
             f"| {plat.percentile(50):.1f} / {plat.percentile(99):.1f} ms "
             f"| **{lat.percentile(50):.1f} / {lat.percentile(99):.1f} ms** | |",
@@ -789,6 +823,7 @@ async def bench(args: argparse.Namespace) -> Report:
                 f"ratio {decisions.rps / plain.rps:.3f} (errors {plain.errors}+{decisions.errors}, "
                 f"Postgres {decisions.postgres_cpu_ms or 0:.3f} ms CPU and "
                 f"{decisions.commits_per_request or 0:.3f} commits per decision, "
+                f"{100 * (decisions.capped_share or 0):.0f} % capped serves, "
                 f"missing {plain.missing}+{decisions.missing}; wrk p50 {decisions.p50_ms:.1f} ms)",
                 flush=True,
             )
