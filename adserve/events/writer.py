@@ -556,11 +556,11 @@ class LogWriter:
                     connection.transaction(),
                 ):
                     stage_key = (connection.get_server_pid(), table)
-                    staged = self._staged_rows.get(stage_key, 0) + len(rows)
+                    truncate = self._staged_rows.get(stage_key, 0) + len(rows) > STAGE_TRUNCATE_ROWS
                     await connection.execute(
                         ";".join(
                             ([_BARRIER_SQL] if table in ERASABLE_TABLES else [])
-                            + [_clear_stage_sql(table, truncate=staged > STAGE_TRUNCATE_ROWS)]
+                            + [_clear_stage_sql(table, truncate=truncate)]
                         )
                     )
                     if stream is not None:
@@ -588,7 +588,10 @@ class LogWriter:
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise
                 continue
-            self._staged_rows[stage_key] = 0 if staged > STAGE_TRUNCATE_ROWS else staged
+            # rows that went through the stage since its last TRUNCATE, this batch's included
+            self._staged_rows[stage_key] = len(rows) + (
+                0 if truncate else self._staged_rows.get(stage_key, 0)
+            )
             self.counters.batches += 1
             self.counters.rows_written[table] += inserted
             self.counters.duplicate_rows += len(rows) - inserted
