@@ -181,6 +181,13 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The writer's pool returns a connection without asyncpg's reset query (`RESET ALL`,
+    `UNLISTEN *`, `CLOSE ALL`, advisory unlock), one more round trip per flush: its connections
+    hold no session state but their stage tables (no SET, LISTEN, cursor or session lock), and
+    asyncpg still rolls back a transaction left open."""
+
+
 def _clear_stage_sql(table: str, *, truncate: bool) -> str:
     """Empties the stage table left by this connection's last batch (rows staged by a failed
     transaction were rolled back with it)."""
@@ -542,6 +549,7 @@ class LogWriter:
             timeout=CONNECT_TIMEOUT_S,
             command_timeout=COMMAND_TIMEOUT_S,
             init=_init_connection,
+            reset=_keep_session,
         )
 
     async def _commit(self, table: str, rows: list[tuple]) -> int:
@@ -551,39 +559,30 @@ class LogWriter:
         stream = await _binary_copy(table, rows)
         for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
             try:
-                async with (
-                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection,
-                    connection.transaction(),
-                ):
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as connection:
                     stage_key = (connection.get_server_pid(), table)
                     truncate = self._staged_rows.get(stage_key, 0) + len(rows) > STAGE_TRUNCATE_ROWS
-                    await connection.execute(
-                        ";".join(
-                            ([_BARRIER_SQL] if table in ERASABLE_TABLES else [])
-                            + [_clear_stage_sql(table, truncate=truncate)]
+                    # The transaction is opened and closed by hand so that its first round trip
+                    # also takes the erasure barrier and empties the stage, and its last one also
+                    # notifies: asyncpg's transaction() spends a round trip on BEGIN and on COMMIT.
+                    try:
+                        await connection.execute(
+                            ";".join(
+                                ["BEGIN"]
+                                + ([_BARRIER_SQL] if table in ERASABLE_TABLES else [])
+                                + [_clear_stage_sql(table, truncate=truncate)]
+                            )
                         )
-                    )
-                    if stream is not None:
-                        # a memoryview: asyncpg reads bytes as a file name
-                        await connection.copy_to_table(
-                            stage_table(table),
-                            source=memoryview(stream),
-                            columns=columns(table),
-                            format="binary",
+                        inserted = await self._stage_and_insert(connection, table, rows, stream)
+                        await connection.execute(
+                            ";".join([NOTIFY_SQL[table], "COMMIT"] if table in NOTIFY_SQL else ["COMMIT"])
                         )
-                    else:
-                        await connection.copy_records_to_table(
-                            stage_table(table), records=_yielding(rows), columns=columns(table)
-                        )
-                    if table in LOCK_SQL:
-                        await connection.execute(LOCK_SQL[table])
-                    if table in RETURNS_COUNT:
-                        inserted = await connection.fetchval(INSERT_SQL[table])
-                    else:
-                        status = await connection.execute(INSERT_SQL[table])
-                        inserted = int(status.rsplit(" ", 1)[1])
-                    if table in NOTIFY_SQL:
-                        await connection.execute(NOTIFY_SQL[table])
+                    except BaseException:
+                        if connection.is_in_transaction():
+                            # (a connection this fails on is closed by the pool on release)
+                            with contextlib.suppress(Exception):
+                                await connection.execute("ROLLBACK")
+                        raise
             except TRANSIENT_ERRORS:
                 if attempt == TRANSIENT_ATTEMPTS:
                     raise
@@ -597,6 +596,27 @@ class LogWriter:
             self.counters.duplicate_rows += len(rows) - inserted
             return inserted
         raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _stage_and_insert(
+        connection: asyncpg.Connection, table: str, rows: list[tuple], stream: bytearray | None
+    ) -> int:
+        """COPY into the (emptied) stage, take the table's locks, insert; returns the new rows."""
+        if stream is not None:
+            # a memoryview: asyncpg reads bytes as a file name
+            await connection.copy_to_table(
+                stage_table(table), source=memoryview(stream), columns=columns(table), format="binary"
+            )
+        else:
+            await connection.copy_records_to_table(
+                stage_table(table), records=_yielding(rows), columns=columns(table)
+            )
+        if table in LOCK_SQL:
+            await connection.execute(LOCK_SQL[table])
+        if table in RETURNS_COUNT:
+            return await connection.fetchval(INSERT_SQL[table])
+        status = await connection.execute(INSERT_SQL[table])
+        return int(status.rsplit(" ", 1)[1])
 
     async def _store(self, table: str, batch: _Batch) -> list[_Result]:
         """Commits a batch; if Postgres rejects its content, commits row by row and drops only the
