@@ -154,6 +154,12 @@ class RowsRejectedError(LogWriteError):
 
 
 _BARRIER_SQL = f"SELECT pg_advisory_xact_lock_shared({WRITE_BARRIER_KEY})"
+# Decision rows commit without waiting for Postgres's WAL flush: the commit is visible at once
+# (and notifies every process of a capped serve), but a crash of Postgres itself can lose the
+# last few hundred ms of them (3 × wal_writer_delay). A serve of a capped campaign waits for its
+# commit, and in the mission path that was most serves: the WAL fsync was most of their latency.
+# Money (impressions, clicks, conversions) and behaviour events keep the durable commit.
+ASYNC_COMMIT_TABLES = frozenset({"decisions"})
 # A stage table is emptied by DELETE at the start of each transaction that uses it; DELETE leaves
 # dead rows (nothing vacuums temp tables), so once this many rows went through it is truncated.
 STAGE_TRUNCATE_ROWS = 2000
@@ -172,7 +178,7 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         "\n".join(
             # A staged row lives one transaction: no TOAST compression (pglz tried every decision
             # row's arrays, ~2.2 kB, and took half the COPY's time in Postgres). PRESERVE ROWS,
-            # emptied by `_clear_stage_sql`: with ON COMMIT DELETE ROWS every commit that touched
+            # emptied by `_opening_sql`: with ON COMMIT DELETE ROWS every commit that touched
             # one stage table truncated all six, ~0.4 ms of Postgres CPU per transaction.
             f"CREATE TEMP TABLE IF NOT EXISTS {stage_table(table)} (LIKE {table}) "
             "WITH (toast_tuple_target = 8160) ON COMMIT PRESERVE ROWS;"
@@ -188,10 +194,16 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     asyncpg still rolls back a transaction left open."""
 
 
-def _clear_stage_sql(table: str, *, truncate: bool) -> str:
-    """Empties the stage table left by this connection's last batch (rows staged by a failed
-    transaction were rolled back with it)."""
-    return f"{'TRUNCATE' if truncate else 'DELETE FROM'} {stage_table(table)}"
+def _opening_sql(table: str, *, truncate: bool) -> str:
+    """A flush's first round trip: BEGIN, the commit mode, the erasure barrier, and the stage
+    table emptied of this connection's last batch (a failed transaction's rows were rolled back
+    with it), or truncated once `STAGE_TRUNCATE_ROWS` went through it."""
+    return ";".join(
+        ["BEGIN"]
+        + (["SET LOCAL synchronous_commit = off"] if table in ASYNC_COMMIT_TABLES else [])
+        + ([_BARRIER_SQL] if table in ERASABLE_TABLES else [])
+        + [f"{'TRUNCATE' if truncate else 'DELETE FROM'} {stage_table(table)}"]
+    )
 
 
 async def _yielding(rows: list[tuple], every: int = COPY_YIELD_ROWS) -> AsyncIterator[tuple]:
@@ -566,13 +578,7 @@ class LogWriter:
                     # also takes the erasure barrier and empties the stage, and its last one also
                     # notifies: asyncpg's transaction() spends a round trip on BEGIN and on COMMIT.
                     try:
-                        await connection.execute(
-                            ";".join(
-                                ["BEGIN"]
-                                + ([_BARRIER_SQL] if table in ERASABLE_TABLES else [])
-                                + [_clear_stage_sql(table, truncate=truncate)]
-                            )
-                        )
+                        await connection.execute(_opening_sql(table, truncate=truncate))
                         inserted = await self._stage_and_insert(connection, table, rows, stream)
                         await connection.execute(
                             ";".join([NOTIFY_SQL[table], "COMMIT"] if table in NOTIFY_SQL else ["COMMIT"])

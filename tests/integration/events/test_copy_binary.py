@@ -223,3 +223,23 @@ async def test_each_batch_stages_only_its_own_rows_and_the_stage_stays_small(
     # 120 rows of ~1.8 kB (~240 kB) went through; truncation keeps at most 16 on disk per connection
     grown = await stage_bytes(db, "decisions") - before
     assert grown <= 8 * 8192, grown
+
+
+def test_decision_rows_commit_without_waiting_for_the_wal_flush_and_money_waits() -> None:
+    """Decision rows (the bulk, and each capped serve waits for its commit) commit with
+    synchronous_commit off; rows that move money or answer `durability: stored` keep the
+    durable commit. Every flush opens with BEGIN, so the setting is LOCAL to its transaction."""
+    opening = writer_module._opening_sql("decisions", truncate=False)
+    assert opening.startswith("BEGIN;") and "SET LOCAL synchronous_commit = off" in opening
+    for table in ("impressions", "clicks", "conversions", "user_events", "rewards"):
+        assert "synchronous_commit" not in writer_module._opening_sql(table, truncate=False)
+    assert "TRUNCATE _stage_decisions" in writer_module._opening_sql("decisions", truncate=True)
+
+
+async def test_an_async_commit_decision_is_visible_to_other_sessions_when_the_write_returns(
+    make_writer, db
+) -> None:
+    writer = await make_writer(flush_rows=10_000, flush_ms=600_000)
+    row = decision_row()
+    assert await asyncio.wait_for(writer.write("decisions", [row]), 10) == "stored"
+    assert await db.fetchval("SELECT count(*) FROM decisions WHERE id = $1", row[0]) == 1
