@@ -6,7 +6,10 @@ A table's rows gather in one batch that is flushed when it holds ``flush_rows`` 
 ``flush_ms`` after its first row, whichever comes first, or at once when a caller awaits
 durability (group commit); while every connection is committing, the next batch gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` in the same transaction, so rows retried by a client or
-replayed from the spool are stored once. `write` resolves only when its rows are committed
+replayed from the spool are stored once. The COPY is Postgres's binary format encoded by
+`adserve.db.copy_binary` (asyncpg's own encoding for a value it does not write), and a flush is
+four round trips (see `_commit`). Decision rows commit without waiting for the WAL flush
+(`ASYNC_COMMIT_TABLES`). `write` resolves only when its rows are committed
 ("stored") or fsync'd to the spool ("spooled"), which is what lets a request return knowing an
 event it accepted will be seen by every other process.
 
