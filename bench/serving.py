@@ -46,6 +46,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -330,42 +331,38 @@ def postgres_cpu_seconds() -> float | None:
     return total if found else None
 
 
-def database_commits(url: str) -> int:
-    """Transactions committed in the bench database so far (`pg_stat_database`; backends report
-    theirs at most a second late, small against a run's thousands)."""
+def _fetchval_now(url: str, query: str, *args: object) -> Any:
+    """One value from the bench database, from synchronous code running inside the bench's event
+    loop (run_wrk blocks it): on a connection of its own, in a thread with a loop of its own."""
 
-    async def read() -> int:
+    async def read() -> Any:
         connection = await asyncpg.connect(**asyncpg_dsn(url))
         try:
-            return await connection.fetchval(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            )
+            return await connection.fetchval(query, *args)
         finally:
             await connection.close()
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside the bench's loop
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, read()).result()
+
+
+def database_commits(url: str) -> int:
+    """Transactions committed in the bench database so far (`pg_stat_database`; backends report
+    theirs at most a second late, small against a run's thousands)."""
+    return _fetchval_now(url, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
 
 
 def capped_share(url: str, start: datetime, end: datetime) -> float | None:
     """The share of the decisions logged between `start` and `end` that served a frequency-capped
     campaign: each waits for its commit, so this share, which the trained model and policy
     decide, moves the server's and Postgres's cost per decision between runs."""
-
-    async def read() -> float | None:
-        connection = await asyncpg.connect(**asyncpg_dsn(url))
-        try:
-            return await connection.fetchval(
-                "SELECT avg((c.frequency_cap IS NOT NULL)::int)::float8 FROM decisions d "
-                "JOIN campaigns c ON c.id = d.campaign_id WHERE d.ts >= $1 AND d.ts < $2",
-                start,
-                end,
-            )
-        finally:
-            await connection.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, read()).result()
+    return _fetchval_now(
+        url,
+        "SELECT avg((c.frequency_cap IS NOT NULL)::int)::float8 FROM decisions d "
+        "JOIN campaigns c ON c.id = d.campaign_id WHERE d.ts >= $1 AND d.ts < $2",
+        start,
+        end,
+    )
 
 
 def run_wrk(
