@@ -13,7 +13,7 @@ Postgres itself: the log writer publishes, in the transaction that commits them,
 A process adds its own serves at decision time. The guarantee: a decision sees every change
 another process committed before the decision arrived. Postgres signals the listening sessions
 at commit, before the writing process answers its client, and sends a session's notifications
-before the answer to its next query; so before a decision uses a kept entry, a round trip on the
+before the answer to its next query; so before a decision reads a kept entry, a round trip on the
 LISTEN connection (`SELECT 1`, one shared by every decision that arrived while the previous one
 was out) brings in whatever was committed until then. Where that round trip takes longer than
 `SYNC_TIMEOUT_S` (Postgres stalled) the decision uses what it has. An entry is never older than
@@ -126,8 +126,10 @@ class UserStateCache:
     # --- reading ----------------------------------------------------------------------------------
 
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
-        if user_key in self._entries:
-            await self._caught_up()  # a notification on its way may drop or change the entry
+        if (with_history or capped) and user_key in self._entries:
+            # a notification on its way may drop or change the entry (a user without consent and
+            # no capped campaign in play: nothing in it is read, nothing to wait for)
+            await self._caught_up()
         entry = self._entries.get(user_key)
         if entry is not None and self._fits(entry, with_history, capped, since):
             self._entries.move_to_end(user_key)

@@ -211,3 +211,20 @@ async def test_a_decision_sees_a_change_committed_elsewhere_before_its_notificat
     after = await other_process.get(user_key, True, [], since)
     assert [e.item_id for e in after.history] == ["sku-sync"]
     assert other_process.loads == loads + 1 and other_process.syncs >= 1
+
+
+async def test_a_decision_that_reads_nothing_of_the_user_makes_no_round_trip(other_process) -> None:
+    """Without consent (no history) and with no capped campaign in play, nothing kept about the
+    user is read, so the decision does not wait for the LISTEN round trip; with either, it does."""
+    user_key = f"anon-{uuid.uuid4().hex[:8]}"
+    since = datetime.now(UTC) - SINCE
+    await other_process.get(user_key, False, [], since)
+    syncs = other_process.syncs
+    await other_process.get(user_key, False, [], since)
+    assert other_process.syncs == syncs
+    await other_process.get(user_key, True, [], since)  # reads history: the entry is reloaded with it
+    syncs = other_process.syncs
+    await other_process.get(user_key, True, [], since)
+    assert other_process.syncs == syncs + 1
+    await other_process.get(user_key, False, [7], since)  # a capped campaign in play
+    assert other_process.syncs == syncs + 2
