@@ -110,9 +110,10 @@ COMMAND_TIMEOUT_S = 30.0
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 2.0
 TRANSIENT_ATTEMPTS = 3
-# COPY encodes rows on the event loop (a decision row, with its three 100-element arrays, costs
-# about 0.1 ms): a batch hands the loop back to requests every this many rows, so a 200-row flush
-# is a few short pauses instead of one 20 ms stall in every request that arrives meanwhile.
+# asyncpg's COPY (the fallback for rows db/copy_binary.py does not write) encodes rows on the
+# event loop (a decision row, with its three 100-element arrays, costs about 0.1 ms): a batch hands
+# the loop back to requests every this many rows, so a 200-row flush is a few short pauses instead
+# of one 20 ms stall in every request that arrives meanwhile.
 COPY_YIELD_ROWS = 16
 # Rows this writer encodes itself (db/copy_binary.py, about a fifth of asyncpg's cost) are
 # encoded in chunks of this many, handing the loop back between chunks for the same reason.

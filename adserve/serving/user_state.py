@@ -109,8 +109,7 @@ class UserStateCache:
         self._epoch = 0  # bumped by every notification
         self._touched: dict[str, int] = {}  # user key -> epoch of its last notification
         self._floor = 0  # loads started before this epoch are not kept (_touched was pruned)
-        self._listener_pid: int | None = None  # the LISTEN connection's backend, while it holds
-        self._listener: asyncpg.Connection | None = None
+        self._listener: asyncpg.Connection | None = None  # the LISTEN connection, while it holds
         self._sync_next: asyncio.Future[None] | None = None  # the round trip decisions now wait for
         self._syncing: asyncio.Task[None] | None = None
         self.syncs = 0
@@ -122,6 +121,11 @@ class UserStateCache:
         # called with (user_key, state) after a refresh at event time; the pipeline sets it
         self.prepare: Callable[[str, UserState], Awaitable[None]] | None = None
         self._refreshing: set[str] = set()
+
+    @property
+    def _listener_pid(self) -> int | None:
+        """The LISTEN connection's backend, while it holds."""
+        return None if self._listener is None else self._listener.get_server_pid()
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -326,7 +330,6 @@ class UserStateCache:
                 connection.add_termination_listener(lambda *_, lost=lost: lost.set())
                 await connection.add_listener(USER_STATE_CHANNEL, self._on_notification)
                 self.clear()  # anything cached before this LISTEN may have missed a change
-                self._listener_pid = connection.get_server_pid()
                 self._listener = connection
                 self._connected.set()
                 while not lost.is_set():
@@ -338,7 +341,6 @@ class UserStateCache:
                 log.warning("user state LISTEN lost; reading Postgres until it is back")
             finally:
                 self._connected.clear()
-                self._listener_pid = None
                 self._listener = None
                 await self._stop_syncing()  # its round trip must not hold the connection released
                 self.clear()
