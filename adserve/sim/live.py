@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from adserve.sim.oracle import Oracle
+from adserve.sim.oracle import Oracle, expected_values
 from adserve.sim.traffic import Traffic, diurnal_factor
 from adserve.sim.world import World, WorldConfig
 
@@ -235,10 +235,11 @@ class _Served:
     chosen_p: float  # the oracle's P(click) of the served ad
     best: float  # the oracle's best among every creative the targeting allows
     mean: float  # a uniform-random pick among them
-    truth: dict[int, float]  # sim creative id -> the oracle's P(click) for this request
-    # (best, mean) among the creatives the service could serve (its row's candidate_ids); None
-    # until the row has been read
-    eligible: tuple[float, float] | None = None
+    truth: dict[int, tuple[float, float]]  # sim creative id -> (P(click), expected revenue) here
+    chosen_value: float = 0.0  # the served ad's expected revenue (bid × P(click) or CPM / 1000)
+    # (best, mean) P(click) and (best, mean) expected revenue among the creatives the service
+    # could serve (its row's candidate_ids); None until the row has been read
+    eligible: tuple[float, float, float, float] | None = None
 
 
 class LiveDriver:
@@ -322,9 +323,10 @@ class LiveDriver:
         head = " (click head)" if scorer.get("click_trained") else ""
         learned = policy.get("examples_learned")
         learned_text = f" ({learned:,} learned)" if policy.get("kind") == "vw" and learned else ""
+        objective = f" · objective {policy['objective']}" if policy.get("objective") else ""
         return (
             f"serving scorer {scorer['kind']} {scorer['version']}{head} · "
-            f"policy {policy['kind']} {policy['version']}{learned_text}"
+            f"policy {policy['kind']} {policy['version']}{learned_text}{objective}"
         )
 
     def service_totals(self) -> tuple[int, int, float] | None:
@@ -491,8 +493,13 @@ class LiveDriver:
                     click_delay,
                 )
             )
+            values = expected_values(eligible, truth)
             best = float(np.max(truth)) if len(truth) else outcome.click_probability
             mean = float(np.mean(truth)) if len(truth) else outcome.click_probability
+            truth_of = {
+                c.creative_id: (float(p), float(v)) for c, p, v in zip(eligible, truth, values, strict=True)
+            }
+            served_sim_id = self.creatives[creative["id"]]
             self.decisions += 1
             self.clicks += outcome.clicked
             self.recent.append(
@@ -502,7 +509,8 @@ class LiveDriver:
                     outcome.click_probability,
                     best,
                     mean,
-                    {c.creative_id: float(p) for c, p in zip(eligible, truth, strict=True)},
+                    truth_of,
+                    truth_of.get(served_sim_id, (0.0, 0.0))[1],
                 )
             )
             self.oracle_sum += best
@@ -519,10 +527,16 @@ class LiveDriver:
             # the oracle's figures were drawn for the creatives the world's targeting allows, which
             # hold every creative the service's rules can leave (a subset of its targeting)
             truth = [
-                p for c in candidate_ids if (p := served.truth.get(self.creatives.get(c, -1))) is not None
+                pv for c in candidate_ids if (pv := served.truth.get(self.creatives.get(c, -1))) is not None
             ]
             if truth:
-                served.eligible = (max(truth), sum(truth) / len(truth))
+                probabilities, values = [p for p, _ in truth], [v for _, v in truth]
+                served.eligible = (
+                    max(probabilities),
+                    sum(probabilities) / len(probabilities),
+                    max(values),
+                    sum(values) / len(values),
+                )
 
     def _eligible_figures(self) -> str:
         if self.database_url is None:
@@ -535,11 +549,20 @@ class LiveDriver:
         if not read:
             return " · eligible sets not read yet"
         expected = sum(s.chosen_p for s in read) / len(read)
-        best = sum(s.eligible[0] for s in read) / len(read)  # type: ignore[index]
-        mean = sum(s.eligible[1] for s in read) / len(read)  # type: ignore[index]
+        best, mean, best_value, mean_value = (
+            sum(s.eligible[i] for s in read) / len(read)  # type: ignore[index]
+            for i in range(4)
+        )
+        value = sum(s.chosen_value for s in read) / len(read)
+        # CTR against the CTR oracle, and expected revenue per decision against the revenue
+        # oracle (the highest bid × P(click) or CPM / 1000 in each set): a policy serving the
+        # revenue objective trades some CTR for revenue, so each figure is judged by its own oracle
         return (
             f" · among the {len(read):,} decisions' eligible sets: oracle {best:.2%}, uniform {mean:.2%}, "
             f"expected {expected / best if best else 0:.2f}× oracle, {expected / mean if mean else 0:.2f}× uniform"
+            f"; revenue per decision {value:.4f} (oracle {best_value:.4f}, uniform {mean_value:.4f}), "
+            f"{value / best_value if best_value else 0:.2f}× revenue oracle, "
+            f"{value / mean_value if mean_value else 0:.2f}× uniform"
         )
 
     def line(self) -> str:

@@ -46,11 +46,14 @@ LINE = re.compile(
     r"last (?P<window>[\d,]+) (?P<last>[\d.]+)% \(expected (?P<last_expected>[\d.]+)%, oracle (?P<last_oracle>[\d.]+)%, "
     r"uniform (?P<last_uniform>[\d.]+)%\)"
     r"(?: · among the (?P<eligible_n>[\d,]+) decisions' eligible sets: oracle (?P<eligible_oracle>[\d.]+)%, "
-    r"uniform (?P<eligible_uniform>[\d.]+)%, expected [\d.]+× oracle, [\d.]+× uniform| · eligible sets not read[^·]*)?"
+    r"uniform (?P<eligible_uniform>[\d.]+)%, expected [\d.]+× oracle, [\d.]+× uniform"
+    r"; revenue per decision (?P<revenue>[\d.]+) \(oracle (?P<revenue_oracle>[\d.]+), "
+    r"uniform (?P<revenue_uniform>[\d.]+)\), [\d.]+× revenue oracle, [\d.]+× uniform"
+    r"| · eligible sets not read[^·]*)?"
     r" · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
     r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
     r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head\))? · "
-    r"policy (?P<policy>\S+) (?P<policy_version>\S+)"
+    r"policy (?P<policy>\S+) (?P<policy_version>\S+)(?: \([\d,]+ learned\))? · objective (?P<objective>\w+)"
 )
 STOPPED = re.compile(
     r"^\[sim\] stopped: decisions [\d,]+ · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+)", re.M
@@ -127,6 +130,10 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
                 float(last["last_expected"]) <= float(last["eligible_oracle"]) <= float(last["last_oracle"])
             )
             assert float(last["eligible_uniform"]) > 0
+            # the same for expected revenue, judged against the revenue oracle of the same sets
+            assert 0 < float(last["revenue_uniform"]) <= float(last["revenue_oracle"])
+            assert float(last["revenue"]) <= float(last["revenue_oracle"])
+            assert last["objective"] == serving["policy"]["objective"] == settings.bandit.objective
             # what the pipeline serves, read from /ready's `serving` object
             assert (last["scorer"], last["scorer_version"]) == (
                 serving["scorer"]["kind"],
