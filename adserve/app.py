@@ -237,7 +237,9 @@ def _serving(state: Any) -> dict[str, Any]:
             "examples_learned": getattr(policy, "examples_learned", None),
             # what the choice maximises: expected revenue per impression (every policy's default)
             # or clicks (`bandit.objective`)
-            "objective": getattr(getattr(policy, "config", None), "objective", "revenue"),
+            "objective": getattr(
+                getattr(getattr(policy, "config", None), "cost", None), "objective", "revenue"
+            ),
         },
         "champions_loaded": dict(getattr(getattr(state, "models", None), "serving", {}) or {}),
     }

@@ -28,6 +28,19 @@ async def test_health_and_ready(settings, fresh_database) -> None:
     assert serving["policy"]["version"] == "untrained"
 
 
+async def test_ready_reports_the_objective_the_policy_serves(settings, fresh_database) -> None:
+    url = await fresh_database()
+    await asyncio.to_thread(upgrade, url)
+    revenue = with_database(settings, url)
+    clicks = msgspec.structs.replace(
+        revenue, bandit=msgspec.structs.replace(settings.bandit, objective="clicks")
+    )
+    for configured, objective in ((revenue, "revenue"), (clicks, "clicks")):
+        async with AsyncTestClient(create_app(configured)) as client:
+            serving = (await client.get("/ready")).json()["serving"]
+        assert (serving["policy"]["kind"], serving["policy"]["objective"]) == ("vw", objective)
+
+
 def with_database(settings, url: str):
     return msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, url=url))
 
