@@ -22,7 +22,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     policies = tuple(args.policies.split(",")) if args.policies else None
     extra = {"policies": policies} if policies else {}
-    config = CompareConfig.from_settings(settings, decisions=args.decisions, seed=args.seed, **extra)
+    config = CompareConfig.from_settings(
+        settings, decisions=args.decisions, seed=args.seed, objective=args.objective, **extra
+    )
     if args.merge:
         runs = load_runs([Path(d) for d in args.merge])
     else:
@@ -40,5 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--seed", type=int, default=7)
     simulate.add_argument("--out", default="bench/results/sim", help="folder for the CSV, PNG and summary")
     simulate.add_argument("--policies", help="comma-separated subset (default: all)")
+    simulate.add_argument(
+        "--objective",
+        choices=("clicks", "revenue"),
+        default="clicks",
+        help="what the policies maximise: clicks (against the CTR oracle) or revenue (the service's "
+        "default objective, against the revenue oracle)",
+    )
     simulate.add_argument("--merge", nargs="+", metavar="DIR", help="combine the runs saved in these folders")
     simulate.set_defaults(run=cmd_simulate)

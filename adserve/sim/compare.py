@@ -17,9 +17,12 @@ The interest model is retrained every `jobs.retrain_s` of simulated time (the fi
 and the newest impressions. Before its first version, the policies that need it serve with the
 empirical-CTR scorer (the serving cold start).
 
-The objective is CTR (the goal is stated in CTR against the CTR oracle): the VW policies run
-with `objective = "clicks"` (cost −1 on a click, the model's value = P(click)); everything else
-in their configuration is the serving one.
+The objective is CTR by default (the goal is stated in CTR against the CTR oracle): the VW
+policies run with `objective = "clicks"` (cost −1 on a click, the model's value = P(click)) and
+`interest_greedy` serves the highest P(click); everything else in their configuration is the
+serving one. `objective="revenue"` (`--objective revenue`) runs the service's default objective
+instead (bid × P(click) for CPC, price / 1000 for CPM, in VW's cost and in the greedy choice),
+judged by expected revenue against the revenue oracle (the highest expected revenue per request).
 
 One module, past 450 lines, on purpose: every arm of the comparison is configured here from the
 serving settings, so no arm can run with a configuration the others do not see.
@@ -39,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -91,7 +94,10 @@ class CompareConfig:
     click_epochs: int = 10
     train_seconds: float = 60.0
     torch_threads: int = 1
-    # the serving bandit: [bandit] (objective set to clicks) and its learner cadence
+    # what the policies maximise: "clicks" (judged against the CTR oracle) or "revenue" (the
+    # service's default, judged against the revenue oracle); it overrides [bandit]'s objective
+    objective: Literal["clicks", "revenue"] = "clicks"
+    # the serving bandit: [bandit] and its learner cadence
     bandit: dict[str, Any] = field(default_factory=dict)  # BanditSettings.policy_dict(); {} = defaults
     bandit_s: float = 30.0  # simulated seconds between learning steps (jobs.bandit_s)
     reward_window_s: float = 1_800.0  # bandit.reward_window_s
@@ -102,6 +108,8 @@ class CompareConfig:
         unknown = set(self.policies) - set(POLICIES)
         if unknown:
             raise ValueError(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
+        if self.objective not in ("clicks", "revenue"):
+            raise ValueError(f"objective must be 'clicks' or 'revenue', got {self.objective!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CompareConfig:
@@ -118,7 +126,7 @@ class CompareConfig:
         from adserve.bandit.policy import PolicyConfig
 
         base = PolicyConfig.from_dict(self.bandit) if self.bandit else PolicyConfig()
-        return replace(base, seed=self.seed, cost=replace(base.cost, objective="clicks"))
+        return replace(base, seed=self.seed, cost=replace(base.cost, objective=self.objective))
 
 
 @dataclass(slots=True)
@@ -326,7 +334,7 @@ def _run_policy(name: str, world: World, oracle: Oracle, cfg: CompareConfig, wor
             hooks.append(trainer)
             scorer = switchable
         if name == "interest_greedy":
-            policy = GreedyPolicy("ctr")
+            policy = GreedyPolicy("ctr" if cfg.objective == "clicks" else "revenue")
         else:
             learner = _ServingLearner(cfg, workdir / name)
             policy = learner.champion
@@ -363,7 +371,8 @@ def compare(cfg: CompareConfig, progress: Callable[[str], None] = print) -> list
             last = policy_run.results.last(0.2)
             progress(
                 f"  {name}: {policy_run.seconds:.0f}s, CTR last 20% {last.ctr:.4f} "
-                f"(expected {last.expected_ctr:.4f}, oracle {last.oracle_ctr:.4f})"
+                f"(expected {last.expected_ctr:.4f}, oracle {last.oracle_ctr:.4f}); expected revenue "
+                f"{last.expected_revenue / max(last.oracle_revenue, 1e-12):.3f}× the revenue oracle"
             )
             runs.append(policy_run)
     finally:
@@ -386,6 +395,9 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
                 if last.oracle_ctr
                 else math.nan,
                 "revenue": r.results.total_revenue,
+                "revenue_ratio_to_oracle": last.expected_revenue / last.oracle_revenue
+                if last.oracle_revenue
+                else math.nan,
                 "regret": r.results.regret,
                 "ctr": r.results.ctr,
                 "seconds": r.seconds,
@@ -402,7 +414,8 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
                 "expected_ctr_last": last.oracle_ctr,
                 "ratio_to_oracle": 1.0,
                 "expected_ratio_to_oracle": 1.0,
-                "revenue": float(ref.oracle_revenue.sum()),
+                "revenue": float(ref.oracle_revenue.sum()),  # the revenue oracle's
+                "revenue_ratio_to_oracle": 1.0,
                 "regret": 0.0,
                 "ctr": ref.oracle_ctr,
                 "seconds": 0.0,
@@ -414,7 +427,8 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
 
 def format_table(rows: Sequence[dict[str, Any]], markdown: bool = True) -> str:
     header = ["policy", "CTR last 20%", "× oracle", "expected CTR last 20%", "expected × oracle",
-              "revenue", "regret (clicks)", "retrains", "seconds"]  # fmt: skip
+              "revenue", "expected revenue × revenue oracle", "regret (clicks)", "retrains",
+              "seconds"]  # fmt: skip
     lines = []
     if markdown:
         lines.append("| " + " | ".join(header) + " |")
@@ -429,6 +443,7 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = True) -> str:
             f"{row['expected_ctr_last']:.4f}",
             f"{row['expected_ratio_to_oracle']:.2f}",
             f"{row['revenue']:,.0f}",
+            f"{row['revenue_ratio_to_oracle']:.2f}",
             f"{row['regret']:,.0f}",
             str(row["retrains"]),
             f"{row['seconds']:.0f}",
@@ -459,7 +474,7 @@ def write_outputs(runs: Sequence[PolicyRun], cfg: CompareConfig, out: Path) -> d
     _plot(runs, cfg, png_path)
     summary_path = out / "summary.md"
     summary_path.write_text(
-        f"seed {cfg.seed}, {cfg.decisions:,} decisions, {time.strftime('%Y-%m-%d')}, "
+        f"seed {cfg.seed}, objective {cfg.objective}, {cfg.decisions:,} decisions, {time.strftime('%Y-%m-%d')}, "
         f"{platform.node()} ({platform.machine()}, python {platform.python_version()})\n\n"
         + format_table(summary_rows(runs))
         + "\n"
