@@ -489,22 +489,46 @@ def _plot(runs: Sequence[PolicyRun], cfg: CompareConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_ctr, ax_regret) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=80)
+    revenue = cfg.objective == "revenue"
     oracle_drawn = False
     for r in runs:
         windows = r.results.windows(cfg.windows)
         x = [w.end for w in windows]
-        ax_ctr.plot(x, [w.expected_ctr for w in windows], label=LABELS.get(r.name, r.name))
-        ax_regret.plot(x, [w.cumulative_regret for w in windows], label=r.name)
+        if revenue:  # per decision, and revenue lost to the revenue oracle so far
+            ax_ctr.plot(
+                x, [w.expected_revenue / w.decisions for w in windows], label=LABELS.get(r.name, r.name)
+            )
+            lost = np.cumsum([w.oracle_revenue - w.expected_revenue for w in windows])
+            ax_regret.plot(x, lost, label=r.name)
+        else:
+            ax_ctr.plot(x, [w.expected_ctr for w in windows], label=LABELS.get(r.name, r.name))
+            ax_regret.plot(x, [w.cumulative_regret for w in windows], label=r.name)
         if not oracle_drawn:
-            ax_ctr.plot(x, [w.oracle_ctr for w in windows], "k--", label="oracle")
+            oracle = (
+                [w.oracle_revenue / w.decisions for w in windows]
+                if revenue
+                else [w.oracle_ctr for w in windows]
+            )
+            ax_ctr.plot(x, oracle, "k--", label="oracle")
             oracle_drawn = True
     ax_ctr.set_xlabel("decisions")
-    ax_ctr.set_ylabel("CTR per window (oracle P(click) of the chosen ad)")
+    ax_ctr.set_ylabel(
+        "expected revenue per decision (per window)"
+        if revenue
+        else "CTR per window (oracle P(click) of the chosen ad)"
+    )
     ax_ctr.set_ylim(bottom=0)
     ax_ctr.legend(fontsize=7)
     ax_regret.set_xlabel("decisions")
-    ax_regret.set_ylabel("cumulative regret (expected clicks)")
-    fig.suptitle(f"adserve simulate --compare: seed {cfg.seed}, {cfg.decisions:,} decisions", fontsize=10)
+    ax_regret.set_ylabel(
+        "cumulative revenue lost to the oracle (expected)"
+        if revenue
+        else "cumulative regret (expected clicks)"
+    )
+    fig.suptitle(
+        f"adserve simulate --compare: seed {cfg.seed}, objective {cfg.objective}, {cfg.decisions:,} decisions",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
