@@ -235,11 +235,8 @@ def _serving(state: Any) -> dict[str, Any]:
             "kind": _serving_kind(policy),
             "version": str(policy.version),
             "examples_learned": getattr(policy, "examples_learned", None),
-            # what the choice maximises: expected revenue per impression (every policy's default)
-            # or clicks (`bandit.objective`)
-            "objective": getattr(
-                getattr(getattr(policy, "config", None), "cost", None), "objective", "revenue"
-            ),
+            # what the choice maximises: expected revenue per impression or clicks (`bandit.objective`)
+            "objective": getattr(policy, "objective", "revenue"),
         },
         "champions_loaded": dict(getattr(getattr(state, "models", None), "serving", {}) or {}),
     }

@@ -316,6 +316,11 @@ class VWPolicy:
         self._residuals: dict[tuple[str, str], float] = {}
 
     @property
+    def objective(self) -> str:
+        """What the choice maximises: "revenue" or "clicks" (`[bandit] objective`)."""
+        return self.config.cost.objective
+
+    @property
     def gamma(self) -> float:
         return self.config.gamma(self.examples_learned)
 

@@ -125,6 +125,8 @@ def empirical_attribution(
 
 
 class EpsilonGreedyPolicy:
+    objective = "revenue"  # its greedy choice is the highest expected revenue
+
     def __init__(self, epsilon: float) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be within [0, 1]")
