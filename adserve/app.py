@@ -42,6 +42,7 @@ from adserve.events.spool import SpoolLockedError
 from adserve.events.tracking import Tracker
 from adserve.events.writer import LogWriter
 from adserve.jobs.runs import latest_finishes
+from adserve.learning.empirical_ctr import EmpiricalCTRScorer, load_creative_counts
 from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
@@ -49,7 +50,7 @@ from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
 from adserve.serving.rate_limit import STORE, public_rate_limit, purge_expired, retry_after
-from adserve.serving.scoring import EmpiricalCTRScorer, EpsilonGreedyPolicy, load_creative_counts
+from adserve.serving.scoring import EpsilonGreedyPolicy
 from adserve.serving.user_state import UserStateCache
 from adserve.signing.identity import UserKeys
 from adserve.signing.tokens import TrackingSigner

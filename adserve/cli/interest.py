@@ -65,7 +65,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     path = args.model or run_with_database(url, settings, _evaluated_version)
     if path is None:
         raise UserError("no interest model yet: run `adserve train` first")
-    data = asyncio.run(load_training_data(url, args.days))
+    data = asyncio.run(load_training_data(url, args.days, outcome_window_s=settings.bandit.reward_window_s))
     report = evaluate_checkpoint(path, data.sequences, data.click_examples, precision=args.precision)
     print(f"model {path}")
     print(format_report(report))

@@ -11,7 +11,11 @@ versions know (a model that knows fewer items would otherwise be ranked on an ea
 for versions that score ads, the served P(click)'s log loss on the newest 15% of impressions.
 
 - A version that scores ads replaces one that does not (the first model fitted on impressions),
-  and never the other way round.
+  and never the other way round, but only with a held-out click log loss below that of what
+  serves ads meanwhile: the empirical CTR scorer (`adserve.learning.empirical_ctr.EmpiricalCTRScorer`,
+  the service's own settings) with counts from the impressions before the holdout. A click head
+  fitted on the first few dozen clicks can rank ads worse than per-creative click rates do; it
+  waits for more data instead of serving.
 - Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10
   that did not fall: no more than `NDCG_TOLERANCE` (relative) below the champion's, or, on a
   small holdout, no more than two standard errors of the difference (`ndcg_noise`), so that
@@ -34,17 +38,22 @@ import math
 import os
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from adserve.jobs.runs import json_safe
+from adserve.learning.empirical_ctr import CreativeCounts
 from adserve.learning.registry import Registry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from adserve.db.engine import Database
+    from adserve.learning.empirical_ctr import EmpiricalCTRScorer
     from adserve.settings import JobsSettings
 
 __all__ = [
@@ -54,6 +63,7 @@ __all__ = [
     "TrainingRun",
     "apply_gate",
     "decide",
+    "empirical_click_logloss",
     "evaluate_pair",
     "holdout_figures",
     "ndcg_noise",
@@ -130,28 +140,76 @@ def _known_to_both(
     }
 
 
+def empirical_click_logloss(scorer: EmpiricalCTRScorer, click_examples: Sequence) -> float | None:
+    """The held-out click log loss of the empirical CTR scorer, on the impressions the versions are
+    judged on (the newest 15%), with per-creative counts from every impression before them, as
+    serving would have had them. None without held-out impressions."""
+    # imported here: torch takes seconds to import and only the training process needs it
+    from adserve.interest.evaluation import click_metrics
+    from adserve.interest.training import split_click_examples
+
+    train, validation, test = split_click_examples(click_examples)
+    if not test:
+        return None
+    impressions: Counter[int] = Counter()
+    clicks: Counter[int] = Counter()
+    for example in (*train, *validation):
+        impressions[example.candidate.creative_id] += 1
+        clicks[example.candidate.creative_id] += example.clicked
+    scorer.update(CreativeCounts(dict(impressions), dict(clicks)))
+    probabilities = np.array([scorer.score(e.context, [e.candidate])[0] for e in test])
+    labels = np.array([float(e.clicked) for e in test])
+    return click_metrics(probabilities, labels)["logloss"]
+
+
 def evaluate_pair(
     challenger: str | Path,
     champion: str | Path | None,
     sequences: Mapping[str, Sequence],
     click_examples: Sequence,
-) -> dict[str, dict[str, Any] | None]:
-    """Both versions on the same holdout, as JSON-ready dicts."""
+    empirical: EmpiricalCTRScorer | None = None,
+) -> dict[str, Any]:
+    """Both versions on the same holdout, as JSON-ready dicts, and the held-out click log loss of
+    `empirical` (what serves ads while no version scores them) when given."""
     if champion:
         sequences = _known_to_both(sequences, challenger, champion)
-    return {
+    pair: dict[str, Any] = {
         "challenger": asdict(holdout_figures(challenger, sequences, click_examples)),
         "champion": asdict(holdout_figures(champion, sequences, click_examples)) if champion else None,
     }
+    if empirical is not None:
+        pair["empirical_logloss"] = empirical_click_logloss(empirical, click_examples)
+    return pair
 
 
-def decide(challenger: HoldoutFigures, champion: HoldoutFigures | None) -> GateDecision:
+def decide(
+    challenger: HoldoutFigures, champion: HoldoutFigures | None, empirical_logloss: float | None = None
+) -> GateDecision:
+    ndcg = f"NDCG@10 {challenger.ndcg_at_10:.4f}"
+    if champion is not None:
+        ndcg += f" vs champion {champion.ndcg_at_10:.4f}"
+    first_to_score_ads = challenger.scores_ads and (champion is None or not champion.scores_ads)
+    if (
+        first_to_score_ads
+        and empirical_logloss is not None
+        and not (challenger.logloss is not None and challenger.logloss < empirical_logloss)
+    ):
+        loss = "none" if challenger.logloss is None else f"{challenger.logloss:.4f}"
+        return GateDecision(
+            False,
+            f"rejected: click log loss {loss} is not below the empirical CTR scorer's "
+            f"{empirical_logloss:.4f}, which scores ads until a version does ({ndcg})",
+        )
     if champion is None:
-        return GateDecision(True, f"first interest model (NDCG@10 {challenger.ndcg_at_10:.4f})")
-    ndcg = f"NDCG@10 {challenger.ndcg_at_10:.4f} vs champion {champion.ndcg_at_10:.4f}"
+        return GateDecision(True, f"first interest model ({ndcg})")
     if challenger.scores_ads != champion.scores_ads:
         if challenger.scores_ads:
-            return GateDecision(True, f"promoted: the first version that scores ads ({ndcg})")
+            clicks = (
+                ""
+                if empirical_logloss is None
+                else (f"click log loss {challenger.logloss:.4f} vs empirical CTR {empirical_logloss:.4f}, ")
+            )
+            return GateDecision(True, f"promoted: the first version that scores ads ({clicks}{ndcg})")
         return GateDecision(False, f"rejected: does not score ads, the champion does ({ndcg})")
     if not challenger.scores_ads:
         if challenger.ndcg_at_10 <= champion.ndcg_at_10:
@@ -177,7 +235,7 @@ async def apply_gate(database: Database, path: str | Path, pair: Mapping[str, An
     """Registers the challenger at `path` and promotes or rejects it by `pair` (from evaluate_pair)."""
     path = Path(path)
     champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
-    decision = decide(HoldoutFigures.from_dict(pair["challenger"]), champion)
+    decision = decide(HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss"))
     # NaN (a log loss on a holdout without clicks) is JSON null: Postgres rejects the NaN token.
     metrics = json_safe({**_metrics(path), "gate": dict(pair)})
     async with database.sessionmaker() as session:

@@ -2,7 +2,8 @@
 
 Started by the retrain job as a child process (lower CPU priority, a bounded number of torch
 threads) so training never runs on a serving event loop. It loads the rolling window of logs,
-trains warm-started from the champion, evaluates challenger and champion on the same holdout and
+trains warm-started from the champion, evaluates challenger, champion and the empirical CTR scorer
+on the same holdout and
 writes `{"path": …, "pair": …}` (or `{"skipped": reason}`) as JSON to --out. Registering and
 promoting are left to the parent (`adserve.jobs.gate.apply_gate`).
 """
@@ -36,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from adserve.db.engine import resolve_database_url
     from adserve.jobs.gate import evaluate_pair
+    from adserve.learning.empirical_ctr import EmpiricalCTRScorer
     from adserve.learning.services import load_training_data, train_interest_version
     from adserve.settings import load_settings
 
     torch.set_num_threads(args.threads)
     settings = load_settings()
     url, _embedded = resolve_database_url(settings)
-    data = asyncio.run(load_training_data(url, args.days))
+    data = asyncio.run(load_training_data(url, args.days, outcome_window_s=settings.bandit.reward_window_s))
     out = Path(args.out)
     if not data.sequences:
         out.write_text(json.dumps({"skipped": "no behaviour events in the window"}))
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         warm_start=args.warm_start,
         progress=False,
     )
-    pair = evaluate_pair(path, args.warm_start, data.sequences, data.click_examples)
+    serving = settings.serving
+    empirical = EmpiricalCTRScorer(
+        serving.ctr_prior_clicks, serving.ctr_prior_impressions, serving.history_lift
+    )
+    pair = evaluate_pair(path, args.warm_start, data.sequences, data.click_examples, empirical)
     out.write_text(json.dumps({"path": str(path), "pair": pair}))
     return 0
 

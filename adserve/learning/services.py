@@ -73,18 +73,29 @@ async def import_events(database: Database, path: Path, user_keys: UserKeys) -> 
     return stored
 
 
-async def load_training_data(url: str, days: float | None, until: datetime | None = None) -> TrainingData:
+async def load_training_data(
+    url: str, days: float | None, *, outcome_window_s: float, until: datetime | None = None
+) -> TrainingData:
     """Behaviour sequences and point-in-time click examples for a rolling window. Takes a URL:
-    the training process (adserve.jobs.retrain) calls it with no other connection open."""
+    the training process (adserve.jobs.retrain) calls it with no other connection open.
+
+    Click examples are the impressions whose outcome is known: decided at least
+    `outcome_window_s` (the bandit's reward window) before `until`. A newer impression has had
+    no time to draw its click, and labelling it "not clicked" would teach the click head, fit its
+    calibration and judge the gate on clicks that had not happened yet; behaviour events are
+    used up to `until`."""
     # imported here: adserve.interest imports torch, which takes seconds
     from adserve.interest.data import make_click_example
 
+    if outcome_window_s < 0:
+        raise ValueError(f"outcome_window_s must be >= 0, got {outcome_window_s}")
     until = until or datetime.now(UTC) + timedelta(seconds=1)
     since = until - timedelta(days=days) if days else datetime(1970, 1, 1, tzinfo=UTC)
+    outcomes_known_until = max(since, until - timedelta(seconds=outcome_window_s))
     connection = await asyncpg.connect(**asyncpg_dsn(url))
     try:
         sequences = await load_sequences(connection, since, until)
-        impressions = await load_impressions(connection, since, until)
+        impressions = await load_impressions(connection, since, outcomes_known_until)
     finally:
         await connection.close()
     examples = [

@@ -18,8 +18,8 @@ from adserve.metrics import observe_model_load
 if TYPE_CHECKING:
     import asyncpg
 
+    from adserve.learning.empirical_ctr import EmpiricalCTRScorer
     from adserve.serving.pipeline import DecisionPipeline
-    from adserve.serving.scoring import EmpiricalCTRScorer
     from adserve.settings import Settings
 
 __all__ = ["ModelWatcher"]

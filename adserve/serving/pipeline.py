@@ -30,6 +30,7 @@ import numpy as np
 from adserve.db.rows import make_row
 from adserve.domain import DecisionContext, Policy, Scorer, expected_value
 from adserve.errors import NotFound
+from adserve.learning.empirical_ctr import empirical_attribution
 from adserve.metrics import observe_decision
 from adserve.serving.budget import LocalReservations, expected_cost
 from adserve.serving.eligibility import EligibilityRequest, Eligible, eligible_creatives
@@ -43,7 +44,6 @@ from adserve.serving.schemas import (
     PlacementDecision,
     Reason,
 )
-from adserve.serving.scoring import empirical_attribution
 from adserve.serving.user_state import UserState
 from adserve.signing.tokens import TokenKind, TrackingClaims
 

@@ -1,127 +1,22 @@
-"""First implementations of the two serving interfaces (adserve.domain.Scorer and Policy).
+"""The simplest serving policy (adserve.domain.Policy); the empirical CTR scorer that serves before
+any interest version does lives in `adserve.learning.empirical_ctr`.
 
-- `EmpiricalCTRScorer`: per-creative click-through rate smoothed towards a prior (a Beta prior:
-  `prior_clicks` clicks in `prior_impressions` impressions), so a new creative starts at the
-  prior rather than at 0 or 1; lifted by the user's recent affinity for the creative's category
-  or linked products (the share of recent events that match), so behaviour counts from the first
-  request, before any model is trained.
-- `EpsilonGreedyPolicy`: the candidate with the highest expected revenue gets 1 − ε, and ε is
+`EpsilonGreedyPolicy`: the candidate with the highest expected revenue gets 1 − ε, and ε is
   spread evenly over all candidates; the chosen candidate's probability is its propensity.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adserve.domain import BehaviourEvent, Candidate, Choice, DecisionContext, expected_value
+from adserve.domain import Choice, expected_value
 
 if TYPE_CHECKING:
-    import asyncpg
+    from adserve.domain import Candidate, DecisionContext
 
-__all__ = ["CreativeCounts", "EmpiricalCTRScorer", "EpsilonGreedyPolicy", "load_creative_counts"]
-
-
-@dataclass(frozen=True, slots=True)
-class CreativeCounts:
-    impressions: dict[int, int]
-    clicks: dict[int, int]
-
-
-COUNTS_SQL = """
-SELECT i.creative_id, count(*) AS impressions,
-       count(c.decision_id) AS clicks
-FROM impressions i
-LEFT JOIN clicks c ON c.decision_id = i.decision_id AND c.valid
-WHERE i.ts > now() - make_interval(days => $1)
-GROUP BY i.creative_id
-"""
-
-
-async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -> CreativeCounts:
-    rows = await connection.fetch(COUNTS_SQL, days)
-    return CreativeCounts(
-        impressions={row["creative_id"]: row["impressions"] for row in rows},
-        clicks={row["creative_id"]: row["clicks"] for row in rows},
-    )
-
-
-class HistoryProfile:
-    """A request's history counted once: events per category, and per item the categories it
-    was seen under, so scoring 100 candidates does not rescan the history 100 times."""
-
-    def __init__(self, history: tuple[BehaviourEvent, ...]) -> None:
-        self.length = len(history)
-        self.categories = Counter(event.category for event in history if event.category)
-        self.items: dict[str, Counter[str | None]] = {}
-        for event in history:
-            if event.item_id:
-                self.items.setdefault(event.item_id, Counter())[event.category] += 1
-
-    def affinity(self, candidate: Candidate) -> float:
-        """Share of recent events about the candidate's category or one of its linked products."""
-        if not self.length:
-            return 0.0
-        category = candidate.category
-        matching = self.categories[category] if category else 0
-        for product in candidate.product_ids:
-            seen = self.items.get(product)
-            if seen:
-                # events already counted under the candidate's category are not counted twice
-                matching += sum(n for c, n in seen.items() if not category or c != category)
-        return matching / self.length
-
-
-def history_affinity(context: DecisionContext, candidate: Candidate) -> float:
-    return HistoryProfile(context.history).affinity(candidate)
-
-
-class EmpiricalCTRScorer:
-    def __init__(self, prior_clicks: float, prior_impressions: float, history_lift: float = 1.0) -> None:
-        if prior_impressions <= 0 or not 0 <= prior_clicks <= prior_impressions:
-            raise ValueError("need 0 <= prior_clicks <= prior_impressions and prior_impressions > 0")
-        self.prior_clicks = prior_clicks
-        self.prior_impressions = prior_impressions
-        self.history_lift = history_lift
-        self.counts = CreativeCounts({}, {})
-        self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}+lift{history_lift:g}"
-
-    def update(self, counts: CreativeCounts) -> None:
-        self.counts = counts
-
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
-        impressions = np.fromiter(
-            (self.counts.impressions.get(c.creative_id, 0) for c in candidates), float, len(candidates)
-        )
-        clicks = np.fromiter(
-            (self.counts.clicks.get(c.creative_id, 0) for c in candidates), float, len(candidates)
-        )
-        base = (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
-        if not context.history or not self.history_lift:
-            return base
-        profile = HistoryProfile(context.history)
-        affinity = np.fromiter((profile.affinity(c) for c in candidates), float, len(candidates))
-        return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
-
-
-def empirical_attribution(
-    context: DecisionContext, candidate: Candidate
-) -> list[tuple[BehaviourEvent, float]]:
-    """Each history event's share of the empirical scorer's lift for this candidate: the events
-    about its category or linked products, equally weighted; others contribute nothing."""
-    products = set(candidate.product_ids)
-    matches = [
-        (candidate.category is not None and event.category == candidate.category) or event.item_id in products
-        for event in context.history
-    ]
-    n = len(matches)
-    return [
-        (event, (1.0 / n) if matched else 0.0)
-        for event, matched in zip(context.history, matches, strict=True)
-    ]
+__all__ = ["EpsilonGreedyPolicy"]
 
 
 class EpsilonGreedyPolicy:

@@ -158,7 +158,7 @@ class _EmpiricalCounts:
     """Feeds `EmpiricalCTRScorer` running impression and click counts per creative."""
 
     def __init__(self) -> None:
-        from adserve.serving.scoring import CreativeCounts, EmpiricalCTRScorer
+        from adserve.learning.empirical_ctr import CreativeCounts, EmpiricalCTRScorer
 
         self.counts = CreativeCounts({}, {})
         self.scorer = EmpiricalCTRScorer(prior_clicks=1.0, prior_impressions=100.0, history_lift=0.0)

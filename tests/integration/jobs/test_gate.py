@@ -13,7 +13,8 @@ import pytest
 
 from adserve.interest.synthetic import generate_behaviour, generate_click_log, make_creatives
 from adserve.interest.training import train_interest
-from adserve.jobs.gate import HoldoutFigures, apply_gate, decide, evaluate_pair
+from adserve.jobs.gate import HoldoutFigures, apply_gate, decide, empirical_click_logloss, evaluate_pair
+from adserve.learning.empirical_ctr import EmpiricalCTRScorer
 from adserve.jobs.tasks import JobContext, retrain_interest
 from adserve.learning.registry import Registry
 from tests.unit.interest.conftest import FAST, TINY
@@ -57,6 +58,21 @@ def test_decide_needs_no_worse_log_loss_and_next_item_quality_kept() -> None:
     assert decide(HoldoutFigures(0.01, None, False), None).promote
 
 
+def test_the_first_version_that_scores_ads_must_beat_the_empirical_ctr_it_replaces() -> None:
+    no_clicks = HoldoutFigures(0.40, None, False)
+    better = decide(HoldoutFigures(0.40, 0.090, True), no_clicks, empirical_logloss=0.095)
+    assert better.promote and "empirical CTR 0.0950" in better.reason
+    worse = decide(HoldoutFigures(0.40, 0.100, True), no_clicks, empirical_logloss=0.095)
+    assert not worse.promote and "not below the empirical CTR scorer's 0.0950" in worse.reason
+    assert not decide(HoldoutFigures(0.40, 0.095, True), no_clicks, empirical_logloss=0.095).promote
+    # no champion at all: the same bar for a first version that scores ads
+    assert not decide(HoldoutFigures(0.40, 0.100, True), None, empirical_logloss=0.095).promote
+    assert decide(HoldoutFigures(0.40, 0.090, True), None, empirical_logloss=0.095).promote
+    # two versions that score ads are judged against each other, not against the empirical scorer
+    champion = HoldoutFigures(0.40, 0.110, True)
+    assert decide(HoldoutFigures(0.40, 0.100, True), champion, empirical_logloss=0.095).promote
+
+
 def test_a_next_item_fall_within_the_holdouts_sampling_noise_does_not_block_better_clicks() -> None:
     # the demo's case: 0.1954 -> 0.1830 on about a thousand users, click log loss better
     small = decide(HoldoutFigures(0.1830, 0.0656, True, 1_000), HoldoutFigures(0.1954, 0.0682, True, 1_000))
@@ -86,9 +102,14 @@ async def test_better_challenger_promoted_worse_rejected(
         await registry.register("interest", weak.name, str(weak), {})
         await registry.promote("interest", weak.name, "test champion")
 
-    pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks)
+    empirical = EmpiricalCTRScorer(1.0, 100.0, 1.0)
+    pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks, empirical)
+    # the empirical scorer's figure is its own, on the same holdout: not a copy of the challenger's
+    assert pair["empirical_logloss"] == empirical_click_logloss(EmpiricalCTRScorer(1.0, 100.0, 1.0), clicks)
+    assert pair["empirical_logloss"] != pair["challenger"]["logloss"]
     promoted = await apply_gate(jobs_database, strong, pair)
     assert promoted.promote, promoted.reason
+    assert pair["challenger"]["logloss"] < pair["empirical_logloss"]
 
     worse = _train(world, tmp_path, "worse", ONE_EPOCH, seed=1)
     pair = await asyncio.to_thread(evaluate_pair, worse, strong, sequences, clicks)

@@ -139,7 +139,7 @@ async def test_erasure_deletes_behaviour_unlinks_logs_and_is_audited(
     await client.get(path_of(decision["impression_url"]))
     await client.get(path_of(decision["click_url"]), headers=BROWSER, follow_redirects=False)
     await decisions_logged(client)
-    before = await load_training_data(database_url, days=1)
+    before = await load_training_data(database_url, days=1, outcome_window_s=0)
     assert user_key in before.sequences
 
     assert (await client.delete(f"/v1/users/{user}")).status_code == 401
@@ -172,7 +172,7 @@ async def test_erasure_deletes_behaviour_unlinks_logs_and_is_audited(
     )
     assert audit[0]["requested_by_role"] == "site"
 
-    after = await load_training_data(database_url, days=1)
+    after = await load_training_data(database_url, days=1, outcome_window_s=0)
     assert user_key not in after.sequences
     assert all(e.context.user_key != user_key for e in after.click_examples)
     # the admin equivalent

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
-from adserve.serving.scoring import CreativeCounts, EmpiricalCTRScorer, EpsilonGreedyPolicy, HistoryProfile
+from adserve.learning.empirical_ctr import CreativeCounts, EmpiricalCTRScorer, HistoryProfile
+from adserve.serving.scoring import EpsilonGreedyPolicy
 
 
 def candidate(creative_id: int, category: str | None = None, products=(), pricing=Pricing.CPC, bid=1.0):
