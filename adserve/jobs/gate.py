@@ -200,15 +200,13 @@ def decide(
             f"rejected: click log loss {loss} is not below the empirical CTR scorer's "
             f"{empirical_logloss:.4f}, which scores ads until a version does ({ndcg})",
         )
+    clicks = ""
+    if first_to_score_ads and empirical_logloss is not None:
+        clicks = f"click log loss {challenger.logloss:.4f} vs empirical CTR {empirical_logloss:.4f}, "
     if champion is None:
-        return GateDecision(True, f"first interest model ({ndcg})")
+        return GateDecision(True, f"first interest model ({clicks}{ndcg})")
     if challenger.scores_ads != champion.scores_ads:
         if challenger.scores_ads:
-            clicks = (
-                ""
-                if empirical_logloss is None
-                else (f"click log loss {challenger.logloss:.4f} vs empirical CTR {empirical_logloss:.4f}, ")
-            )
             return GateDecision(True, f"promoted: the first version that scores ads ({clicks}{ndcg})")
         return GateDecision(False, f"rejected: does not score ads, the champion does ({ndcg})")
     if not challenger.scores_ads:

@@ -13,9 +13,11 @@ Policies (the same traffic and click draws for each; see `traffic.py` on common 
   promoted into the serving policy only through the SNIPS gate.
 
 The interest model is retrained every `jobs.retrain_s` of simulated time (the first version once
-`warmup` decisions are logged), warm-started from the previous version, from the behaviour logs
-and the newest impressions. Before its first version, the policies that need it serve with the
-empirical-CTR scorer (the serving cold start).
+`warmup` decisions are logged), warm-started from the champion, from the behaviour logs and the
+newest impressions whose reward window has closed, and promoted only through the serving gate
+(`adserve.jobs.gate.decide`: a first click head must beat the empirical CTR scorer). Until a
+version that scores ads is promoted, the policies that need it serve with the empirical-CTR scorer
+(the serving cold start, `[serving]`'s prior and history lift).
 
 The objective is CTR by default (the goal is stated in CTR against the CTR oracle): the VW
 policies run with `objective = "clicks"` (cost −1 on a click, the model's value = P(click)) and
@@ -47,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from adserve.domain import Candidate, DecisionContext
+from adserve.learning.empirical_ctr import EmpiricalCTRScorer
 from adserve.sim.harness import (
     ConstantScorer,
     GreedyPolicy,
@@ -101,6 +104,10 @@ class CompareConfig:
     bandit: dict[str, Any] = field(default_factory=dict)  # BanditSettings.policy_dict(); {} = defaults
     bandit_s: float = 30.0  # simulated seconds between learning steps (jobs.bandit_s)
     reward_window_s: float = 1_800.0  # bandit.reward_window_s
+    # the empirical CTR scorer: the cold start and the gate's bar for a first click head (serving.*)
+    empirical_prior_clicks: float = 1.0
+    empirical_prior_impressions: float = 100.0
+    empirical_history_lift: float = 1.0
     world: WorldConfig | None = None  # default: WorldConfig(seed=seed)
     click_model: ClickModel | None = None  # default: ClickModel()
 
@@ -119,6 +126,9 @@ class CompareConfig:
             "bandit_s": settings.jobs.bandit_s,
             "reward_window_s": settings.bandit.reward_window_s,
             "retrain_s": settings.jobs.retrain_s,
+            "empirical_prior_clicks": settings.serving.ctr_prior_clicks,
+            "empirical_prior_impressions": settings.serving.ctr_prior_impressions,
+            "empirical_history_lift": settings.serving.history_lift,
         }
         return cls(**(values | overrides))
 
@@ -134,10 +144,11 @@ class PolicyRun:
     name: str
     results: SimResults
     seconds: float
-    model_versions: list[str] = field(default_factory=list)
+    model_versions: list[str] = field(default_factory=list)  # interest versions the gate promoted
     train_seconds: float = 0.0
     bandit_versions: int = 0
     bandit_rejected: int = 0
+    interest_gate: list[str] = field(default_factory=list)  # every trained version's gate verdict
 
 
 class _Switchable:
@@ -157,11 +168,13 @@ class _Switchable:
 class _EmpiricalCounts:
     """Feeds `EmpiricalCTRScorer` running impression and click counts per creative."""
 
-    def __init__(self) -> None:
-        from adserve.learning.empirical_ctr import CreativeCounts, EmpiricalCTRScorer
+    def __init__(
+        self, prior_clicks: float = 1.0, prior_impressions: float = 100.0, history_lift: float = 0.0
+    ) -> None:
+        from adserve.learning.empirical_ctr import CreativeCounts
 
         self.counts = CreativeCounts({}, {})
-        self.scorer = EmpiricalCTRScorer(prior_clicks=1.0, prior_impressions=100.0, history_lift=0.0)
+        self.scorer = EmpiricalCTRScorer(prior_clicks, prior_impressions, history_lift)
         self.scorer.update(self.counts)
 
     def __call__(self, decision: SimDecision, clicked: bool) -> None:
@@ -249,6 +262,11 @@ class _InterestTrainer:
         self.versions: list[str] = []
         self.train_seconds = 0.0
         self.next_at: float | None = None  # simulated time of the next retrain
+        self.gate_reasons: list[str] = []
+        # the empirical CTR scorer as serving configures it: the gate's bar for a first click head
+        self.empirical = EmpiricalCTRScorer(
+            cfg.empirical_prior_clicks, cfg.empirical_prior_impressions, cfg.empirical_history_lift
+        )
 
     def __call__(self, decision: SimDecision, clicked: bool) -> None:
         from adserve.interest.data import ClickExample
@@ -259,12 +277,13 @@ class _InterestTrainer:
             self.next_at = now
         if self.next_at is not None and now >= self.next_at:
             self.next_at = now + self.cfg.retrain_s
-            self.retrain(decision.index + 1)
+            self.retrain(decision.index + 1, now)
 
-    def retrain(self, at: int) -> None:
+    def retrain(self, at: int, now: float) -> None:
         from adserve.interest.network import InterestConfig
         from adserve.interest.scorer import InterestScorer
         from adserve.interest.training import TrainConfig, train_interest
+        from adserve.jobs.gate import HoldoutFigures, decide, evaluate_pair
 
         cfg = self.cfg
         started = time.perf_counter()
@@ -288,16 +307,24 @@ class _InterestTrainer:
             device="cpu",
             progress=False,
         )
-        result = train_interest(
-            sequences, list(self.examples), model_config, train_config, warm_start=self.last_path
-        )
+        # the serving training data: an impression is a click example once its reward window closed
+        examples = [e for e in self.examples if e.context.now + cfg.reward_window_s <= now]
+        result = train_interest(sequences, examples, model_config, train_config, warm_start=self.last_path)
         version = f"sim-{at:07d}"
         path = result.save(self.workdir, version)
-        interest = InterestScorer(path, device="cpu", cache_size=4_000)
-        if interest.scores_ads:  # the serving rule (ModelWatcher): only a model fitted on impressions
-            self.scorer.current = interest
-        self.last_path = path
-        self.versions.append(version)
+        # the serving gate (adserve.jobs.gate), against the champion and the empirical CTR scorer
+        pair = evaluate_pair(path, self.last_path, sequences, examples, self.empirical)
+        champion = HoldoutFigures.from_dict(pair["champion"]) if pair["champion"] else None
+        decision = decide(
+            HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss")
+        )
+        self.gate_reasons.append(f"{version}: {decision.reason}")
+        if decision.promote:
+            interest = InterestScorer(path, device="cpu", cache_size=4_000)
+            if interest.scores_ads:  # the serving rule (ModelWatcher): only a model fitted on impressions
+                self.scorer.current = interest
+            self.last_path = path
+            self.versions.append(version)
         seconds = time.perf_counter() - started
         self.train_seconds += seconds
         click = result.report.get("click", {}).get("interest", {})
@@ -325,7 +352,12 @@ def _run_policy(name: str, world: World, oracle: Oracle, cfg: CompareConfig, wor
         scorer, policy = ConstantScorer(0.02), learner.champion
         hooks.append(learner)
     else:
-        counts = _EmpiricalCounts()  # the cold-start scorer until an interest model exists
+        if name == "nonpersonal":  # per-creative CTR, no history
+            counts = _EmpiricalCounts(cfg.empirical_prior_clicks, cfg.empirical_prior_impressions)
+        else:  # the serving cold start until an interest model is promoted
+            counts = _EmpiricalCounts(
+                cfg.empirical_prior_clicks, cfg.empirical_prior_impressions, cfg.empirical_history_lift
+            )
         hooks.append(counts)
         scorer = counts.scorer
         if name != "nonpersonal":
@@ -352,6 +384,7 @@ def _run_policy(name: str, world: World, oracle: Oracle, cfg: CompareConfig, wor
         trainer.train_seconds if trainer else 0.0,
         learner.versions if learner else 0,
         learner.rejected if learner else 0,
+        trainer.gate_reasons if trainer else [],
     )
 
 
@@ -401,7 +434,7 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
                 "regret": r.results.regret,
                 "ctr": r.results.ctr,
                 "seconds": r.seconds,
-                "retrains": len(r.model_versions),
+                "retrains": f"{len(r.model_versions)}/{len(r.interest_gate)}",
             }
         )
     if runs:
@@ -419,7 +452,7 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
                 "regret": 0.0,
                 "ctr": ref.oracle_ctr,
                 "seconds": 0.0,
-                "retrains": 0,
+                "retrains": "–",
             }
         )
     return rows
@@ -427,7 +460,7 @@ def summary_rows(runs: Sequence[PolicyRun], fraction: float = 0.2) -> list[dict[
 
 def format_table(rows: Sequence[dict[str, Any]], markdown: bool = True) -> str:
     header = ["policy", "CTR last 20%", "× oracle", "expected CTR last 20%", "expected × oracle",
-              "revenue", "expected revenue × revenue oracle", "regret (clicks)", "retrains",
+              "revenue", "expected revenue × revenue oracle", "regret (clicks)", "interest promoted/trained",
               "seconds"]  # fmt: skip
     lines = []
     if markdown:
@@ -478,6 +511,11 @@ def write_outputs(runs: Sequence[PolicyRun], cfg: CompareConfig, out: Path) -> d
         f"{platform.node()} ({platform.machine()}, python {platform.python_version()})\n\n"
         + format_table(summary_rows(runs))
         + "\n"
+        + "".join(
+            f"\ninterest gate, {r.name}:\n" + "".join(f"- {reason}\n" for reason in r.interest_gate)
+            for r in runs
+            if r.interest_gate
+        )
     )
     return {"csv": csv_path, "png": png_path, "summary": summary_path}
 

@@ -344,7 +344,7 @@ def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server
                 return serving if interest and vw else None
 
             serving = demo.wait_for(
-                both_serve, 420, "interest model with a click head and a VW policy serving"
+                both_serve, 540, "interest model with a click head and a VW policy serving"
             )
             demo.wait_for(
                 lambda: progress_lines(demo.log())[-1]["head"], 30, "progress line with the click head"

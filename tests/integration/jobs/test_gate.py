@@ -67,7 +67,8 @@ def test_the_first_version_that_scores_ads_must_beat_the_empirical_ctr_it_replac
     assert not decide(HoldoutFigures(0.40, 0.095, True), no_clicks, empirical_logloss=0.095).promote
     # no champion at all: the same bar for a first version that scores ads
     assert not decide(HoldoutFigures(0.40, 0.100, True), None, empirical_logloss=0.095).promote
-    assert decide(HoldoutFigures(0.40, 0.090, True), None, empirical_logloss=0.095).promote
+    first = decide(HoldoutFigures(0.40, 0.090, True), None, empirical_logloss=0.095)
+    assert first.promote and "0.0900 vs empirical CTR 0.0950" in first.reason
     # two versions that score ads are judged against each other, not against the empirical scorer
     champion = HoldoutFigures(0.40, 0.110, True)
     assert decide(HoldoutFigures(0.40, 0.100, True), champion, empirical_logloss=0.095).promote

@@ -22,25 +22,32 @@ def _z(clicks_a: int, n_a: int, clicks_b: int, n_b: int) -> float:
 
 def test_full_system_learns_beyond_uniform(tmp_path):
     # A small world (300 users come back often) with a higher base CTR (more clicks per
-    # decision) keeps the run short; one interest model is trained after a uniform warm-up.
+    # decision) keeps the run short; an interest model is trained after the warm-up and then
+    # about every 2,000 decisions (8,000 decisions span ~130,000 simulated seconds).
     config = CompareConfig(
         decisions=8_000,
         seed=3,
         windows=4,
         policies=("uniform", "full"),
         warmup=2_000,
-        retrain_s=1e9,  # one model: the first, after the warm-up
+        retrain_s=30_000,
         epochs=2,
         click_epochs=4,
         world=WorldConfig(seed=3, n_users=300),
         click_model=ClickModel(base_logit=-3.5),
     )
-    # ~20 s on 2 quiet cores (the learning, not the clock, is what this test checks)
+    # ~50 s on 2 quiet cores (the learning, not the clock, is what this test checks)
     uniform, full = compare(config, progress=lambda line: None)
-    assert full.model_versions == ["sim-0002000"]
+    # every trained version went through the serving gate; the first, from 2,000 impressions,
+    # does not beat the empirical CTR scorer (with the history lift) it would replace
+    assert len(full.interest_gate) >= 3, full.interest_gate
+    assert full.interest_gate[0].startswith("sim-0002000: rejected: click log loss"), full.interest_gate
+    assert "empirical CTR scorer" in full.interest_gate[0]
+    promoted = [g.split(":")[0] for g in full.interest_gate if ": rejected" not in g]
+    assert full.model_versions == promoted and promoted, full.interest_gate
     # the serving learner ran: versions learned at window close, promoted into the serving policy
     assert full.bandit_versions > 10
-    assert full.results.scorer_version.startswith("sim-0002000")
+    assert full.results.scorer_version.startswith(full.model_versions[-1])
     assert full.results.policy_version.startswith("v")
 
     last_u, last_f = uniform.results.window(5_000, 8_000), full.results.window(5_000, 8_000)
