@@ -32,7 +32,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     url = migrated_url(settings)
     run = TrainingRun(days=args.days, max_epochs=args.epochs, seed=args.seed, threads=os.cpu_count() or 1)
 
-    retrained = run_with_database(url, settings, lambda database: train_and_gate(database, url, run))
+    retrained = run_with_database(
+        url, settings, lambda database: train_and_gate(database, url, run, settings)
+    )
     if retrained.path is None or retrained.decision is None:
         print(
             f"adserve: {retrained.skipped} (import some with `adserve import events FILE`)",

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from adserve.jobs.runs import json_safe
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
     from adserve.db.engine import Database
     from adserve.learning.empirical_ctr import EmpiricalCTRScorer
-    from adserve.settings import JobsSettings
+    from adserve.settings import JobsSettings, Settings
 
 __all__ = [
     "GateDecision",
@@ -276,6 +277,7 @@ class Retrained:
     path: Path | None = None
     decision: GateDecision | None = None
     holdout: dict[str, Any] | None = None  # both versions' gate figures (evaluate_pair)
+    click_examples: dict[str, Any] | None = None  # the impressions trained on, and their outcome window
     skipped: str | None = None
 
     @property
@@ -283,25 +285,44 @@ class Retrained:
         return self.path.name if self.path else None
 
 
-async def train_and_gate(database: Database, url: str, run: TrainingRun) -> Retrained:
+async def train_and_gate(database: Database, url: str, run: TrainingRun, settings: Settings) -> Retrained:
     """Trains a challenger on the logs at `url` (warm start from the champion) in a child
-    process, then registers it and promotes or rejects it by the gate."""
+    process under the caller's `settings`, then registers it and promotes or rejects it by the
+    gate."""
     async with database.sessionmaker() as session:
         champion = await Registry(session).champion("interest")
     warm_start = champion.path if champion else None
     with tempfile.TemporaryDirectory(prefix="adserve-retrain-") as folder:
         out = Path(folder) / "result.json"
-        await _run_training_process(url, run, warm_start, out)
+        # The child trains under these settings, not whatever its environment would load: the
+        # demo's short reward window, for one, is set in-process, not in the environment. The
+        # folder is the caller's own (mode 0700) and is removed with the result.
+        settings_file = Path(folder) / "settings.json"
+        resolved = msgspec.structs.replace(settings.database, url=url)  # an embedded server's too
+        settings_file.write_bytes(msgspec.json.encode(msgspec.structs.replace(settings, database=resolved)))
+        await _run_training_process(url, run, warm_start, out, settings_file)
         result = json.loads(out.read_text())
     champion_version = champion.version if champion else None
     if "skipped" in result:
         return Retrained(champion_version, skipped=result["skipped"])
     decision = await apply_gate(database, result["path"], result["pair"])
-    return Retrained(champion_version, Path(result["path"]), decision, result["pair"])
+    return Retrained(
+        champion_version, Path(result["path"]), decision, result["pair"], result.get("click_examples")
+    )
 
 
-async def _run_training_process(url: str, run: TrainingRun, warm_start: str | None, out: Path) -> None:
-    command = [sys.executable, "-m", "adserve.jobs.retrain", "--out", str(out)]
+async def _run_training_process(
+    url: str, run: TrainingRun, warm_start: str | None, out: Path, settings_file: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "adserve.jobs.retrain",
+        "--out",
+        str(out),
+        "--settings",
+        str(settings_file),
+    ]
     command += ["--threads", str(run.threads), "--seed", str(run.seed)]
     if run.days is not None:
         command += ["--days", str(run.days)]

@@ -4,7 +4,8 @@ Started by the retrain job as a child process (lower CPU priority, a bounded num
 threads) so training never runs on a serving event loop. It loads the rolling window of logs,
 trains warm-started from the champion, evaluates challenger, champion and the empirical CTR scorer
 on the same holdout and
-writes `{"path": …, "pair": …}` (or `{"skipped": reason}`) as JSON to --out. Registering and
+writes `{"path": …, "pair": …, "click_examples": …}` (or `{"skipped": reason}`) as JSON to --out.
+It runs under the parent's settings (`--settings`, JSON), not its own environment's. Registering and
 promoting are left to the parent (`adserve.jobs.gate.apply_gate`).
 """
 
@@ -30,19 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", help="the parent's settings as JSON (default: load them)")
     args = parser.parse_args(argv)
     os.nice(NICENESS)
 
+    import msgspec
     import torch
 
     from adserve.db.engine import resolve_database_url
     from adserve.jobs.gate import evaluate_pair
     from adserve.learning.empirical_ctr import EmpiricalCTRScorer
     from adserve.learning.services import load_training_data, train_interest_version
-    from adserve.settings import load_settings
+    from adserve.settings import Settings, load_settings
 
     torch.set_num_threads(args.threads)
-    settings = load_settings()
+    if args.settings:
+        settings = msgspec.json.decode(Path(args.settings).read_bytes(), type=Settings)
+    else:
+        settings = load_settings()
     url, _embedded = resolve_database_url(settings)
     data = asyncio.run(load_training_data(url, args.days, outcome_window_s=settings.bandit.reward_window_s))
     out = Path(args.out)
@@ -62,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         serving.ctr_prior_clicks, serving.ctr_prior_impressions, serving.history_lift
     )
     pair = evaluate_pair(path, args.warm_start, data.sequences, data.click_examples, empirical)
-    out.write_text(json.dumps({"path": str(path), "pair": pair}))
+    click_examples = {
+        "outcome_window_s": settings.bandit.reward_window_s,
+        "impressions": len(data.click_examples),
+        "clicks": sum(example.clicked for example in data.click_examples),
+    }
+    out.write_text(json.dumps({"path": str(path), "pair": pair, "click_examples": click_examples}))
     return 0
 
 

@@ -260,7 +260,7 @@ async def purge_user_events(
 async def retrain_interest(context: JobContext) -> dict[str, Any]:
     """Trains a challenger in a separate process (warm start from the champion), then gates it."""
     run = TrainingRun.scheduled(context.settings.jobs)
-    retrained = await train_and_gate(context.database, context.url, run)
+    retrained = await train_and_gate(context.database, context.url, run, context.settings)
     decision = retrained.decision
     if decision is None:
         return {"skipped": retrained.skipped}
@@ -270,6 +270,7 @@ async def retrain_interest(context: JobContext) -> dict[str, Any]:
         "promoted": decision.promote,
         "reason": decision.reason,
         "holdout": retrained.holdout,
+        "click_examples": retrained.click_examples,
     }
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from adserve.interest.synthetic import generate_behaviour, generate_click_log, make_creatives
 from adserve.interest.training import train_interest
 from adserve.jobs.gate import HoldoutFigures, apply_gate, decide, empirical_click_logloss, evaluate_pair
-from adserve.learning.empirical_ctr import EmpiricalCTRScorer
 from adserve.jobs.tasks import JobContext, retrain_interest
+from adserve.learning.empirical_ctr import EmpiricalCTRScorer
 from adserve.learning.registry import Registry
 from tests.unit.interest.conftest import FAST, TINY
 
@@ -149,9 +151,15 @@ async def test_retrain_job_trains_in_a_child_process_and_gates(
     )
     async with jobs_sessionmaker() as session:
         before = await Registry(session).champion("interest")
-    context = JobContext(jobs_settings.database.url, jobs_settings, jobs_pool, jobs_sessionmaker)
+    # settings built in-process (as `adserve demo` builds its short reward window), not in the
+    # environment the training process inherits: it must train under them all the same
+    window = msgspec.structs.replace(jobs_settings.bandit, reward_window_s=1234.0)
+    settings = msgspec.structs.replace(jobs_settings, bandit=window)
+    assert os.environ.get("ADSERVE_BANDIT_REWARD_WINDOW_S") != "1234.0"
+    context = JobContext(settings.database.url, settings, jobs_pool, jobs_sessionmaker)
     figures = await retrain_interest(context)
     json.dumps(figures)
+    assert figures["click_examples"]["outcome_window_s"] == 1234.0
     assert figures["champion"] == (before.version if before else None)
     assert figures["holdout"]["challenger"]["ndcg_at_10"] >= 0.0
     async with jobs_sessionmaker() as session:
