@@ -329,13 +329,14 @@ class _InterestTrainer:
         self.train_seconds += seconds
         click = result.report.get("click", {}).get("interest", {})
         log.info(
-            "retrained %s on %d users, %d impressions in %.1fs: click %s, fusion %s",
+            "retrained %s on %d users, %d impressions in %.1fs: click %s, fusion %s; %s",
             version,
             len(sequences),
-            len(self.examples),
+            len(examples),
             seconds,
             {k: round(v, 3) for k, v in click.items()},
             {k: round(v, 3) for k, v in result.metrics.get("fusion", {}).items()},
+            decision.reason,
         )
 
 
