@@ -13,7 +13,8 @@ for versions that score ads, the served P(click)'s log loss on the newest 15% of
 - A version that scores ads replaces one that does not (the first model fitted on impressions),
   and never the other way round, but only with a held-out click log loss below that of what
   serves ads meanwhile: the empirical CTR scorer (`adserve.learning.empirical_ctr.EmpiricalCTRScorer`,
-  the service's own settings) with counts from the impressions before the holdout. A click head
+  the service's own settings) fitted as the challenger is (counts from the training part,
+  calibrated on the validation part). A click head
   fitted on the first few dozen clicks can rank ads worse than per-creative click rates do; it
   waits for more data instead of serving.
 - Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10
@@ -142,10 +143,14 @@ def _known_to_both(
 
 
 def empirical_click_logloss(scorer: EmpiricalCTRScorer, click_examples: Sequence) -> float | None:
-    """The held-out click log loss of the empirical CTR scorer, on the impressions the versions are
-    judged on (the newest 15%), with per-creative counts from every impression before them, as
-    serving would have had them. None without held-out impressions."""
+    """The held-out click log loss of the empirical CTR scorer on the impressions the versions are
+    judged on (the newest 15%), fitted the way the challenger is: per-creative counts from the
+    training part, and Platt-calibrated on the validation part, as the challenger's fusion is.
+    Without the calibration the bar would be its history lift's scale, not its ranking: a lift of
+    10 multiplies P(click) by up to 11, which costs log loss while it ranks ads better. None
+    without held-out impressions."""
     # imported here: torch takes seconds to import and only the training process needs it
+    from adserve.interest.calibration import fit_calibrator
     from adserve.interest.evaluation import click_metrics
     from adserve.interest.training import split_click_examples
 
@@ -154,13 +159,21 @@ def empirical_click_logloss(scorer: EmpiricalCTRScorer, click_examples: Sequence
         return None
     impressions: Counter[int] = Counter()
     clicks: Counter[int] = Counter()
-    for example in (*train, *validation):
+    for example in train:
         impressions[example.candidate.creative_id] += 1
         clicks[example.candidate.creative_id] += example.clicked
     scorer.update(CreativeCounts(dict(impressions), dict(clicks)))
-    probabilities = np.array([scorer.score(e.context, [e.candidate])[0] for e in test])
+
+    def logits(examples: Sequence) -> np.ndarray:
+        p = np.clip([scorer.score(e.context, [e.candidate])[0] for e in examples], 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
     labels = np.array([float(e.clicked) for e in test])
-    return click_metrics(probabilities, labels)["logloss"]
+    validation_labels = np.array([float(e.clicked) for e in validation])
+    if not 0 < validation_labels.sum() < len(validation_labels):
+        return click_metrics(1 / (1 + np.exp(-logits(test))), labels)["logloss"]
+    calibrate = fit_calibrator(logits(validation), validation_labels, "platt")
+    return click_metrics(calibrate(logits(test)), labels)["logloss"]
 
 
 def evaluate_pair(

@@ -106,13 +106,21 @@ async def test_better_challenger_promoted_worse_rejected(
         await registry.promote("interest", weak.name, "test champion")
 
     empirical = EmpiricalCTRScorer(1.0, 100.0, 1.0)
-    pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks, empirical)
+    judged = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks, empirical)
     # the empirical scorer's figure is its own, on the same holdout: not a copy of the challenger's
-    assert pair["empirical_logloss"] == empirical_click_logloss(EmpiricalCTRScorer(1.0, 100.0, 1.0), clicks)
-    assert pair["empirical_logloss"] != pair["challenger"]["logloss"]
+    assert judged["empirical_logloss"] == empirical_click_logloss(EmpiricalCTRScorer(1.0, 100.0, 1.0), clicks)
+    assert judged["empirical_logloss"] != judged["challenger"]["logloss"]
+    verdict = decide(
+        HoldoutFigures.from_dict(judged["challenger"]),
+        HoldoutFigures.from_dict(judged["champion"]),
+        judged["empirical_logloss"],
+    )
+    assert verdict.promote == (judged["challenger"]["logloss"] < judged["empirical_logloss"]), verdict.reason
+    # the champion/challenger rules on their own (no empirical bar: `adserve evaluate`'s pair)
+    pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks)
+    assert "empirical_logloss" not in pair
     promoted = await apply_gate(jobs_database, strong, pair)
     assert promoted.promote, promoted.reason
-    assert pair["challenger"]["logloss"] < pair["empirical_logloss"]
 
     worse = _train(world, tmp_path, "worse", ONE_EPOCH, seed=1)
     pair = await asyncio.to_thread(evaluate_pair, worse, strong, sequences, clicks)
