@@ -70,6 +70,7 @@ __all__ = [
     "holdout_figures",
     "ndcg_noise",
     "train_and_gate",
+    "verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,12 @@ def decide(
     return GateDecision(True, f"promoted: {loss}, {ndcg}")
 
 
+def verdict(pair: Mapping[str, Any]) -> GateDecision:
+    """The gate's decision on `evaluate_pair`'s figures (as stored on `model_versions`)."""
+    champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
+    return decide(HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss"))
+
+
 def _metrics(path: Path) -> dict[str, Any]:
     metrics_file = path / "metrics.json"
     return json.loads(metrics_file.read_text()).get("metrics", {}) if metrics_file.exists() else {}
@@ -246,8 +253,7 @@ def _metrics(path: Path) -> dict[str, Any]:
 async def apply_gate(database: Database, path: str | Path, pair: Mapping[str, Any]) -> GateDecision:
     """Registers the challenger at `path` and promotes or rejects it by `pair` (from evaluate_pair)."""
     path = Path(path)
-    champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
-    decision = decide(HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss"))
+    decision = verdict(pair)
     # NaN (a log loss on a holdout without clicks) is JSON null: Postgres rejects the NaN token.
     metrics = json_safe({**_metrics(path), "gate": dict(pair)})
     async with database.sessionmaker() as session:

@@ -283,7 +283,7 @@ class _InterestTrainer:
         from adserve.interest.network import InterestConfig
         from adserve.interest.scorer import InterestScorer
         from adserve.interest.training import TrainConfig, train_interest
-        from adserve.jobs.gate import HoldoutFigures, decide, evaluate_pair
+        from adserve.jobs.gate import evaluate_pair, verdict
 
         cfg = self.cfg
         started = time.perf_counter()
@@ -313,11 +313,7 @@ class _InterestTrainer:
         version = f"sim-{at:07d}"
         path = result.save(self.workdir, version)
         # the serving gate (adserve.jobs.gate), against the champion and the empirical CTR scorer
-        pair = evaluate_pair(path, self.last_path, sequences, examples, self.empirical)
-        champion = HoldoutFigures.from_dict(pair["champion"]) if pair["champion"] else None
-        decision = decide(
-            HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss")
-        )
+        decision = verdict(evaluate_pair(path, self.last_path, sequences, examples, self.empirical))
         self.gate_reasons.append(f"{version}: {decision.reason}")
         if decision.promote:
             interest = InterestScorer(path, device="cpu", cache_size=4_000)

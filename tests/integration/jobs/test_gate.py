@@ -15,7 +15,14 @@ import pytest
 
 from adserve.interest.synthetic import generate_behaviour, generate_click_log, make_creatives
 from adserve.interest.training import train_interest
-from adserve.jobs.gate import HoldoutFigures, apply_gate, decide, empirical_click_logloss, evaluate_pair
+from adserve.jobs.gate import (
+    HoldoutFigures,
+    apply_gate,
+    decide,
+    empirical_click_logloss,
+    evaluate_pair,
+    verdict,
+)
 from adserve.jobs.tasks import JobContext, retrain_interest
 from adserve.learning.empirical_ctr import EmpiricalCTRScorer
 from adserve.learning.registry import Registry
@@ -110,12 +117,10 @@ async def test_better_challenger_promoted_worse_rejected(
     # the empirical scorer's figure is its own, on the same holdout: not a copy of the challenger's
     assert judged["empirical_logloss"] == empirical_click_logloss(EmpiricalCTRScorer(1.0, 100.0, 1.0), clicks)
     assert judged["empirical_logloss"] != judged["challenger"]["logloss"]
-    verdict = decide(
-        HoldoutFigures.from_dict(judged["challenger"]),
-        HoldoutFigures.from_dict(judged["champion"]),
-        judged["empirical_logloss"],
+    judgement = verdict(judged)
+    assert judgement.promote == (judged["challenger"]["logloss"] < judged["empirical_logloss"]), (
+        judgement.reason
     )
-    assert verdict.promote == (judged["challenger"]["logloss"] < judged["empirical_logloss"]), verdict.reason
     # the champion/challenger rules on their own (no empirical bar: `adserve evaluate`'s pair)
     pair = await asyncio.to_thread(evaluate_pair, strong, weak, sequences, clicks)
     assert "empirical_logloss" not in pair
