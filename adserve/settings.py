@@ -62,7 +62,7 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     epsilon: float = 0.1
     ctr_prior_clicks: float = 1.0
     ctr_prior_impressions: float = 100.0
-    history_lift: float = 10.0
+    history_lift: float = 1.0
     attribution_window_s: int = 604800
     max_events_per_batch: int = 500
     history_length: int = 50

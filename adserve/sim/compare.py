@@ -107,7 +107,7 @@ class CompareConfig:
     # the empirical CTR scorer: the cold start and the gate's bar for a first click head (serving.*)
     empirical_prior_clicks: float = 1.0
     empirical_prior_impressions: float = 100.0
-    empirical_history_lift: float = 10.0
+    empirical_history_lift: float = 1.0
     world: WorldConfig | None = None  # default: WorldConfig(seed=seed)
     click_model: ClickModel | None = None  # default: ClickModel()
 
