@@ -121,8 +121,11 @@ class Policy(Protocol):
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
-        """Candidates arrive already masked by eligibility; pmf has one entry per candidate."""
+        """Candidates arrive already masked by eligibility; pmf has one entry per candidate;
+        `scorer_version` names the scorer that gave `click_probabilities` (a policy that learns
+        corrections to a scorer keeps them per scorer family)."""
         ...
 
 

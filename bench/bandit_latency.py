@@ -105,7 +105,7 @@ def time_k(k: int, calls: int, warmup: int, seed: int) -> dict[str, Any]:
         policy.choose(context, candidates, scores, rng)
         choose_s.append(time.perf_counter() - start)
 
-    texts = [example_lines(context, candidates, scores) for context, scores in inputs]
+    texts = [example_lines(context, candidates) for context, _ in inputs]
     workspace = policy._workspace  # VW alone, no locking or featurisation: the floor
     predict_s = []
     for lines in texts:

@@ -12,6 +12,13 @@ named to give distinct letters:
 The interest model's score is not a feature: the policy adds it as an offset (`policy.py`), and
 VW learns, per slot and visitor (interactions `SA`, `VA`), where that score is off.
 
+Where a score is off depends on which scorer gave it, so the action namespaces carry the scorer's
+family (`scorer_family`): a trained interest model's versions write `|Ad` and `|Money`, the
+empirical cold-start scorer writes `|AdEmpirical` and `|MoneyEmpirical`. VW hashes a feature with
+its whole namespace name, so the two families learn disjoint residual weights (the first letter,
+which interactions key on, is the same): the corrections learned against the cold start never
+bend the first trained model's ranking, and a fallback to the cold start finds its own again.
+
 Values are percent-encoded where VW's text format would split them (`|`, `:`, whitespace) and
 `%` itself, so distinct raw values stay distinct features (`a b` and `a_b` never collide).
 """
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
     from adserve.domain import Candidate, DecisionContext
 
 __all__ = [
+    "COLD_START_FAMILY",
+    "MODEL_FAMILY",
     "action_line",
     "ad_namespace",
     "cb_label",
@@ -37,12 +46,27 @@ __all__ = [
     "money_namespace",
     "number",
     "price_bucket",
+    "scorer_family",
     "shared_line",
     "slot_namespace",
     "visitor_namespace",
 ]
 
 _SPECIAL = re.compile(r"[%|:\s]")
+
+MODEL_FAMILY = "model"
+COLD_START_FAMILY = "empirical"
+_COLD_START_PREFIX = "empirical-ctr"  # `EmpiricalCTRScorer.version`
+
+
+def scorer_family(scorer_version: str | None) -> str:
+    """Whose errors a residual learned against this scorer version corrects: "empirical" for the
+    empirical cold-start scorer, "model" for everything else (the interest model's versions are
+    retrains of one model, so a residual carries from one to the next; an unknown or missing
+    version is taken to be the model's)."""
+    if scorer_version and scorer_version.startswith(_COLD_START_PREFIX):
+        return COLD_START_FAMILY
+    return MODEL_FAMILY
 
 
 def escape(value: str) -> str:
@@ -150,22 +174,33 @@ def _creative_text(candidate: Candidate) -> str:
 # found by identity first, which skips hashing every field of the dataclass. Each entry holds its
 # candidate, so the id cannot be reused by another object while the entry lives.
 _TEXT_BY_OBJECT_SIZE = 65_536
-_text_by_object: dict[int, tuple[Candidate, str]] = {}
+_text_by_object: dict[int, tuple[Candidate, dict[str, str]]] = {}
 
 
-def creative_text(candidate: Candidate) -> str:
+def _family_text(text: str, family: str) -> str:
+    if family == MODEL_FAMILY:
+        return text
+    suffix = family.capitalize()
+    return text.replace("|Ad ", f"|Ad{suffix} ", 1).replace("|Money ", f"|Money{suffix} ", 1)
+
+
+def creative_text(candidate: Candidate, family: str = MODEL_FAMILY) -> str:
     held = _text_by_object.get(id(candidate))
     if held is not None and held[0] is candidate:
-        return held[1]
-    text = _creative_text(candidate)
-    if len(_text_by_object) >= _TEXT_BY_OBJECT_SIZE:
-        _text_by_object.clear()  # bounded memory; refills from the content cache
-    _text_by_object[id(candidate)] = (candidate, text)
+        texts = held[1]
+    else:
+        texts = {}
+        if len(_text_by_object) >= _TEXT_BY_OBJECT_SIZE:
+            _text_by_object.clear()  # bounded memory; refills from the content cache
+        _text_by_object[id(candidate)] = (candidate, texts)
+    text = texts.get(family)
+    if text is None:
+        text = texts[family] = _family_text(_creative_text(candidate), family)
     return text
 
 
-def action_line(candidate: Candidate, label: str | None = None) -> str:
-    body = creative_text(candidate)
+def action_line(candidate: Candidate, label: str | None = None, family: str = MODEL_FAMILY) -> str:
+    body = creative_text(candidate, family)
     return f"{label} {body}" if label else body
 
 
@@ -173,10 +208,12 @@ def example_lines(
     context: DecisionContext,
     candidates: Sequence[Candidate],
     labelled: tuple[int, float, float] | None = None,
+    family: str = MODEL_FAMILY,
 ) -> list[str]:
-    """A whole multi-line example; `labelled=(index, cost, probability)` labels one action."""
+    """A whole multi-line example; `labelled=(index, cost, probability)` labels one action;
+    `family` is the scorer family whose residual it reads or teaches (`scorer_family`)."""
     lines = [shared_line(context)]
     for i, candidate in enumerate(candidates):
         label = cb_label(labelled[1], labelled[2]) if labelled is not None and labelled[0] == i else None
-        lines.append(action_line(candidate, label))
+        lines.append(action_line(candidate, label, family))
     return lines

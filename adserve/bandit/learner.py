@@ -37,10 +37,12 @@ def learn_progressively(
     champion_pmfs: list[np.ndarray] = [np.zeros(0)] * len(records)
     for position in sorted(range(len(records)), key=lambda i: records[i].context.now):
         record = records[position]
-        learner_pmfs[position] = learner.pmf(record.context, record.candidates, record.click_probabilities)
+        learner_pmfs[position] = learner.pmf(
+            record.context, record.candidates, record.click_probabilities, record.scorer_version
+        )
         if champion is not None:
             champion_pmfs[position] = champion.pmf(
-                record.context, record.candidates, record.click_probabilities
+                record.context, record.candidates, record.click_probabilities, record.scorer_version
             )
         learner.learn([record])
     return learner_pmfs, champion_pmfs

@@ -107,7 +107,9 @@ def policy_target(policy: VWPolicy) -> TargetPolicy:
     """A VW policy as it would serve: its exploring pmf over the logged candidates."""
 
     def target(record: LoggedDecision) -> np.ndarray:
-        return policy.pmf(record.context, record.candidates, record.click_probabilities)
+        return policy.pmf(
+            record.context, record.candidates, record.click_probabilities, record.scorer_version
+        )
 
     return target
 
@@ -116,7 +118,7 @@ def greedy_target(policy: VWPolicy) -> TargetPolicy:
     """A VW policy without exploration: all mass on its pmf's argmax."""
 
     def target(record: LoggedDecision) -> np.ndarray:
-        pmf = policy.pmf(record.context, record.candidates, record.click_probabilities)
+        pmf = policy.pmf(record.context, record.candidates, record.click_probabilities, record.scorer_version)
         greedy = np.zeros_like(pmf)
         greedy[int(np.argmax(pmf))] = 1.0
         return greedy

@@ -11,10 +11,15 @@ VW regresses the residual (observed cost minus the model's predicted cost of the
 served) on context × ad features (slot, page, device, geo, hour × creative, campaign, category,
 brand). The model's score is an offset, not a feature: before VW has learned anything r = 0 and
 the greedy action is the model's best; what VW learns is where the model is wrong for a context.
-Because the score is an offset, a retrained or swapped scorer does not change what VW's weights
+Because the score is an offset, a retrained interest model does not change what VW's weights
 mean (a weight is "this ad in this slot does better than the model says by so much"); each
 logged decision is learned against the score it was served with (`LoggedDecision.click_probabilities`),
-so after a swap the residual re-converges to the new model's errors.
+so after a retrain the residual re-converges to the new version's errors. A different scorer is
+another matter: the empirical cold-start scorer's errors (an uncalibrated history lift, no
+personal taste) are not the interest model's, so each scorer family has its own residual weights
+(`features.scorer_family`; chosen by the `scorer_version` the decision is served or logged with).
+The first trained model starts from a zero residual, its own ranking, rather than from
+corrections learned against the cold start.
 
 Exploration is inverse-gap weighting (SquareCB, Foster & Rakhlin 2020) computed here over the
 combined predicted costs of the top-K candidates: p(a) = 1 / (K + gamma · (cost(a) − cost_min))
@@ -68,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import vowpalwabbit
 
-from adserve.bandit.features import action_line, example_lines, shared_line
+from adserve.bandit.features import MODEL_FAMILY, action_line, example_lines, scorer_family, shared_line
 from adserve.domain import Choice, Pricing
 
 if TYPE_CHECKING:
@@ -326,8 +331,11 @@ class VWPolicy:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def residuals(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
-        """(N,) VW's learned correction to the model's predicted cost of each candidate.
+    def residuals(
+        self, context: DecisionContext, candidates: Sequence[Candidate], family: str = MODEL_FAMILY
+    ) -> np.ndarray:
+        """(N,) VW's learned correction to the model's predicted cost of each candidate, for the
+        scorer family whose scores it corrects (`features.scorer_family`).
 
         In `--cb_adf` regression each action is scored on its own features with the shared ones,
         independently of the other actions, so a residual is a pure function of (context text,
@@ -335,7 +343,7 @@ class VWPolicy:
         only the candidates not seen in this context go through VW's parser.
         """
         shared = shared_line(context)
-        keys = [(shared, action_line(candidate)) for candidate in candidates]
+        keys = [(shared, action_line(candidate, family=family)) for candidate in candidates]
         with self._lock:
             cache = self._residuals
             values = [cache.get(key) for key in keys]
@@ -368,14 +376,18 @@ class VWPolicy:
         return scores
 
     def _pmf_and_greedy(
-        self, context: DecisionContext, candidates: Sequence[Candidate], click_probabilities: Any
+        self,
+        context: DecisionContext,
+        candidates: Sequence[Candidate],
+        click_probabilities: Any,
+        scorer_version: str | None,
     ) -> tuple[np.ndarray, int]:
         scores = self._checked(candidates, click_probabilities)
         cost_config = self.config.cost
         values = model_values(candidates, scores, cost_config)
         top = _top_of_values(values, self.config.top_k)  # = top_k_indices, from the same values
         costs = costs_of_values(values[top], cost_config) + self.residuals(
-            context, [candidates[i] for i in top]
+            context, [candidates[i] for i in top], scorer_family(scorer_version)
         )
         if self.config.exploration is Exploration.SQUARECB:
             top_pmf = inverse_gap_pmf(costs, self.gamma)
@@ -391,9 +403,11 @@ class VWPolicy:
         context: DecisionContext,
         candidates: Sequence[Candidate],
         click_probabilities: Sequence[float] | np.ndarray,
+        scorer_version: str | None = None,
     ) -> np.ndarray:
-        """(N,) float64 pmf over all given candidates: exploring over the top-K, 0 elsewhere."""
-        return self._pmf_and_greedy(context, candidates, click_probabilities)[0]
+        """(N,) float64 pmf over all given candidates: exploring over the top-K, 0 elsewhere;
+        `scorer_version` is the scorer that gave `click_probabilities` (its family's residual)."""
+        return self._pmf_and_greedy(context, candidates, click_probabilities, scorer_version)[0]
 
     def choose(
         self,
@@ -401,9 +415,10 @@ class VWPolicy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         """Sample one candidate from `pmf`; the returned `Choice.pmf` is that exact pmf."""
-        pmf, greedy = self._pmf_and_greedy(context, candidates, click_probabilities)
+        pmf, greedy = self._pmf_and_greedy(context, candidates, click_probabilities, scorer_version)
         index = sample(pmf, rng)
         return Choice(
             pmf=tuple(pmf.tolist()),
@@ -460,6 +475,7 @@ class VWPolicy:
             record.context,
             [record.candidates[i] for i in top],
             labelled=(chosen_position, observed - float(predicted), min(probability, 1.0)),
+            family=scorer_family(record.scorer_version),
         )
 
     # -- persistence -----------------------------------------------------------------------

@@ -72,6 +72,7 @@ class Served:
     scores: np.ndarray
     context: DecisionContext
     decision_id: uuid.UUID
+    scorer_version: str  # of the scorer that gave `scores`, read before scoring (a swap may follow)
 
     @property
     def p_click(self) -> float:
@@ -240,9 +241,11 @@ class DecisionPipeline:
     ) -> Served:
         candidates = [entry.candidate for entry in eligible.creatives]
         started = time.perf_counter()
-        scores = await self._scores(context, candidates)
+        scorer = self.scorer
+        scorer_version = str(scorer.version)
+        scores = await self._scores(scorer, context, candidates)
         scored = time.perf_counter()
-        choice = self.policy.choose(context, candidates, scores, self.rng)
+        choice = self.policy.choose(context, candidates, scores, self.rng, scorer_version=scorer_version)
         observe_decision(
             "served",
             eligible.removed,
@@ -258,13 +261,13 @@ class DecisionPipeline:
             scores=scores,
             context=context,
             decision_id=uuid.uuid4(),
+            scorer_version=scorer_version,
         )
 
-    async def _scores(self, context: DecisionContext, candidates: list) -> np.ndarray:
+    async def _scores(self, scorer: Scorer, context: DecisionContext, candidates: list) -> np.ndarray:
         """Scores on the event loop when that is cheap (cached user and creatives: numpy only);
         otherwise in a worker thread, grouped with concurrent requests, so one forward pass
         (a new user's encoding, a new model's creative vectors) never stalls other requests."""
-        scorer = self.scorer
         prepared = getattr(scorer, "prepared", None)
         if prepared is None or prepared(context, candidates):
             return np.asarray(scorer.score(context, candidates), dtype=float)
@@ -304,7 +307,7 @@ class DecisionPipeline:
             campaign_id=served.chosen.campaign.id,
             propensity=served.choice.propensity,
             explored=served.choice.explored,
-            scorer_version=self.scorer.version,
+            scorer_version=served.scorer_version,
             policy_version=self.policy.version,
             reserved=reserved,
         )
@@ -401,7 +404,7 @@ class DecisionPipeline:
                     pmf=[float(p) for p in choice.pmf],
                     propensity=float(choice.propensity),
                     explored=bool(choice.explored),
-                    scorer_version=str(self.scorer.version),
+                    scorer_version=served.scorer_version,
                     policy_version=str(self.policy.version),
                     influential_events=influential,
                 ),

@@ -34,6 +34,7 @@ class EpsilonGreedyPolicy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         if not candidates:
             raise ValueError("cannot choose among zero candidates")

@@ -274,8 +274,9 @@ def run(
             if not candidates:
                 continue
             context = page.context(request, history_limit)
+            scorer_version = scorer.version
             scores = np.asarray(scorer.score(context, candidates), dtype=np.float64)
-            choice = policy.choose(context, candidates, scores, policy_rng)
+            choice = policy.choose(context, candidates, scores, policy_rng, scorer_version=scorer_version)
             truth = oracle.click_probabilities(user, slot.creative_ids, request.placement, page.ts)
             values = slot.revenue_per_click * truth + slot.revenue_per_impression
             chosen = candidates[choice.index]
@@ -287,7 +288,7 @@ def run(
             cols.record(i, page, request, choice, chosen, outcome, revenue, truth, values)
             if outcome_hooks:
                 decision = SimDecision(
-                    i, page, request, context, candidates, scores, choice, outcome, revenue, scorer.version
+                    i, page, request, context, candidates, scores, choice, outcome, revenue, scorer_version
                 )
                 for hook in outcome_hooks:
                     hook(decision, outcome.clicked)
@@ -441,6 +442,7 @@ class UniformRandomPolicy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         n = len(candidates)
         return Choice(pmf=(1.0 / n,) * n, index=int(rng.integers(n)), explored=True)
@@ -459,6 +461,7 @@ class GreedyPolicy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         target = (
             click_probabilities
@@ -483,9 +486,10 @@ class OraclePolicy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         truth = self._scorer.score(context, candidates)
-        return self._greedy.choose(context, candidates, truth, rng)
+        return self._greedy.choose(context, candidates, truth, rng, scorer_version=self._scorer.version)
 
 
 def _one_hot(n: int, index: int) -> tuple[float, ...]:

@@ -202,7 +202,7 @@ async def test_vw_serving_logs_the_vw_pmf_and_its_chosen_probability(world, data
             hour=context["hour"],
             position=row["position"],
         )
-        expected = policy.pmf(decision_context, candidates, list(row["scores"]))
+        expected = policy.pmf(decision_context, candidates, list(row["scores"]), row["scorer_version"])
         np.testing.assert_allclose(row["pmf"], expected, rtol=0, atol=1e-12)
         assert row["propensity"] == pytest.approx(float(expected[index]), abs=1e-12)
         policy.close()

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from adserve.bandit.features import (
+    COLD_START_FAMILY,
+    MODEL_FAMILY,
     action_line,
     ad_namespace,
     escape,
     example_lines,
     money_namespace,
     price_bucket,
+    scorer_family,
     shared_line,
     slot_namespace,
     visitor_namespace,
@@ -88,6 +91,17 @@ def test_shared_and_action_lines() -> None:
     )
     # the interest model's score is an offset added by the policy, never a VW feature
     assert action_line(CPM) == "|Ad creative=8 campaign=4 advertiser=2 |Money pricing=cpm bid:4"
+
+
+def test_each_scorer_family_has_its_own_action_namespaces() -> None:
+    assert scorer_family("empirical-ctr:1/100+lift1") == COLD_START_FAMILY
+    assert scorer_family("20261130T191208Z") == scorer_family("sim-0005000") == MODEL_FAMILY
+    assert scorer_family(None) == MODEL_FAMILY  # rows logged before versions were kept
+    cold = action_line(CPM, family=COLD_START_FAMILY)
+    assert cold == "|AdEmpirical creative=8 campaign=4 advertiser=2 |MoneyEmpirical pricing=cpm bid:4"
+    assert action_line(CPM) == action_line(CPM, family=MODEL_FAMILY) != cold
+    labelled = example_lines(CONTEXT, [CPC, CPM], labelled=(1, -0.004, 0.25), family=COLD_START_FAMILY)
+    assert labelled[2] == "0:-0.004:0.25 " + cold
 
 
 def test_example_lines_label_only_the_chosen_action() -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from adserve.bandit.features import COLD_START_FAMILY
 from adserve.bandit.policy import (
     CostConfig,
     Exploration,
@@ -193,6 +194,47 @@ def test_learning_maximises_revenue_not_click_through_rate() -> None:
     policy.learn(records)
     pmf = policy.pmf(DecisionContext(placement="p", now=5000.0), candidates, [0.15, 0.15])
     assert pmf[0] > pmf[1]
+
+
+def test_corrections_learned_against_the_cold_start_do_not_bend_a_trained_models_ranking() -> None:
+    """VW learns, against the empirical scorer, that creative 2 pays and the rest do not; the first
+    trained model's scores start from a zero residual (its own ranking), and the cold start's
+    corrections are still there when it serves again."""
+    cold_start = "empirical-ctr:1/100+lift10"
+    policy, candidates = VWPolicy(), [cpc(i, 1.0) for i in range(5)]
+    untrained = policy.pmf(CONTEXT, candidates, np.full(5, 0.05), "20261130T191208Z")
+    rng = np.random.default_rng(0)
+    records = []
+    for t in range(300):
+        chosen = int(rng.integers(5))
+        records.append(
+            LoggedDecision(
+                context=DecisionContext(
+                    placement="homepage-top", now=CONTEXT.now + t, device="mobile", hour=9
+                ),
+                candidates=tuple(candidates),
+                click_probabilities=(0.05,) * 5,
+                pmf=(0.2,) * 5,
+                chosen=chosen,
+                clicked=chosen == 2,
+                revenue=1.0 if chosen == 2 else 0.0,
+                scorer_version=cold_start,
+            )
+        )
+    policy.learn(records)
+    assert int(np.argmax(policy.pmf(CONTEXT, candidates, np.full(5, 0.05), cold_start))) == 2
+    model_scores = np.array([0.05, 0.05, 0.05, 0.05, 0.06])
+    trained_model = policy.pmf(CONTEXT, candidates, model_scores, "20261130T191208Z")
+    assert int(np.argmax(trained_model)) == 4  # the model's own best, not the cold start's
+    # the context's own weights are shared, but they shift every action alike: no ad is corrected
+    assert np.ptp(policy.residuals(CONTEXT, candidates)) < 1e-9
+    assert np.ptp(policy.residuals(CONTEXT, candidates, COLD_START_FAMILY)) > 0.05
+    # the same examples are a different example learned for the model family
+    assert (
+        policy.pmf(CONTEXT, candidates, np.full(5, 0.05), "20261130T191208Z").tolist() == untrained.tolist()
+    )
+    choice = policy.choose(CONTEXT, candidates, np.full(5, 0.05), rng, scorer_version=cold_start)
+    assert choice.pmf == tuple(policy.pmf(CONTEXT, candidates, np.full(5, 0.05), cold_start).tolist())
 
 
 def test_cost_is_minus_scaled_clipped_revenue() -> None:

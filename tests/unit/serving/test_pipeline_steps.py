@@ -45,7 +45,11 @@ class FixedScorer:
 class Greedy:
     version = "greedy"
 
-    def choose(self, context, candidates, scores, rng) -> Choice:
+    def __init__(self) -> None:
+        self.scorer_versions: list[str | None] = []
+
+    def choose(self, context, candidates, scores, rng, scorer_version=None) -> Choice:
+        self.scorer_versions.append(scorer_version)
         best = int(np.argmax(scores))
         return Choice(pmf=tuple(float(i == best) for i in range(len(candidates))), index=best)
 
@@ -113,6 +117,8 @@ async def test_choose_serves_the_policys_pick_among_the_eligible() -> None:
     served = await steps._choose(PLACEMENT, eligible, context)
     assert served.chosen is entries[1] and served.p_click == pytest.approx(0.3)
     assert list(served.scores) == pytest.approx([0.1, 0.3, 0.2]) and served.placement is PLACEMENT
+    # the policy learns its corrections per scorer family: it is told whose scores these are
+    assert steps.policy.scorer_versions == [served.scorer_version] == [steps.scorer.version]
 
 
 async def test_scores_needing_a_forward_pass_run_off_the_event_loop() -> None:
@@ -122,7 +128,7 @@ async def test_scores_needing_a_forward_pass_run_off_the_event_loop() -> None:
     for prepared, off_loop in ((True, False), (False, True), (None, False)):
         scorer = FixedScorer({1: 0.5}, prepared=prepared)
         steps = pipeline(scorer)
-        assert list(await steps._scores(context, candidates)) == [0.5]
+        assert list(await steps._scores(scorer, context, candidates)) == [0.5]
         assert (scorer.threads[-1] != loop_thread) is off_loop
         await steps.close()
 

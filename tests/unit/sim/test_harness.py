@@ -164,6 +164,7 @@ class _CategoryEpsilonGreedy:
         candidates: list[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
+        scorer_version: str | None = None,
     ) -> Choice:
         n = len(candidates)
         best = int(np.argmax(click_probabilities))
