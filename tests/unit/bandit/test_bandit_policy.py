@@ -43,8 +43,11 @@ def paid_click(candidates: list[Candidate], chosen: int, now: float) -> LoggedDe
     )
 
 
-def trained_policy(config: PolicyConfig | None = None, n: int = 300) -> tuple[VWPolicy, list[Candidate]]:
-    """A policy that has learned creative 2 pays and the others do not (non-uniform pmf)."""
+def trained_policy(
+    config: PolicyConfig | None = None, n: int = 300, scorer_version: str | None = None
+) -> tuple[VWPolicy, list[Candidate]]:
+    """A policy that has learned creative 2 pays and the others do not (non-uniform pmf), from
+    decisions served with `scorer_version`'s scores."""
     policy = VWPolicy(config)
     candidates = [cpc(i, 1.0) for i in range(5)]
     rng = np.random.default_rng(0)
@@ -63,6 +66,7 @@ def trained_policy(config: PolicyConfig | None = None, n: int = 300) -> tuple[VW
                 chosen=chosen,
                 clicked=clicked,
                 revenue=1.0 if clicked else 0.0,
+                scorer_version=scorer_version,
             )
         )
     assert policy.learn(records) == n
@@ -201,27 +205,9 @@ def test_corrections_learned_against_the_cold_start_do_not_bend_a_trained_models
     trained model's scores start from a zero residual (its own ranking), and the cold start's
     corrections are still there when it serves again."""
     cold_start = "empirical-ctr:1/100+lift10"
-    policy, candidates = VWPolicy(), [cpc(i, 1.0) for i in range(5)]
-    untrained = policy.pmf(CONTEXT, candidates, np.full(5, 0.05), "20261130T191208Z")
+    untrained = VWPolicy().pmf(CONTEXT, [cpc(i, 1.0) for i in range(5)], np.full(5, 0.05), "20261130T191208Z")
+    policy, candidates = trained_policy(scorer_version=cold_start)
     rng = np.random.default_rng(0)
-    records = []
-    for t in range(300):
-        chosen = int(rng.integers(5))
-        records.append(
-            LoggedDecision(
-                context=DecisionContext(
-                    placement="homepage-top", now=CONTEXT.now + t, device="mobile", hour=9
-                ),
-                candidates=tuple(candidates),
-                click_probabilities=(0.05,) * 5,
-                pmf=(0.2,) * 5,
-                chosen=chosen,
-                clicked=chosen == 2,
-                revenue=1.0 if chosen == 2 else 0.0,
-                scorer_version=cold_start,
-            )
-        )
-    policy.learn(records)
     assert int(np.argmax(policy.pmf(CONTEXT, candidates, np.full(5, 0.05), cold_start))) == 2
     model_scores = np.array([0.05, 0.05, 0.05, 0.05, 0.06])
     trained_model = policy.pmf(CONTEXT, candidates, model_scores, "20261130T191208Z")
@@ -229,7 +215,7 @@ def test_corrections_learned_against_the_cold_start_do_not_bend_a_trained_models
     # the context's own weights are shared, but they shift every action alike: no ad is corrected
     assert np.ptp(policy.residuals(CONTEXT, candidates)) < 1e-9
     assert np.ptp(policy.residuals(CONTEXT, candidates, COLD_START_FAMILY)) > 0.05
-    # the same examples are a different example learned for the model family
+    # for the model family the policy is still the untrained one
     assert (
         policy.pmf(CONTEXT, candidates, np.full(5, 0.05), "20261130T191208Z").tolist() == untrained.tolist()
     )
