@@ -282,7 +282,7 @@ def _validation_ndcg(
 
 
 def _fit_next_item(
-    model: InterestModel, split: LeaveOneOut, tc: TrainConfig, device: torch.device
+    model: InterestModel, split: LeaveOneOut, tc: TrainConfig, device: torch.device, warm_started: bool = False
 ) -> dict[str, Any]:
     rank, world = _world()
     cfg = model.cfg
@@ -295,7 +295,11 @@ def _fit_next_item(
         [p for p in objective.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
     order_rng = np.random.default_rng(tc.seed)
-    best_ndcg, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    # Epoch 0 is where training starts: a warm start is kept unless an epoch beats it on
+    # validation, so a retrain whose first Adam steps overshoot cannot hand the gate a version
+    # worse at next item than its parent (a ratchet the gate's tolerance would let through).
+    best_ndcg = _validation_ndcg(model, split, device, tc.eval_batch_size) if warm_started else -1.0
+    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
     trained_sequences, train_seconds, epoch = 0, 0.0, 0
     history: list[dict[str, float]] = []
@@ -383,7 +387,12 @@ def _bce(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _fit_click(
-    model: InterestModel, train: _ClickTable, val: _ClickTable, tc: TrainConfig, device: torch.device
+    model: InterestModel,
+    train: _ClickTable,
+    val: _ClickTable,
+    tc: TrainConfig,
+    device: torch.device,
+    warm_started: bool = False,
 ) -> dict[str, Any]:
     rank, world = _world()
     cfg = model.cfg
@@ -395,7 +404,9 @@ def _fit_click(
     optimiser = torch.optim.AdamW(local.head.parameters(), lr=tc.click_lr, weight_decay=tc.click_weight_decay)
     order_rng = np.random.default_rng(tc.seed + 1)
     val_labels = np.array([float(e.clicked) for e in val.examples])
-    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(local.head.state_dict())
+    # a warm-started head (epoch 0) stays unless an epoch beats it on validation
+    best_loss = _bce(_click_logits(local, val, cfg, device), val_labels) if warm_started else math.inf
+    best_epoch, best_state = 0, copy.deepcopy(local.head.state_dict())
     epoch = 0
     for epoch in range(1, tc.click_max_epochs + 1):
         local.head.train()
@@ -557,7 +568,7 @@ def train_interest(
         _warm_start(model, vocab, warm_start)
     model.to(device)
 
-    stats = _fit_next_item(model, split, tc, device)
+    stats = _fit_next_item(model, split, tc, device, warm_started=warm_start is not None)
     rankers = [
         InterestRanker(model, device),
         MostPopular(split.train, len(vocab)),
@@ -574,7 +585,7 @@ def train_interest(
     if len(clicks) >= 100 and labels == {True, False}:
         parts = split_click_examples(clicks)
         tables = tuple(_ClickTable.build(part, cfg) for part in parts)
-        stats |= _fit_click(model, tables[0], tables[1], tc, device)
+        stats |= _fit_click(model, tables[0], tables[1], tc, device, warm_started=warm_start is not None)
         model.eval()
         calibration, head_report = _click_report(model, tables, tc, device)
         scorer = _training_scorer(model, vocab, calibration, device)

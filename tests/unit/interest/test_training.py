@@ -98,6 +98,25 @@ def test_warm_start_carries_weights_and_moves_biases_with_item_ids(tiny_result, 
     assert torch.equal(model.encoder.events.item.weight, tiny_result.model.encoder.events.item.weight)
 
 
+def test_a_warm_started_retrain_never_returns_a_version_worse_than_its_parent(
+    tiny_result, tiny_checkpoint, tiny_world
+) -> None:
+    # learning rates this large wreck both stages within an epoch; the retrain must notice on
+    # validation and hand back its parent's weights rather than the best of its wrecked epochs
+    sequences, _, clicks = tiny_world
+    wrecking = replace(FAST, lr=5.0, click_lr=50.0)
+    retrained = train_interest(sequences, clicks, train_config=wrecking, warm_start=tiny_checkpoint)
+    stats = retrained.metrics["training"]
+    assert stats["best_epoch"] == 0 and stats["click_best_epoch"] == 0, stats
+    assert stats["val_ndcg@10"] == pytest.approx(tiny_result.metrics["training"]["val_ndcg@10"])
+    parent = tiny_result.model.state_dict()
+    for name, tensor in retrained.model.state_dict().items():
+        assert torch.equal(tensor, parent[name]), name
+    # the same wrecking rates from scratch have no parent to fall back on: their epochs are kept
+    scratch = train_interest(sequences, clicks, model_config=TINY, train_config=wrecking)
+    assert scratch.metrics["training"]["best_epoch"] >= 1
+
+
 def test_model_learns_sequences_better_than_popularity() -> None:
     # only user_id, item_id, timestamp: no category or type, as in a public interaction log
     sequences, _ = generate_behaviour(
