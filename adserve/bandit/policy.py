@@ -148,6 +148,9 @@ class PolicyConfig:
     interactions: tuple[str, ...] = ()
     seed: int = 0
     max_importance_weight: float = 1.0
+    # what VW regresses for a decision a trained model scored: this share of its residual (the
+    # empirical cold start's residual is learned whole); module docstring, "Two residuals"
+    model_residual_weight: float = 1.0
     cost: CostConfig = field(default_factory=CostConfig)
 
     def __post_init__(self) -> None:
@@ -161,6 +164,8 @@ class PolicyConfig:
             raise ValueError("gamma_initial and gamma_scale must be >= 0")
         if self.max_importance_weight < 1:
             raise ValueError(f"max_importance_weight must be >= 1, got {self.max_importance_weight}")
+        if not 0 <= self.model_residual_weight <= 1:
+            raise ValueError(f"model_residual_weight must be in [0, 1], got {self.model_residual_weight}")
 
     def vw_args(self) -> list[str]:
         """The VW command line of the residual regressor (without model-file arguments)."""
@@ -471,11 +476,15 @@ class VWPolicy:
         # VW weights the regression by 1 / probability: the logged propensity, floored so no
         # weight exceeds max_importance_weight (1: an unweighted regression, SquareCB's oracle)
         probability = max(record.propensity, 1.0 / self.config.max_importance_weight)
+        family = scorer_family(record.scorer_version)
+        residual = observed - float(predicted)
+        if family == MODEL_FAMILY:
+            residual *= self.config.model_residual_weight
         return example_lines(
             record.context,
             [record.candidates[i] for i in top],
-            labelled=(chosen_position, observed - float(predicted), min(probability, 1.0)),
-            family=scorer_family(record.scorer_version),
+            labelled=(chosen_position, residual, min(probability, 1.0)),
+            family=family,
         )
 
     # -- persistence -----------------------------------------------------------------------
