@@ -148,8 +148,8 @@ class PolicyConfig:
     interactions: tuple[str, ...] = ()
     seed: int = 0
     max_importance_weight: float = 1.0
-    # what VW regresses for a decision a trained model scored: this share of its residual (the
-    # empirical cold start's residual is learned whole); module docstring, "Two residuals"
+    # the share of VW's learned correction added to a trained model's costs (the empirical cold
+    # start's is added whole): shrinkage of a per-ad residual that is mostly noise at first
     model_residual_weight: float = 1.0
     cost: CostConfig = field(default_factory=CostConfig)
 
@@ -391,9 +391,11 @@ class VWPolicy:
         cost_config = self.config.cost
         values = model_values(candidates, scores, cost_config)
         top = _top_of_values(values, self.config.top_k)  # = top_k_indices, from the same values
-        costs = costs_of_values(values[top], cost_config) + self.residuals(
-            context, [candidates[i] for i in top], scorer_family(scorer_version)
-        )
+        family = scorer_family(scorer_version)
+        residuals = self.residuals(context, [candidates[i] for i in top], family)
+        if family == MODEL_FAMILY:
+            residuals = residuals * self.config.model_residual_weight
+        costs = costs_of_values(values[top], cost_config) + residuals
         if self.config.exploration is Exploration.SQUARECB:
             top_pmf = inverse_gap_pmf(costs, self.gamma)
         else:
@@ -476,15 +478,11 @@ class VWPolicy:
         # VW weights the regression by 1 / probability: the logged propensity, floored so no
         # weight exceeds max_importance_weight (1: an unweighted regression, SquareCB's oracle)
         probability = max(record.propensity, 1.0 / self.config.max_importance_weight)
-        family = scorer_family(record.scorer_version)
-        residual = observed - float(predicted)
-        if family == MODEL_FAMILY:
-            residual *= self.config.model_residual_weight
         return example_lines(
             record.context,
             [record.candidates[i] for i in top],
-            labelled=(chosen_position, residual, min(probability, 1.0)),
-            family=family,
+            labelled=(chosen_position, observed - float(predicted), min(probability, 1.0)),
+            family=scorer_family(record.scorer_version),
         )
 
     # -- persistence -----------------------------------------------------------------------

@@ -223,6 +223,29 @@ def test_corrections_learned_against_the_cold_start_do_not_bend_a_trained_models
     assert choice.pmf == tuple(policy.pmf(CONTEXT, candidates, np.full(5, 0.05), cold_start).tolist())
 
 
+def test_a_trained_models_correction_is_added_at_its_configured_share() -> None:
+    """model_residual_weight scales VW's correction to a trained model's costs before the pmf;
+    the cold start's correction is added whole whatever it is."""
+    model_version, cold_start = "20261130T191208Z", "empirical-ctr:1/100+lift1"
+    scores = np.full(5, 0.05)
+    pmfs = {}
+    for weight in (1.0, 0.25, 0.0):
+        config = PolicyConfig(model_residual_weight=weight)
+        model_taught, candidates = trained_policy(config, scorer_version=model_version)
+        # what VW learned does not depend on the share: only what is added to the costs
+        assert np.ptp(model_taught.residuals(CONTEXT, candidates)) > 0.05
+        pmfs[weight] = model_taught.pmf(CONTEXT, candidates, scores, model_version)
+        cold_taught, _ = trained_policy(config, scorer_version=cold_start)
+        assert int(np.argmax(cold_taught.pmf(CONTEXT, candidates, scores, cold_start))) == 2
+    untrained = VWPolicy().pmf(CONTEXT, candidates, scores, model_version)
+    assert pmfs[0.0].tolist() == untrained.tolist()  # the model's own ranking, explored alike
+    assert int(np.argmax(pmfs[1.0])) == int(np.argmax(pmfs[0.25])) == 2
+    # inverse-gap weighting: a quarter of the gap leaves the best action less of the mass
+    assert pmfs[0.0][2] < pmfs[0.25][2] < pmfs[1.0][2]
+    with pytest.raises(ValueError, match="model_residual_weight"):
+        PolicyConfig(model_residual_weight=1.5)
+
+
 def test_cost_is_minus_scaled_clipped_revenue() -> None:
     unit = CostConfig()
     assert cost_of(0.5, 0.0, unit) == -0.5
