@@ -282,7 +282,11 @@ def _validation_ndcg(
 
 
 def _fit_next_item(
-    model: InterestModel, split: LeaveOneOut, tc: TrainConfig, device: torch.device, warm_started: bool = False
+    model: InterestModel,
+    split: LeaveOneOut,
+    tc: TrainConfig,
+    device: torch.device,
+    warm_started: bool = False,
 ) -> dict[str, Any]:
     rank, world = _world()
     cfg = model.cfg
