@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from adserve.db.tables import UserEvent
-from tests.integration.conftest import _make_key, bearer
+from tests.integration.conftest import _make_key, bearer, decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide
 from tests.integration.serving.test_tracking import BROWSER, path_of
@@ -212,6 +212,7 @@ async def traffic(client, sessionmaker):
                     path_of(decision["click_url"]), headers=BROWSER, follow_redirects=False
                 )
                 assert click.status_code == 302
+    await decisions_logged(client)  # the CTR keys come from the decision rows, which are queued
     return tag, sides
 
 
