@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ class ServingModels:
     clicks: int
     train_s: float
     learn_s: float
+    promoted_by_hand: bool = False
 
 
 def _category_of(title: str, categories: tuple[str, ...]) -> str:
@@ -86,7 +88,7 @@ async def _logged_traffic(
     return served, clicks
 
 
-def _adserve(command: list[str], env: dict[str, str], root: Path) -> float:
+def _adserve(command: list[str], env: dict[str, str], root: Path) -> tuple[float, str]:
     started = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, "-m", "adserve", *command], cwd=root, env=env, capture_output=True, text=True
@@ -94,7 +96,21 @@ def _adserve(command: list[str], env: dict[str, str], root: Path) -> float:
     print(f"$ adserve {' '.join(command)}\n{completed.stdout.strip()}", flush=True)
     if completed.returncode != 0:
         raise RuntimeError(f"adserve {command[0]} failed:\n{completed.stderr[-3000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, completed.stdout
+
+
+def _promote_if_rejected(train_output: str, env: dict[str, str], root: Path) -> bool:
+    """The benchmark measures what serving a trained interest model costs, not whether this
+    small log beats the empirical scorer: the bench's 8,000 decisions leave the first model within
+    noise of it (log loss 0.1907 against 0.1913 in one run, rejected at 0.1814 against 0.1788 in
+    another). A version the gate rejected is promoted by hand, as an operator can, and the run
+    says so."""
+    rejected = re.search(r"^wrote \S+/models/interest/(\S+) \(rejected\)$", train_output, re.MULTILINE)
+    if rejected is None:
+        return False
+    reason = "serving benchmark: measures the cost of a trained model, not its quality"
+    _adserve(["models", "promote", "interest", rejected.group(1), "--reason", reason], env, root)
+    return True
 
 
 async def serving_status(port: int) -> dict:
@@ -117,8 +133,9 @@ async def warm_models(
     # clicks follow their impressions within a second here; training takes longer than this
     # window, so every logged decision's window has closed when `adserve learn` joins rewards
     job_env = {**env, "ADSERVE_BANDIT_REWARD_WINDOW_S": "5"}
-    train_s = _adserve(["train", "--epochs", "2", "--seed", str(seed)], job_env, root)
-    learn_s = _adserve(["learn", "--seed", str(seed)], job_env, root)
+    train_s, train_output = _adserve(["train", "--epochs", "2", "--seed", str(seed)], job_env, root)
+    promoted_by_hand = _promote_if_rejected(train_output, job_env, root)
+    learn_s, _ = _adserve(["learn", "--seed", str(seed)], job_env, root)
     deadline = time.monotonic() + 60
     while True:
         serving = await serving_status(port)
@@ -129,7 +146,7 @@ async def warm_models(
             raise RuntimeError(f"the trained models never served: {serving}")
         await asyncio.sleep(0.5)  # the server hot-swaps on its model poll; this waits for it
     print(f"serving: scorer {scorer}, policy {policy}", flush=True)
-    return ServingModels(scorer, policy, served, clicks, train_s, learn_s)
+    return ServingModels(scorer, policy, served, clicks, train_s, learn_s, promoted_by_hand)
 
 
 async def visit_every_user(port: int, users: int, request_body) -> float:
