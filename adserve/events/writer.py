@@ -4,7 +4,8 @@ Rows are tuples in the column order of `adserve.db.rows.columns` (`make_row` bui
 
 A table's rows gather in one batch that is flushed when it holds ``flush_rows`` rows or
 ``flush_ms`` after its first row, whichever comes first, or at once when a caller awaits
-durability (group commit); while every connection is committing, the next batch gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
+durability (group commit); while the table's one flush is in flight (`FLUSHES_PER_TABLE`), the
+next batch gathers. A flush copies the batch into a per-connection TEMP staging table and then runs
 ``INSERT … SELECT … ON CONFLICT DO NOTHING`` in the same transaction, so rows retried by a client or
 replayed from the spool are stored once. The COPY is Postgres's binary format encoded by
 `adserve.db.copy_binary` (asyncpg's own encoding for a value it does not write), and a flush is
@@ -104,6 +105,11 @@ WriteOutcome = Literal["stored", "spooled"]
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 4
+# One flush of a table at a time: what arrives meanwhile, awaited rows included, shares the next
+# COPY and commit. With a flush per connection, decisions that served frequency-capped campaigns
+# (each awaits its commit) went two to a transaction under load; Postgres's CPU per decision was
+# half the server's (BENCHMARKS.md "One flush of a table at a time").
+FLUSHES_PER_TABLE = 1
 CONNECT_TIMEOUT_S = 5.0
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
@@ -282,6 +288,7 @@ class _TableQueue:
         self.first_at = 0.0
         self.has_rows = asyncio.Event()
         self.full = asyncio.Event()
+        self.flushing = asyncio.Semaphore(FLUSHES_PER_TABLE)
 
     def take(self) -> _Batch:
         batch = _Batch(self.rows, self.waiters)
@@ -514,14 +521,16 @@ class LogWriter:
                     async with asyncio.timeout(delay):
                         await queue.full.wait()
             # Rows keep gathering while every connection is busy, making the next batch bigger.
+            await queue.flushing.acquire()
             await self._slots.acquire()
             task = asyncio.create_task(self._flush(table, queue.take()))
             self._inflight.add(task)
-            task.add_done_callback(self._flush_done)
+            task.add_done_callback(lambda done, queue=queue: self._flush_done(done, queue))
 
-    def _flush_done(self, task: asyncio.Task[None]) -> None:
+    def _flush_done(self, task: asyncio.Task[None], queue: _TableQueue) -> None:
         self._inflight.discard(task)
         self._slots.release()
+        queue.flushing.release()
 
     async def _flush(self, table: str, batch: _Batch) -> None:
         outcomes: list[_Result] | None = None

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from adserve.db.rows import columns, make_row
-from adserve.events.writer import RowsRejectedError, SpoolFullError
+from adserve.events.writer import WRITE_BARRIER_KEY, RowsRejectedError, SpoolFullError
 from tests.integration.events.rows import (
     UNREACHABLE_URL,
     click_row,
@@ -81,6 +81,30 @@ async def test_concurrent_writes_share_one_copy(make_writer, db):
     assert writer.counters.rows_written["user_events"] == len(rows)
     assert await count(db, "user_events", [row[0] for row in rows]) == len(rows)
     assert writer.pending == 0
+
+
+async def test_awaited_writes_that_arrive_during_a_flush_share_the_next_commit(make_writer, db):
+    """One flush of a table at a time: rows awaited while it is in flight gather into one more
+    COPY and commit instead of a transaction each."""
+    writer = await make_writer(flush_rows=10_000, flush_ms=600_000)
+    await db.execute("SELECT pg_advisory_lock($1)", WRITE_BARRIER_KEY)  # holds the first flush
+    try:
+        first = asyncio.create_task(writer.write("user_events", [event_row()]))
+        while not await db.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ):  # a condition: the first flush waits on the barrier
+            await asyncio.sleep(0.002)  # polling interval of a condition wait
+        later = []
+        for _ in range(5):
+            later.append(asyncio.create_task(writer.write("user_events", [event_row()])))
+            for _ in range(5):
+                await asyncio.sleep(0)  # loop turns, not time: a writer free to flush starts one here
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", WRITE_BARRIER_KEY)
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *later), GUARD_S)
+    assert outcomes == ["stored"] * 6
+    assert writer.counters.batches == 2
+    assert writer.counters.rows_written["user_events"] == 6
 
 
 async def test_flush_by_rows_does_not_wait_for_the_timer(make_writer, db):
