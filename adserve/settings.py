@@ -74,6 +74,8 @@ class ServingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     torch_threads: int = 1  # intra-op threads of a serving process's interest model passes
     model_poll_s: float = 5.0
     interest_precision: Literal["fp32", "int8"] = "fp32"
+    # candidates per decision the click head scores (the fusion's top by its other features); 0: all
+    click_head_shortlist: int = 32
 
 
 class WriterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -277,6 +279,11 @@ def _validate(settings: Settings) -> Settings:
     for name, value in positive.items():
         if value <= 0:
             raise SettingsError(f"{name} must be positive, got {value}")
+    if settings.serving.click_head_shortlist < 0:
+        raise SettingsError(
+            "serving.click_head_shortlist must be 0 (every candidate) or positive, "
+            f"got {settings.serving.click_head_shortlist}"
+        )
     if settings.server.rate_limit_per_minute < 0:
         raise SettingsError(
             f"server.rate_limit_per_minute must be 0 (none) or positive, got {settings.server.rate_limit_per_minute}"

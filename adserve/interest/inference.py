@@ -287,18 +287,28 @@ class ClickKernel:
 
     # --- per decision -----------------------------------------------------------------------------
 
-    def logits(self, block: CandidateBlock, user: UserView | None, context: DecisionContext) -> np.ndarray:
-        """(N,) click logits of the block's candidates for this user and context."""
+    def logits(
+        self,
+        block: CandidateBlock,
+        user: UserView | None,
+        context: DecisionContext,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N,) click logits of the block's candidates for this user and context; with `rows`,
+        of those candidates only (len(rows) logits, in that order)."""
         if user is None:
             keys = (self.null @ self.wk + self.bk)[None]
             values = (self.null @ self.wv + self.bv)[None]
             last = self.no_history
         else:
             keys, values, last = self._memory(user, context.now)
-        attended = _attention(block.query @ keys.T, values)  # (N, D)
+        query, creative, first_layer = block.query, block.creative, block.first_layer
+        if rows is not None:
+            query, creative, first_layer = query[rows], creative[rows], first_layer[rows]
+        attended = _attention(query @ keys.T, values)  # (N, D)
         hidden = attended @ self.w_attended  # in place from here: fewer (N, H1) temporaries
-        hidden += (block.creative * attended) @ self.w_product
-        hidden += block.first_layer
+        hidden += (creative * attended) @ self.w_product
+        hidden += first_layer
         hidden += self.context_vector(context) + last @ self.w_last
         np.maximum(hidden, 0.0, out=hidden)
         for i, (weight, bias) in enumerate(self.rest):

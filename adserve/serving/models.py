@@ -86,8 +86,12 @@ class ModelWatcher:
 
         try:
             if self.interest is None:
+                serving = self.settings.serving
                 holder: Any = await asyncio.to_thread(
-                    InterestScorerHolder, path, self.settings.serving.interest_precision
+                    InterestScorerHolder,
+                    path,
+                    serving.interest_precision,
+                    shortlist=serving.click_head_shortlist,
                 )
                 self.interest = holder
             else:

@@ -108,6 +108,7 @@ class CompareConfig:
     empirical_prior_clicks: float = 1.0
     empirical_prior_impressions: float = 100.0
     empirical_history_lift: float = 1.0
+    click_head_shortlist: int = 32  # serving.click_head_shortlist
     world: WorldConfig | None = None  # default: WorldConfig(seed=seed)
     click_model: ClickModel | None = None  # default: ClickModel()
 
@@ -129,6 +130,7 @@ class CompareConfig:
             "empirical_prior_clicks": settings.serving.ctr_prior_clicks,
             "empirical_prior_impressions": settings.serving.ctr_prior_impressions,
             "empirical_history_lift": settings.serving.history_lift,
+            "click_head_shortlist": settings.serving.click_head_shortlist,
         }
         return cls(**(values | overrides))
 
@@ -316,7 +318,9 @@ class _InterestTrainer:
         decision = verdict(evaluate_pair(path, self.last_path, sequences, examples, self.empirical))
         self.gate_reasons.append(f"{version}: {decision.reason}")
         if decision.promote:
-            interest = InterestScorer(path, device="cpu", cache_size=4_000)
+            interest = InterestScorer(
+                path, device="cpu", cache_size=4_000, shortlist=cfg.click_head_shortlist
+            )
             if interest.scores_ads:  # the serving rule (ModelWatcher): only a model fitted on impressions
                 self.scorer.current = interest
             self.last_path = path

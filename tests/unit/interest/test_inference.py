@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from adserve.domain import BehaviourEvent, DecisionContext, EventType
 from adserve.interest.inference import _attention
-from adserve.interest.scorer import InterestScorer
+from adserve.interest.scorer import DEFAULT_SHORTLIST, InterestScorer
+from adserve.settings import ServingSettings
 
 
 def _contexts(tiny_world) -> list[DecisionContext]:
@@ -132,3 +134,27 @@ def test_attention_with_one_shift_per_block_equals_a_per_row_softmax() -> None:
     attended = _attention(scores.copy(), values)
     assert np.isfinite(attended).all()
     np.testing.assert_allclose(attended, weights @ values, rtol=1e-5, atol=1e-6)
+
+
+def test_the_click_head_scores_only_the_candidates_the_fusion_ranks_highest_without_it(
+    tiny_checkpoint, tiny_world
+) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    size = len(creatives) // 3
+    assert 2 <= size < len(creatives)
+    for context in _contexts(tiny_world):
+        every = scorer.fusion_features(context, creatives, shortlist=0)
+        short = scorer.fusion_features(context, creatives, shortlist=size)
+        other_columns = [i for i in range(every.shape[1]) if i != 1]
+        np.testing.assert_array_equal(short[:, other_columns], every[:, other_columns])
+        without_click = every.copy()
+        without_click[:, 1] = 0.0
+        ranked = np.argsort(-(without_click @ np.asarray(scorer.fusion.weights)), kind="stable")
+        shortlist, rest = ranked[:size], ranked[size:]
+        np.testing.assert_allclose(short[shortlist, 1], every[shortlist, 1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(short[rest, 1], every[shortlist, 1].mean(), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(short[rest, 1], every[rest, 1])  # the rest were not scored: can fail
+    assert scorer.shortlist == DEFAULT_SHORTLIST == ServingSettings().click_head_shortlist
+    with pytest.raises(ValueError, match="shortlist"):
+        InterestScorer(tiny_checkpoint, shortlist=-1)

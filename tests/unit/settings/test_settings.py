@@ -48,6 +48,7 @@ def test_settings_are_frozen() -> None:
         ({"ADSERVE_DATABASE_URL": "mysql://x/y"}, "ADSERVE_DATABASE_URL"),
         ({"ADSERVE_SERVING_EPSILON": "1.5"}, "serving.epsilon"),
         ({"ADSERVE_SERVING_POLICY": "magic"}, "serving.policy"),
+        ({"ADSERVE_SERVING_CLICK_HEAD_SHORTLIST": "-1"}, "serving.click_head_shortlist"),
         ({"ADSERVE_SECRET_KEY": "short"}, "ADSERVE_SECRET_KEY"),
     ],
 )
