@@ -79,7 +79,11 @@ async def test_without_consent_history_is_not_used(client, slot, tenants: Tenant
     key, _ = slot
     admin = bearer(tenants.admin_key)
     user = f"nc-{uuid.uuid4().hex[:6]}"
-    baseline = await decide(client, key, user=user, consent=False, explain=True, headers=admin)
+    # each request without consent in its own session: the baseline may explore to the capped
+    # campaign, whose cap (keyed by the session) must not shrink the later request's candidates
+    baseline = await decide(
+        client, key, user=user, consent=False, session_id=f"{user}-a", explain=True, headers=admin
+    )
     favourite = "audio"
     events = [event(user, favourite, item=f"i{i}") for i in range(3)]
     assert (await client.post("/v1/events", json={"consent": True, "events": events})).json()["stored"] == 3
@@ -94,7 +98,9 @@ async def test_without_consent_history_is_not_used(client, slot, tenants: Tenant
     else:
         assert with_consent["creative"]["title"].startswith(favourite)
         assert with_consent["explanation"]["reasons"]
-    without = await decide(client, key, user=user, consent=False, explain=True, headers=admin)
+    without = await decide(
+        client, key, user=user, consent=False, session_id=f"{user}-b", explain=True, headers=admin
+    )
     # without consent the choice is drawn from exactly the baseline's distribution (the two
     # uncapped campaigns tie without history, so the sampled creative itself may differ)
     assert without["explanation"]["diagnostics"]["pmf"] == baseline["explanation"]["diagnostics"]["pmf"]
