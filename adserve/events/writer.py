@@ -520,7 +520,8 @@ class LogWriter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await queue.full.wait()
-            # Rows keep gathering while every connection is busy, making the next batch bigger.
+            # Rows keep gathering while the table's flush is in flight or every connection is
+            # busy, making the next batch bigger.
             await queue.flushing.acquire()
             await self._slots.acquire()
             task = asyncio.create_task(self._flush(table, queue.take()))
