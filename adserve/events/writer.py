@@ -503,9 +503,9 @@ class LogWriter:
         start = len(queue.rows)
         queue.rows.extend(rows)
         queue.waiters.append((start, len(queue.rows), future))
-        # Group commit: a caller waiting for durability is flushed at once (rows that arrive while
-        # every connection is busy still share the next COPY); write_nowait rows wait for
-        # flush_rows or flush_ms, whichever comes first.
+        # Group commit: a caller waiting for durability is flushed at once, or with the next COPY
+        # when the table's flush is in flight (rows that arrive meanwhile share it); write_nowait
+        # rows wait for flush_rows or flush_ms, whichever comes first.
         if future is not None or len(queue.rows) >= self._flush_rows:
             queue.full.set()
         self._pending += len(rows)
