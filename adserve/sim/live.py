@@ -237,9 +237,10 @@ class _Served:
     mean: float  # a uniform-random pick among them
     truth: dict[int, tuple[float, float]]  # sim creative id -> (P(click), expected revenue) here
     chosen_value: float = 0.0  # the served ad's expected revenue (bid × P(click) or CPM / 1000)
-    # (best, mean) P(click) and (best, mean) expected revenue among the creatives the service
-    # could serve (its row's candidate_ids); None until the row has been read
-    eligible: tuple[float, float, float, float] | None = None
+    # (best, mean) P(click), (best, mean) expected revenue and the P(click) of the revenue
+    # oracle's pick among the creatives the service could serve (its row's candidate_ids); None
+    # until the row has been read
+    eligible: tuple[float, float, float, float, float] | None = None
 
 
 class LiveDriver:
@@ -536,6 +537,7 @@ class LiveDriver:
                     sum(probabilities) / len(probabilities),
                     max(values),
                     sum(values) / len(values),
+                    max(truth, key=lambda pv: pv[1])[0],
                 )
 
     def _eligible_figures(self) -> str:
@@ -549,9 +551,9 @@ class LiveDriver:
         if not read:
             return " · eligible sets not read yet"
         expected = sum(s.chosen_p for s in read) / len(read)
-        best, mean, best_value, mean_value = (
+        best, mean, best_value, mean_value, revenue_oracle_p = (
             sum(s.eligible[i] for s in read) / len(read)  # type: ignore[index]
-            for i in range(4)
+            for i in range(5)
         )
         value = sum(s.chosen_value for s in read) / len(read)
         # CTR against the CTR oracle, and expected revenue per decision against the revenue
@@ -563,6 +565,7 @@ class LiveDriver:
             f"; revenue per decision {value:.4f} (oracle {best_value:.4f}, uniform {mean_value:.4f}), "
             f"{value / best_value if best_value else 0:.2f}× revenue oracle, "
             f"{value / mean_value if mean_value else 0:.2f}× uniform"
+            f"; the revenue oracle's CTR {revenue_oracle_p:.2%}, {revenue_oracle_p / best if best else 0:.2f}× oracle"
         )
 
     def line(self) -> str:

@@ -49,6 +49,7 @@ LINE = re.compile(
     r"uniform (?P<eligible_uniform>[\d.]+)%, expected [\d.]+× oracle, [\d.]+× uniform"
     r"; revenue per decision (?P<revenue>[\d.]+) \(oracle (?P<revenue_oracle>[\d.]+), "
     r"uniform (?P<revenue_uniform>[\d.]+)\), [\d.]+× revenue oracle, [\d.]+× uniform"
+    r"; the revenue oracle's CTR (?P<revenue_oracle_ctr>[\d.]+)%, [\d.]+× oracle"
     r"| · eligible sets not read[^·]*)?"
     r" · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
     r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
@@ -133,6 +134,8 @@ async def test_demo_driver_clicks_are_valid_and_its_progress_line_shows_what_ser
             # the same for expected revenue, judged against the revenue oracle of the same sets
             assert 0 < float(last["revenue_uniform"]) <= float(last["revenue_oracle"])
             assert float(last["revenue"]) <= float(last["revenue_oracle"])
+            # the revenue oracle's pick is one of the set's creatives: its CTR is at most the CTR oracle's
+            assert 0 < float(last["revenue_oracle_ctr"]) <= float(last["eligible_oracle"]), last.string
             assert last["objective"] == serving["policy"]["objective"] == settings.bandit.objective
             # what the pipeline serves, read from /ready's `serving` object
             assert (last["scorer"], last["scorer_version"]) == (
