@@ -73,8 +73,9 @@ EVENTS_PER_USER = 50
 # left the first interest model at chance (AUC 0.50-0.53) and the gate rejected it in one run of
 # two, and then the benchmark measured nothing.
 FAVOURITE_SHARE = 0.4
-# Every campaign carries a frequency cap (one that never binds), so every serve waits for its
-# decision row's commit, whichever creative the trained model prefers: with caps on 5 campaigns of
+# Every campaign carries a frequency cap (one that never binds), so every serve publishes its serve
+# to the serving processes before it answers, whichever creative the trained model prefers (until
+# that publication, every serve waited for its row's commit): with caps on 5 campaigns of
 # 20 the share of capped serves followed the model (0 % to 99 % between runs of the same code) and
 # moved a decision's cost by a third.
 CAPPED_EVERY = 1
@@ -306,7 +307,7 @@ class WrkResult:
     postgres_cpu_ms: float | None = None  # every local postgres process's CPU time per request
     commits_per_request: float | None = None  # transactions the bench database committed per request
     capped_share: float | None = (
-        None  # decisions that served a frequency-capped campaign (waited for their commit)
+        None  # decisions that served a frequency-capped campaign (published the serve before answering)
     )
 
 
@@ -700,7 +701,7 @@ class Report:
             f"| transactions committed per request under that load (`pg_stat_database`) | "
             f"{_mean_of((p.commits_per_request for p, _ in self.rounds), '', 2)} | "
             f"{_mean_of((d.commits_per_request for _, d in self.rounds), '', 2)} | |",
-            f"| decisions that served a frequency-capped campaign (each waits for its commit) | | "
+            f"| decisions that served a frequency-capped campaign (each publishes its serve before answering) | | "
             f"{_mean_of((100 * d.capped_share for _, d in self.rounds if d.capped_share is not None), '%', 0)} | |",
             f"| latency at a fixed {lat.rate:g} req/s, open loop, {lat.sent:,} requests, p50 / p99 "
             f"| {plat.percentile(50):.1f} / {plat.percentile(99):.1f} ms "

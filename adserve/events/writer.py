@@ -165,9 +165,9 @@ class RowsRejectedError(LogWriteError):
 
 _BARRIER_SQL = f"SELECT pg_advisory_xact_lock_shared({WRITE_BARRIER_KEY})"
 # Decision rows commit without waiting for Postgres's WAL flush: the commit is visible at once
-# (and notifies every process of a capped serve), but a crash of Postgres itself can lose the
-# last few hundred ms of them (3 × wal_writer_delay). A serve of a capped campaign waits for its
-# commit, and in the mission path that was most serves: the WAL fsync was most of their latency.
+# (and notifies every process of a capped serve again: the serving process published it before
+# answering), but a crash of Postgres itself can lose the last few hundred ms of them
+# (3 × wal_writer_delay). A capped serve whose publication failed waits for this commit.
 # Money (impressions, clicks, conversions) and behaviour events keep the durable commit.
 ASYNC_COMMIT_TABLES = frozenset({"decisions"})
 # A stage table is emptied by DELETE at the start of each transaction that uses it; DELETE leaves

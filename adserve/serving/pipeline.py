@@ -139,7 +139,7 @@ class DecisionPipeline:
         logged_context = _loggable_context(request, now.hour)
         decisions: list[PlacementDecision] = []
         rows: list[tuple] = []
-        capped_serve = False
+        capped_serves: list[tuple[str, int, datetime]] = []
         chosen_campaigns: set[int] = set()
         for placement in placements:
             if chosen_campaigns:  # (dataclasses.replace costs more than the rules of one campaign)
@@ -163,11 +163,11 @@ class DecisionPipeline:
             reserved = expected_cost(served.chosen.campaign, served.p_click)
             self.reservations.add(served.chosen.campaign.id, reserved)
             if served.chosen.campaign.frequency_cap:
-                capped_serve = True
+                capped_serves.append((user_key, served.chosen.campaign.id, now))
                 self.user_states.record_serve(user_key, served.chosen.campaign.id, now)
             rows.append(self._log_row(served, request_id, user_key, logged_context, reserved, now))
             decisions.append(self._placement_decision(served, user_key, now, request.explain))
-        await self._log(rows, capped_serve)
+        await self._log(rows, capped_serves)
         return DecisionResponse(request_id=request_id, decisions=decisions)
 
     async def _prepare_user(self, user_key: str, state: UserState) -> None:
@@ -312,20 +312,25 @@ class DecisionPipeline:
             reserved=reserved,
         )
 
-    async def _log(self, rows: list[tuple], capped_serve: bool) -> None:
+    async def _log(self, rows: list[tuple], capped_serves: list[tuple[str, int, datetime]]) -> None:
         """The decision log's contract (README "What a served decision's log row is guaranteed"):
 
         - Postgres reachable: the rows are queued and the response does not wait; the writer
           commits them within `writer.flush_ms` (plus the commit), or spools them if Postgres
           drops meanwhile. They are lost only if the process dies inside that window.
-        - A decision that serves a frequency-capped campaign waits for the commit, whose
-          notification tells every other process of the serve before this one answers.
+        - A decision that serves a frequency-capped campaign first tells every other serving
+          process of the serve (one NOTIFY, shared with the serves of concurrent decisions), so
+          a cap holds across processes from the moment this one answers; its row follows as
+          above. Where the notification cannot be sent, it waits for the row's commit instead,
+          whose own notification tells them.
         - Postgres unreachable: the response waits for the fsync'd spool, and a full spool is a
           503 with nothing served (no ad without its row).
         """
         if not rows:
             return
-        if capped_serve or not self.writer.online:
+        if not self.writer.online or (
+            capped_serves and not await self.user_states.publish_serves(capped_serves)
+        ):
             await self.writer.write("decisions", rows)
         else:
             self.writer.write_nowait("decisions", rows)

@@ -10,16 +10,22 @@ Postgres itself: the log writer publishes, in the transaction that commits them,
 - `s <user_key> <campaign_id> <epoch_us>` for every decision that served a capped campaign:
   every process adds the serve to its copy.
 
+A decision that serves a capped campaign does not wait for its row's commit: the serving process
+publishes the `s` line itself (`publish_serves`, one NOTIFY shared by the serves of concurrent
+decisions) before it answers, and the row follows within the writer's flush window. Until then
+the row is not in Postgres, so a process keeps the serves it hears of for users it holds no
+entry for (`PENDING_SERVE_S`) and adds them to the user's next load.
+
 A process adds its own serves at decision time. The guarantee: a decision sees every change
-another process committed before the decision arrived. Postgres signals the listening sessions
-at commit, before the writing process answers its client, and sends a session's notifications
-before the answer to its next query; so before a decision reads a kept entry, a round trip on the
-LISTEN connection (`SELECT 1`, one shared by every decision that arrived while the previous one
-was out) brings in whatever was committed until then. Where that round trip takes longer than
-`SYNC_TIMEOUT_S` (Postgres stalled) the decision uses what it has. An entry is never older than
-`max_age_s` (a missed notification heals by then), and every entry is dropped when the LISTEN
-connection is lost. A load that overlaps a notification about the same user is used once but
-not kept.
+another process committed or published before the decision arrived. Postgres signals the
+listening sessions at commit, before the writing process answers its client, and sends a
+session's notifications before the answer to its next query; so before a decision reads a kept
+entry, or loads one with capped campaigns in play, a round trip on the LISTEN connection
+(`SELECT 1`, one shared by every decision that arrived while the previous one was out) brings in
+whatever was committed until then. Where that round trip takes longer than `SYNC_TIMEOUT_S`
+(Postgres stalled) the decision uses what it has. An entry is never older than `max_age_s` (a
+missed notification heals by then), and every entry is dropped when the LISTEN connection is
+lost. A load that overlaps a notification about the same user is used once but not kept.
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ log = logging.getLogger(__name__)
 USER_STATE_CHANNEL = "adserve_user_state"
 MAX_REFRESHING = 64  # users refreshed at event time at once; beyond, their next decision loads them
 SYNC_TIMEOUT_S = 0.05  # a decision waits this long at most for the LISTEN connection's round trip
+# A published serve's row is committed within the writer's flush window (200 ms by default); the
+# serves heard of for users without an entry are kept far longer, for a writer that is slow.
+PENDING_SERVE_S = 60.0
+PUBLISH_TIMEOUT_S = 1.0  # beyond this a decision waits for its row's commit instead
+NOTIFY_LINES = 100  # serves per notification (Postgres caps a payload at 8,000 bytes)
 EVENT_TYPES = {member.value: member for member in EventType}  # a dict lookup; Enum() is slow
 
 # Bounded in time so Postgres reads only the partitions of the last `history_days` days.
@@ -91,6 +102,20 @@ def _epoch_us(ts: datetime) -> int:
     return round(ts.timestamp() * 1_000_000)
 
 
+def _serve_line(user_key: str, campaign_id: int, ts: datetime) -> str:
+    return f"s {user_key} {campaign_id} {_epoch_us(ts)}"
+
+
+def _notify_sql(lines: list[str]) -> str:
+    """One simple-query round trip: the notifications in a transaction of their own that does not
+    wait for its WAL flush (a lost notification costs a cap at most one serve, as a crash would).
+    The lines are literals: user keys are hex digests, and quotes are doubled all the same."""
+    payloads = ("\n".join(lines[i : i + NOTIFY_LINES]) for i in range(0, len(lines), NOTIFY_LINES))
+    quoted = (payload.replace("'", "''") for payload in payloads)
+    notify = [f"SELECT pg_notify('{USER_STATE_CHANNEL}', '{payload}')" for payload in quoted]
+    return ";".join(["BEGIN", "SET LOCAL synchronous_commit = off", *notify, "COMMIT"])
+
+
 class UserStateCache:
     def __init__(
         self,
@@ -121,6 +146,11 @@ class UserStateCache:
         # called with (user_key, state) after a refresh at event time; the pipeline sets it
         self.prepare: Callable[[str, UserState], Awaitable[None]] | None = None
         self._refreshing: set[str] = set()
+        # serves heard of for users without an entry: user key -> (heard at, {campaign: {µs: ts}})
+        self._pending: OrderedDict[str, tuple[float, dict[int, dict[int, datetime]]]] = OrderedDict()
+        self._publish_next: tuple[list[str], asyncio.Future[bool]] | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        self.published = 0  # notifications sent by publish_serves (round trips)
 
     @property
     def _listener_pid(self) -> int | None:
@@ -130,9 +160,10 @@ class UserStateCache:
     # --- reading ----------------------------------------------------------------------------------
 
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
-        if (with_history or capped) and user_key in self._entries:
-            # a notification on its way may drop or change the entry (a user without consent and
-            # no capped campaign in play: nothing in it is read, nothing to wait for)
+        if capped or (with_history and user_key in self._entries):
+            # a notification on its way may drop or change the entry, or tell of a serve whose
+            # row is not committed yet (a user without consent and no capped campaign in play:
+            # nothing in it is read, nothing to wait for)
             await self._caught_up()
         entry = self._entries.get(user_key)
         if entry is not None and self._fits(entry, with_history, capped, since):
@@ -144,6 +175,7 @@ class UserStateCache:
         if loaded is None:
             return UserState(history=(), served=None)
         self.loads += 1
+        self._add_pending(user_key, loaded)
         if self._connected.is_set() and started >= self._floor and self._touched.get(user_key, -1) <= started:
             self._entries[user_key] = loaded
             self._entries.move_to_end(user_key)
@@ -231,9 +263,71 @@ class UserStateCache:
 
     def record_serve(self, user_key: str, campaign_id: int, ts: datetime) -> None:
         """This process served a capped campaign to the user."""
+        self._add_serve(user_key, campaign_id, _epoch_us(ts), ts)
+
+    def _add_serve(self, user_key: str, campaign_id: int, epoch_us: int, ts: datetime) -> None:
+        """To the user's entry, or, without one, to the serves their next load adds (the row
+        may not be committed yet)."""
         entry = self._entries.get(user_key)
         if entry is not None:
-            entry.served.setdefault(campaign_id, {})[_epoch_us(ts)] = ts
+            entry.served.setdefault(campaign_id, {})[epoch_us] = ts
+            return
+        now = time.monotonic()
+        _, served = self._pending.pop(user_key, (now, {}))
+        served.setdefault(campaign_id, {})[epoch_us] = ts
+        self._pending[user_key] = (now, served)
+        while self._pending:
+            heard, _ = next(iter(self._pending.values()))
+            if now - heard <= PENDING_SERVE_S and len(self._pending) <= self.max_users:
+                break
+            self._pending.popitem(last=False)
+
+    def _add_pending(self, user_key: str, entry: _Entry) -> None:
+        pending = self._pending.get(user_key)
+        if pending is None or time.monotonic() - pending[0] > PENDING_SERVE_S:
+            return
+        since_us = _epoch_us(entry.since)
+        for campaign, times in pending[1].items():
+            if campaign in entry.campaigns:
+                for epoch_us, ts in times.items():
+                    if epoch_us > since_us:
+                        entry.served.setdefault(campaign, {})[epoch_us] = ts
+
+    async def publish_serves(self, serves: list[tuple[str, int, datetime]]) -> bool:
+        """Tells every serving process (this one included) of capped serves whose rows are not
+        committed yet; True once Postgres has delivered the notification, False where it could not
+        be sent (the caller then waits for the rows' commit). Serves that arrive while a
+        notification is out share the next one."""
+        if not serves:
+            return True
+        loop = asyncio.get_running_loop()
+        if self._publish_next is None:
+            self._publish_next = ([], loop.create_future())
+        lines, sent = self._publish_next
+        lines.extend(_serve_line(*serve) for serve in serves)
+        if self._publishing is None:
+            self._publishing = asyncio.create_task(self._publish_rounds())
+        return await asyncio.shield(sent)  # a cancelled decision must not cancel the others' round
+
+    async def _publish_rounds(self) -> None:
+        try:
+            while self._publish_next is not None:
+                (lines, sent), self._publish_next = self._publish_next, None
+                try:
+                    async with self.pool.acquire(timeout=PUBLISH_TIMEOUT_S) as connection:
+                        await connection.execute(_notify_sql(lines), timeout=PUBLISH_TIMEOUT_S)
+                    self.published += 1
+                    outcome = True
+                except Exception:
+                    log.warning("publishing capped serves failed; their decisions wait for the commit")
+                    outcome = False
+                if not sent.done():
+                    sent.set_result(outcome)
+        finally:
+            self._publishing = None
+            if self._publish_next is not None and not self._publish_next[1].done():
+                self._publish_next[1].set_result(False)  # cancelled meanwhile
+            self._publish_next = None
 
     def forget(self, user_key: str) -> None:
         """This process changed the user's behaviour (the notification follows; do not wait)."""
@@ -259,10 +353,8 @@ class UserStateCache:
             elif kind == "s":
                 user_key, campaign, epoch_us = rest.rsplit(" ", 2)
                 self._touch(user_key)
-                entry = self._entries.get(user_key)
-                if entry is not None:
-                    ts = datetime.fromtimestamp(int(epoch_us) / 1_000_000, UTC)
-                    entry.served.setdefault(int(campaign), {})[int(epoch_us)] = ts
+                ts = datetime.fromtimestamp(int(epoch_us) / 1_000_000, UTC)
+                self._add_serve(user_key, int(campaign), int(epoch_us), ts)
 
     def _refresh_soon(self, user_key: str, entry: _Entry) -> None:
         """Encode at event time: a user this process was serving changed their behaviour, so
@@ -288,6 +380,7 @@ class UserStateCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._pending.clear()
         self._touched.clear()
         self._floor = self._epoch = self._epoch + 1
 
@@ -304,6 +397,10 @@ class UserStateCache:
     async def close(self) -> None:
         self.prepare = None
         await self._stop_syncing()
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

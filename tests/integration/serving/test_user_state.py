@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from adserve.db.engine import asyncpg_dsn
+from adserve.events.writer import WRITE_BARRIER_KEY
 from adserve.serving.user_state import UserStateCache
 from adserve.signing.identity import UserKeys
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
@@ -95,23 +96,64 @@ async def test_a_capped_serve_reaches_the_other_process_without_a_read(
     )
     decision = response.json()["decisions"][0]
     assert decision["creative"]["campaign_id"] == campaign
-    # a capped serve is committed before the answer: the row is there without waiting
-    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
-    try:
-        stored = await connection.fetchval(
-            "SELECT count(*) FROM decisions WHERE id = $1", uuid.UUID(decision["decision_id"])
-        )
-    finally:
-        await connection.close()
-    assert stored == 1
-
-    def heard() -> bool:
-        entry = other_process._entries.get(user_key)
-        return entry is not None and len(entry.served.get(campaign, {})) == 1
-
-    await until(heard)
+    # the serve was published before the answer: the other process's next decision sees it,
+    # from memory (its catch-up round trip brings the notification in)
     after = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
     assert len(after.served[campaign]) == 1 and other_process.loads == loads
+    # and the row follows within the flush window; its commit's own notification repeats the
+    # serve, which counts once
+    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        decision_id = uuid.UUID(decision["decision_id"])
+        answered = time.monotonic()
+        while not await connection.fetchval("SELECT count(*) FROM decisions WHERE id = $1", decision_id):
+            assert time.monotonic() - answered < settings.writer.flush_ms / 1000 + 2.0, "row not logged"
+            await asyncio.sleep(0.01)  # polling interval of a condition wait
+    finally:
+        await connection.close()
+    again = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
+    assert len(again.served[campaign]) == 1 and other_process.loads == loads
+
+
+async def test_a_capped_serve_whose_row_is_not_committed_yet_caps_a_user_the_other_process_never_saw(
+    client, sessionmaker, other_process, settings, database_url
+) -> None:
+    """The serve's notification comes before its row: a process without an entry for the user
+    keeps the serve and adds it to the user's load, which cannot find the row yet."""
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        campaign = await builder.campaign(
+            "capped-unseen", bid=9.0, frequency_cap={"impressions": 1, "window_s": 3600}
+        )
+        key = await builder.placement("state-cap-unseen")
+    await wait_for_placement(client, key)
+    user = f"unseen-{uuid.uuid4().hex[:8]}"
+    user_key = UserKeys(settings.secret_key).consented(user)
+    # the erasure barrier held exclusively: every writer transaction waits, so no row commits
+    barrier = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        await barrier.execute("BEGIN")
+        await barrier.execute("SELECT pg_advisory_xact_lock($1)", WRITE_BARRIER_KEY)
+        response = await client.post(
+            "/v1/decisions", json={"user_id": user, "consent": True, "placements": [key]}
+        )
+        decision = response.json()["decisions"][0]
+        assert decision["creative"]["campaign_id"] == campaign
+        stored = await barrier.fetchval(
+            "SELECT count(*) FROM decisions WHERE id = $1", uuid.UUID(decision["decision_id"])
+        )
+        assert stored == 0  # answered before its row was committed
+        assert user_key not in other_process._entries
+        state = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
+        assert len(state.served[campaign]) == 1
+        # the serving process's own next decision for the user: the cap (1) holds there too
+        again = await client.post(
+            "/v1/decisions", json={"user_id": user, "consent": True, "placements": [key]}
+        )
+        assert again.json()["decisions"][0]["creative"] is None
+    finally:
+        await barrier.execute("COMMIT")
+        await barrier.close()
 
 
 async def test_a_lost_listen_connection_forgets_every_user(other_process, database_url) -> None:

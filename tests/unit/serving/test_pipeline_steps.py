@@ -67,12 +67,25 @@ class RecordingWriter:
         self.calls.append(("queued", table, len(rows)))
 
 
-def pipeline(scorer=None, writer=None) -> DecisionPipeline:
+class ServePublisher:
+    """The user state's `publish_serves`: records what it was asked to publish."""
+
+    def __init__(self, delivered: bool = True) -> None:
+        self.delivered = delivered
+        self.published: list[list[tuple]] = []
+        self.prepare = None
+
+    async def publish_serves(self, serves) -> bool:
+        self.published.append(list(serves))
+        return self.delivered
+
+
+def pipeline(scorer=None, writer=None, user_states=None) -> DecisionPipeline:
     return DecisionPipeline(
         catalog=None,
         scorer=scorer or FixedScorer({}),
         policy=Greedy(),
-        user_states=None,
+        user_states=user_states,
         writer=writer or RecordingWriter(),
         signer=None,
         user_keys=None,
@@ -133,14 +146,29 @@ async def test_scores_needing_a_forward_pass_run_off_the_event_loop() -> None:
         await steps.close()
 
 
+SERVE = ("user-key", 3, NOW)
+
+
 @pytest.mark.parametrize(
-    ("capped", "online", "expected"),
-    [(False, True, "queued"), (True, True, "awaited"), (False, False, "awaited")],
+    ("capped", "online", "delivered", "expected", "published"),
+    [
+        (False, True, True, "queued", []),
+        # a capped serve is published to every serving process; its row follows without a wait
+        (True, True, True, "queued", [[SERVE]]),
+        # a publication that failed: the decision waits for the row's commit, which notifies
+        (True, True, False, "awaited", [[SERVE]]),
+        (False, False, True, "awaited", []),
+        (True, False, True, "awaited", []),
+    ],
 )
-async def test_the_log_waits_only_for_capped_serves_or_the_spool(capped, online, expected) -> None:
-    writer = RecordingWriter(online=online)
-    await pipeline(writer=writer)._log([("row",)], capped_serve=capped)
+async def test_the_log_waits_only_for_an_unpublished_capped_serve_or_the_spool(
+    capped, online, delivered, expected, published
+) -> None:
+    writer, publisher = RecordingWriter(online=online), ServePublisher(delivered)
+    steps = pipeline(writer=writer, user_states=publisher)
+    await steps._log([("row",)], [SERVE] if capped else [])
     assert writer.calls == [(expected, "decisions", 1)]
+    assert publisher.published == published
     writer.calls.clear()
-    await pipeline(writer=writer)._log([], capped_serve=capped)
+    await steps._log([], [SERVE] if capped else [])
     assert writer.calls == []
