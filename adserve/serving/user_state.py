@@ -106,14 +106,16 @@ def _serve_line(user_key: str, campaign_id: int, ts: datetime) -> str:
     return f"s {user_key} {campaign_id} {_epoch_us(ts)}"
 
 
-def _notify_sql(lines: list[str]) -> str:
-    """One simple-query round trip: the notifications in a transaction of their own that does not
-    wait for its WAL flush (a lost notification costs a cap at most one serve, as a crash would).
-    The lines are literals: user keys are hex digests, and quotes are doubled all the same."""
-    payloads = ("\n".join(lines[i : i + NOTIFY_LINES]) for i in range(0, len(lines), NOTIFY_LINES))
-    quoted = (payload.replace("'", "''") for payload in payloads)
-    notify = [f"SELECT pg_notify('{USER_STATE_CHANNEL}', '{payload}')" for payload in quoted]
-    return ";".join(["BEGIN", "SET LOCAL synchronous_commit = off", *notify, "COMMIT"])
+# One round trip for any number of serves, in a transaction that does not wait for its WAL flush
+# (a notification lost to a crash of Postgres costs a cap at most one serve, as a crash would).
+PUBLISH_SQL = (
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, payload) "
+    "FROM unnest($2::text[]) AS payload"
+)
+
+
+def _payloads(lines: list[str]) -> list[str]:
+    return ["\n".join(lines[i : i + NOTIFY_LINES]) for i in range(0, len(lines), NOTIFY_LINES)]
 
 
 class UserStateCache:
@@ -315,7 +317,9 @@ class UserStateCache:
                 (lines, sent), self._publish_next = self._publish_next, None
                 try:
                     async with self.pool.acquire(timeout=PUBLISH_TIMEOUT_S) as connection:
-                        await connection.execute(_notify_sql(lines), timeout=PUBLISH_TIMEOUT_S)
+                        await connection.execute(
+                            PUBLISH_SQL, USER_STATE_CHANNEL, _payloads(lines), timeout=PUBLISH_TIMEOUT_S
+                        )
                     self.published += 1
                     outcome = True
                 except Exception:

@@ -270,3 +270,25 @@ async def test_a_decision_that_reads_nothing_of_the_user_makes_no_round_trip(oth
     assert other_process.syncs == syncs + 1
     await other_process.get(user_key, False, [7], since)  # a capped campaign in play
     assert other_process.syncs == syncs + 2
+
+
+async def test_serves_published_at_once_reach_another_process_whatever_their_number(
+    other_process, database_url
+) -> None:
+    """250 serves in one publication: one round trip, split into notifications Postgres accepts
+    (a payload holds under 8,000 bytes), every serve heard by a process that never saw the users."""
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=2)
+    publisher = UserStateCache(pool, history_length=50)
+    try:
+        now = datetime.now(UTC)
+        users = [f"{uuid.uuid4().hex}" for _ in range(250)]
+        published = publisher.published
+        assert await publisher.publish_serves([(user, 42, now) for user in users])
+        assert publisher.published == published + 1
+        await until(lambda: all(user in other_process._pending for user in users))
+        state = await other_process.get(users[-1], False, [42], now - SINCE)
+        assert [t.timestamp() for t in state.served[42]] == pytest.approx([now.timestamp()])
+        assert (await other_process.get(users[0], False, [7], now - SINCE)).served == {}  # another campaign
+    finally:
+        await publisher.close()
+        await pool.close()
