@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import asyncpg
+
 from adserve.domain import BehaviourEvent, EventType
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    import asyncpg
 
 __all__ = ["USER_STATE_CHANNEL", "UserState", "UserStateCache"]
 
@@ -156,8 +156,16 @@ class UserStateCache:
 
     @property
     def _listener_pid(self) -> int | None:
-        """The LISTEN connection's backend, while it holds."""
-        return None if self._listener is None else self._listener.get_server_pid()
+        """The LISTEN connection's backend, while it holds. A connection that closes is taken
+        back by its pool at once, and its termination listener, which ends our hold, runs a loop
+        turn later: in between the proxy refuses every call."""
+        listener = self._listener
+        if listener is None:
+            return None
+        try:
+            return listener.get_server_pid()
+        except asyncpg.InterfaceError:
+            return None
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -292,3 +292,20 @@ async def test_serves_published_at_once_reach_another_process_whatever_their_num
     finally:
         await publisher.close()
         await pool.close()
+
+
+async def test_a_listen_connection_the_pool_took_back_has_no_backend(database_url) -> None:
+    """asyncpg's pool takes a closed connection back at once, a loop turn before the termination
+    listener that ends the cache's hold runs: in between the hold reads as no connection, not as
+    an error (CI once failed here while the LISTEN connection was being replaced)."""
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=1)
+    cache = UserStateCache(pool, history_length=50)
+    try:
+        connection = await pool.acquire()
+        cache._listener = connection
+        assert cache._listener_pid == connection.get_server_pid()
+        await pool.release(connection)
+        assert cache._listener_pid is None
+    finally:
+        cache._listener = None
+        await pool.close()
