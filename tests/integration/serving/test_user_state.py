@@ -54,6 +54,32 @@ def event(user: str, category: str) -> dict:
     }
 
 
+async def capped_placement(sessionmaker, client, name: str, impressions: int) -> tuple[int, str]:
+    """A placement whose only campaign is capped at `impressions` an hour: (campaign, placement key)."""
+    async with sessionmaker() as session:
+        builder = CatalogBuilder(session)
+        campaign = await builder.campaign(
+            name, bid=9.0, frequency_cap={"impressions": impressions, "window_s": 3600}
+        )
+        key = await builder.placement(f"{name}-slot")
+    await wait_for_placement(client, key)
+    return campaign, key
+
+
+async def row_logged_within_the_flush_window(database_url: str, decision_id: uuid.UUID, settings) -> None:
+    """Waits for the decision's row; fails once the writer's flush window (and a margin) passed."""
+    answered = time.monotonic()
+    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
+    try:
+        while not await connection.fetchval("SELECT count(*) FROM decisions WHERE id = $1", decision_id):
+            assert time.monotonic() - answered < settings.writer.flush_ms / 1000 + 2.0, (
+                "row not logged in time"
+            )
+            await asyncio.sleep(0.01)  # polling interval of a condition wait
+    finally:
+        await connection.close()
+
+
 async def test_a_user_is_read_once_until_their_behaviour_changes(client, other_process, settings) -> None:
     user = f"state-{uuid.uuid4().hex[:8]}"
     key = UserKeys(settings.secret_key).consented(user)
@@ -78,13 +104,7 @@ async def test_a_user_is_read_once_until_their_behaviour_changes(client, other_p
 async def test_a_capped_serve_reaches_the_other_process_without_a_read(
     client, sessionmaker, other_process, settings, database_url
 ) -> None:
-    async with sessionmaker() as session:
-        builder = CatalogBuilder(session)
-        campaign = await builder.campaign(
-            "capped", bid=9.0, frequency_cap={"impressions": 2, "window_s": 3600}
-        )
-        key = await builder.placement("state-cap")
-    await wait_for_placement(client, key)
+    campaign, key = await capped_placement(sessionmaker, client, "capped", impressions=2)
     user = f"cap-{uuid.uuid4().hex[:8]}"
     user_key = UserKeys(settings.secret_key).consented(user)
     before = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
@@ -102,15 +122,7 @@ async def test_a_capped_serve_reaches_the_other_process_without_a_read(
     assert len(after.served[campaign]) == 1 and other_process.loads == loads
     # and the row follows within the flush window; its commit's own notification repeats the
     # serve, which counts once
-    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
-    try:
-        decision_id = uuid.UUID(decision["decision_id"])
-        answered = time.monotonic()
-        while not await connection.fetchval("SELECT count(*) FROM decisions WHERE id = $1", decision_id):
-            assert time.monotonic() - answered < settings.writer.flush_ms / 1000 + 2.0, "row not logged"
-            await asyncio.sleep(0.01)  # polling interval of a condition wait
-    finally:
-        await connection.close()
+    await row_logged_within_the_flush_window(database_url, uuid.UUID(decision["decision_id"]), settings)
     again = await other_process.get(user_key, True, [campaign], datetime.now(UTC) - SINCE)
     assert len(again.served[campaign]) == 1 and other_process.loads == loads
 
@@ -120,13 +132,7 @@ async def test_a_capped_serve_whose_row_is_not_committed_yet_caps_a_user_the_oth
 ) -> None:
     """The serve's notification comes before its row: a process without an entry for the user
     keeps the serve and adds it to the user's load, which cannot find the row yet."""
-    async with sessionmaker() as session:
-        builder = CatalogBuilder(session)
-        campaign = await builder.campaign(
-            "capped-unseen", bid=9.0, frequency_cap={"impressions": 1, "window_s": 3600}
-        )
-        key = await builder.placement("state-cap-unseen")
-    await wait_for_placement(client, key)
+    campaign, key = await capped_placement(sessionmaker, client, "capped-unseen", impressions=1)
     user = f"unseen-{uuid.uuid4().hex[:8]}"
     user_key = UserKeys(settings.secret_key).consented(user)
     # the erasure barrier held exclusively: every writer transaction waits, so no row commits
@@ -180,17 +186,8 @@ async def test_uncapped_decision_rows_reach_postgres_within_the_flush_window(
         key = await builder.placement("log-contract")
     await wait_for_placement(client, key)
     response = await client.post("/v1/decisions", json={"user_id": "log-contract", "placements": [key]})
-    answered = time.monotonic()
     decision_id = uuid.UUID(response.json()["decisions"][0]["decision_id"])
-    connection = await asyncpg.connect(**asyncpg_dsn(database_url))
-    try:
-        while not await connection.fetchval("SELECT count(*) FROM decisions WHERE id = $1", decision_id):
-            assert time.monotonic() - answered < settings.writer.flush_ms / 1000 + 2.0, (
-                "row not logged in time"
-            )
-            await asyncio.sleep(0.01)  # polling interval of a condition wait
-    finally:
-        await connection.close()
+    await row_logged_within_the_flush_window(database_url, decision_id, settings)
 
 
 async def test_an_event_refreshes_a_served_user_ahead_of_their_next_decision(
