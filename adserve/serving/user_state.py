@@ -320,6 +320,7 @@ class UserStateCache:
         return await asyncio.shield(sent)  # a cancelled decision must not cancel the others' round
 
     async def _publish_rounds(self) -> None:
+        sent: asyncio.Future[bool] | None = None
         try:
             while self._publish_next is not None:
                 (lines, sent), self._publish_next = self._publish_next, None
@@ -337,8 +338,11 @@ class UserStateCache:
                     sent.set_result(outcome)
         finally:
             self._publishing = None
-            if self._publish_next is not None and not self._publish_next[1].done():
-                self._publish_next[1].set_result(False)  # cancelled meanwhile
+            # cancelled meanwhile (the process shuts down): the decisions waiting on this round
+            # or the next wait for their rows' commit instead
+            for waiting in (sent, self._publish_next[1] if self._publish_next else None):
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(False)
             self._publish_next = None
 
     def forget(self, user_key: str) -> None:

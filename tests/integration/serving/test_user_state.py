@@ -306,3 +306,20 @@ async def test_a_listen_connection_the_pool_took_back_has_no_backend(database_ur
     finally:
         cache._listener = None
         await pool.close()
+
+
+async def test_a_publication_cut_short_by_shutdown_sends_its_decisions_to_the_commit(database_url) -> None:
+    """Closing the cache while a publication waits for a connection: its decisions hear False
+    (they then wait for their rows' commit) instead of waiting for ever."""
+    pool = await asyncpg.create_pool(**asyncpg_dsn(database_url), min_size=1, max_size=1)
+    cache = UserStateCache(pool, history_length=50)
+    held = await pool.acquire()  # the pool's only connection: the publication waits for it
+    try:
+        publishing = asyncio.create_task(cache.publish_serves([("user", 1, datetime.now(UTC))]))
+        await until(lambda: cache._publishing is not None)
+        await cache.close()
+        assert await asyncio.wait_for(publishing, 5.0) is False
+        assert cache.published == 0
+    finally:
+        await pool.release(held)
+        await pool.close()
