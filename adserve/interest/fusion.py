@@ -21,6 +21,22 @@ impressions after the network is trained, over:
 
 The regression is the calibration too: it is fitted by maximum likelihood, so its predictions sum
 to the clicks on the data it was fitted on, and the held-out ratio is reported with the model.
+
+A first model is fitted on a few dozen clicks, and a ten-weight regression on the validation
+part's handful of them ranked ads worse than chance now and then. So `ClickFusion.fit` fits in two
+stages, each on all the rows that are out of sample for it:
+
+1. every feature but the click head's logit, on the training and validation impressions: none of
+   them learned from those clicks (the encoder is frozen while the click head trains, and a
+   training impression's creative prior leaves its own click out: `leave_one_out_priors`);
+2. the click head's weight, on the validation impressions only (the head was fitted on the
+   training ones, where its logit is in sample), centred so that it moves the ranking, not the
+   base rate the first stage fitted on many more clicks.
+
+Weights in `NON_NEGATIVE` stay at or above zero: more interest in a creative's products, category
+or brand, a better click record or a higher click-head logit never lowers P(click). By chance a
+few clicks can otherwise turn the model against a signal; with the bound the worst a noisy fit
+does is ignore it.
 This module is numpy only: the scorer computes the network's two inputs and calls it.
 """
 
@@ -43,11 +59,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FEATURES",
     "MIN_AFFINITY",
+    "NON_NEGATIVE",
     "BehaviourProfile",
     "ClickFusion",
     "behaviour_features",
     "creative_priors",
+    "fit_logistic",
     "item_categories",
+    "leave_one_out_priors",
 ]
 
 FEATURES = (
@@ -62,6 +81,7 @@ FEATURES = (
     "purchased_recent",
     "creative_prior",
 )
+NON_NEGATIVE = frozenset(FEATURES) - {"intercept", "purchased_recent"}
 MIN_AFFINITY = -20.0  # floor of the log-probability feature (creatives without known products)
 PRIOR_IMPRESSIONS = 200.0
 RECENT_TAU_S = 1_800.0
@@ -119,6 +139,15 @@ def item_categories(sequences: Iterable[Sequence[BehaviourEvent]]) -> dict[str, 
     return {item: seen.most_common(1)[0][0] for item, seen in counts.items()}
 
 
+def _base_rate(clicked: Sequence[bool]) -> float:
+    return min(max(sum(map(bool, clicked)) / len(clicked), 1e-4), 1 - 1e-4) if len(clicked) else 0.01
+
+
+def _shrunk_log_odds(clicks: float, impressions: float, rate: float) -> float:
+    p = (clicks + PRIOR_IMPRESSIONS * rate) / (impressions + PRIOR_IMPRESSIONS)
+    return math.log(p / (1 - p)) - math.log(rate / (1 - rate))
+
+
 def creative_priors(creative_ids: Sequence[int], clicked: Sequence[bool]) -> dict[int, float]:
     """Per-creative click log-odds minus the base rate's, shrunk by PRIOR_IMPRESSIONS."""
     impressions: dict[int, int] = defaultdict(int)
@@ -126,14 +155,23 @@ def creative_priors(creative_ids: Sequence[int], clicked: Sequence[bool]) -> dic
     for creative, click in zip(creative_ids, clicked, strict=True):
         impressions[creative] += 1
         clicks[creative] += bool(click)
-    total = sum(impressions.values())
-    rate = min(max(sum(clicks.values()) / total, 1e-4), 1 - 1e-4) if total else 0.01
-    base = math.log(rate / (1 - rate))
-    priors = {}
-    for creative, n in impressions.items():
-        p = (clicks[creative] + PRIOR_IMPRESSIONS * rate) / (n + PRIOR_IMPRESSIONS)
-        priors[creative] = math.log(p / (1 - p)) - base
-    return priors
+    rate = _base_rate(clicked)
+    return {creative: _shrunk_log_odds(clicks[creative], n, rate) for creative, n in impressions.items()}
+
+
+def leave_one_out_priors(creative_ids: Sequence[int], clicked: Sequence[bool]) -> np.ndarray:
+    """(N,) each impression's creative prior from the other impressions (`creative_priors` less
+    this one): the feature as an impression the prior never counted would see it."""
+    impressions: Counter[int] = Counter(creative_ids)
+    clicks: Counter[int] = Counter(c for c, click in zip(creative_ids, clicked, strict=True) if click)
+    rate = _base_rate(clicked)
+    return np.array(
+        [
+            _shrunk_log_odds(clicks[c] - bool(click), impressions[c] - 1, rate)
+            for c, click in zip(creative_ids, clicked, strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -181,37 +219,95 @@ class ClickFusion:
         cls,
         x: np.ndarray,
         labels: np.ndarray,
+        click_held_out: np.ndarray | None = None,
         creative_priors: dict[int, float] | None = None,
         item_categories: dict[str, str] | None = None,
         l2: float = 1.0,
-        iterations: int = 50,
     ) -> ClickFusion:
-        """Maximum likelihood with a ridge (damped Newton steps); x: (N, F), labels: (N,) 0/1."""
+        """The two-stage fit of the module docstring. x: (N, F) feature rows, labels: (N,) 0/1;
+        click_held_out: (N,) True where the click head did not train on the impression (default:
+        every row); only those rows weigh the click head's logit."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(labels, dtype=np.float64)
-        rate = float(np.clip(y.mean(), 1e-4, 1 - 1e-4))
-        w = np.zeros(x.shape[1])
-        w[0] = math.log(rate / (1 - rate))
-        ridge = l2 * np.eye(x.shape[1])
-        ridge[0, 0] = 1e-6  # the intercept carries the base rate (almost) unpenalised
-
-        def loss(v: np.ndarray) -> float:
-            z = x @ v
-            return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * v @ ridge @ v)
-
-        current = loss(w)
-        for _ in range(iterations):
-            p = _sigmoid(x @ w)
-            gradient = x.T @ (p - y) + ridge @ w
-            hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge
-            step = np.linalg.solve(hessian, gradient)
-            scale = 1.0  # halve the step until the penalised loss falls (Newton can overshoot)
-            while scale > 1e-4 and loss(w - scale * step) > current:
-                scale /= 2
-            w = w - scale * step
-            previous, current = current, loss(w)
-            if previous - current < 1e-9 * max(1.0, abs(previous)):
-                break
-        return cls(
-            tuple(float(v) for v in w), FEATURES, dict(creative_priors or {}), dict(item_categories or {})
+        held_out = np.ones(len(y), dtype=bool) if click_held_out is None else np.asarray(click_held_out, bool)
+        click = FEATURES.index("click_logit")
+        others = [i for i in range(len(FEATURES)) if i != click]
+        rate = float(np.clip(y.mean(), 1e-4, 1 - 1e-4)) if len(y) else 0.01
+        start = np.zeros(len(others))
+        start[0] = math.log(rate / (1 - rate))
+        penalty = np.full(len(others), l2)
+        penalty[0] = 1e-6  # the intercept carries the base rate (almost) unpenalised
+        rest = fit_logistic(
+            x[:, others],
+            y,
+            start=start,
+            penalty=penalty,
+            non_negative=np.array([FEATURES[i] in NON_NEGATIVE for i in others]),
         )
+        weights = np.zeros(len(FEATURES))
+        weights[others] = rest
+        if held_out.any() and np.ptp(x[:, click]) > 0:
+            centre = float(x[:, click].mean())
+            (head,) = fit_logistic(
+                x[held_out, click : click + 1] - centre,
+                y[held_out],
+                start=np.zeros(1),
+                penalty=np.array([l2]),
+                non_negative=np.array(["click_logit" in NON_NEGATIVE]),
+                offset=x[held_out][:, others] @ rest,
+            )
+            weights[click] = head
+            weights[0] -= head * centre
+        return cls(
+            tuple(float(v) for v in weights),
+            FEATURES,
+            dict(creative_priors or {}),
+            dict(item_categories or {}),
+        )
+
+
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    start: np.ndarray,
+    penalty: np.ndarray,
+    non_negative: np.ndarray,
+    offset: np.ndarray | float = 0.0,
+    iterations: int = 100,
+) -> np.ndarray:
+    """Ridge logistic regression of y on x (plus a fixed `offset` logit) by projected Newton steps:
+    weights flagged `non_negative` stay >= 0. A bounded weight at zero whose gradient pushes it
+    below leaves the step (the active set); each step is halved until the penalised loss falls.
+    start: a feasible first point; penalty: (F,) the ridge's diagonal."""
+    lower = np.where(non_negative, 0.0, -np.inf)
+    w = np.maximum(np.asarray(start, dtype=np.float64), lower)
+    ridge = np.diag(penalty)
+
+    def loss(v: np.ndarray) -> float:
+        z = offset + x @ v
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * v @ ridge @ v)
+
+    current = loss(w)
+    for _ in range(iterations):
+        p = _sigmoid(offset + x @ w)
+        gradient = x.T @ (p - y) + ridge @ w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge
+        free = ~((w <= lower) & (gradient > 0))
+        if not free.any():
+            break
+        step = np.zeros_like(w)
+        step[free] = np.linalg.solve(hessian[np.ix_(free, free)], gradient[free])
+        scale = 1.0  # halve the step until the penalised loss falls (Newton can overshoot)
+        while True:
+            candidate = np.maximum(w - scale * step, lower)
+            value = loss(candidate)
+            if value <= current or scale < 1e-4:
+                break
+            scale /= 2
+        if value > current:
+            break
+        w, previous, current = candidate, current, value
+        if previous - current < 1e-9 * max(1.0, abs(previous)):
+            break
+    return w

@@ -8,7 +8,8 @@ Stage 1 trains the encoder and next-item head with cross-entropy at every positi
 leave-one-out training part, early-stopped on validation NDCG@10 (full ranking). Stage 2 trains
 the click head on the oldest 70% of impressions with the encoder frozen (the next-item head is
 what the promotion gate measures; a few thousand clicks would only blur it), early-stopped on
-the next 15%, which also fits the calibration; the newest 15% is the reported holdout.
+the next 15%, which also fits the head's own calibration and its weight in the fusion (the
+fusion's other weights are fitted on the oldest 85%); the newest 15% is the reported holdout.
 
 One module, past 450 lines, on purpose: both training stages, the fusion fit and the report share
 one split of the data; keeping them together keeps that split the same everywhere.
@@ -60,7 +61,13 @@ from adserve.interest.evaluation import (
     leave_one_out,
     target_ranks,
 )
-from adserve.interest.fusion import FEATURES, ClickFusion, creative_priors, item_categories
+from adserve.interest.fusion import (
+    FEATURES,
+    ClickFusion,
+    creative_priors,
+    item_categories,
+    leave_one_out_priors,
+)
 from adserve.interest.network import InterestConfig, InterestModel, suggest_item_buckets
 from adserve.interest.scorer import InterestScorer, quantize_int8
 
@@ -478,7 +485,8 @@ def _click_report(
     base_rate = float(np.mean([e.clicked for e in train.examples]))
     report = {
         "click_head": click_metrics(calibration(test_logits), test_labels),
-        "click_head_uncalibrated": click_metrics(1.0 / (1.0 + np.exp(-test_logits)), test_labels),
+        # sigmoid as exp(-log(1 + e^-z)): a logit below -709 overflows 1 / (1 + exp(-z))
+        "click_head_uncalibrated": click_metrics(np.exp(-np.logaddexp(0.0, -test_logits)), test_labels),
         "base_rate": click_metrics(np.full(len(test_labels), base_rate), test_labels),
     }
     return calibration, report
@@ -518,18 +526,22 @@ def _fit_fusion(
     val: Sequence[ClickExample],
     test: Sequence[ClickExample],
 ) -> tuple[ClickFusion, dict[str, float], list[dict[str, float]]]:
-    """Creative priors from the training impressions; the regression fitted on validation and
-    reported on test. The version serves that same fit: the gate judges it on the test
-    impressions (the newest), so a fusion refitted on them would be judged on its own training
-    data and win the gate by its in-sample advantage. Returns the served fusion, its held-out
-    figures and decile reliability."""
-    priors = creative_priors([e.candidate.creative_id for e in train], [e.clicked for e in train])
+    """Creative priors from the training impressions; the regression fitted on the training and
+    validation impressions (`ClickFusion.fit`: the click head's weight on validation alone, a
+    training impression's prior without its own click) and reported on test. The version serves
+    that same fit: the gate judges it on the test impressions (the newest), so a fusion refitted
+    on them would be judged on its own training data and win the gate by its in-sample advantage.
+    Returns the served fusion, its held-out figures and decile reliability."""
+    creatives, clicked = [e.candidate.creative_id for e in train], [e.clicked for e in train]
+    priors = creative_priors(creatives, clicked)
     scorer.creative_priors = priors
     scorer.set_item_categories(categories)
-    x_val, x_test = _fusion_features(scorer, val), _fusion_features(scorer, test)
-    y_val = np.array([float(e.clicked) for e in val])
+    x_train, x_val, x_test = (_fusion_features(scorer, part) for part in (train, val, test))
+    x_train[:, FEATURES.index("creative_prior")] = leave_one_out_priors(creatives, clicked)
+    labels = np.array([float(e.clicked) for e in (*train, *val)])
+    held_out = np.arange(len(labels)) >= len(train)
+    fusion = ClickFusion.fit(np.vstack([x_train, x_val]), labels, held_out, priors, categories)
     y_test = np.array([float(e.clicked) for e in test])
-    fusion = ClickFusion.fit(x_val, y_val, priors, categories)
     probabilities = fusion(x_test)
     return fusion, click_metrics(probabilities, y_test), reliability_by_decile(probabilities, y_test)
 
