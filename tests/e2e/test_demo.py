@@ -363,6 +363,7 @@ def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server
                 "2,000 decisions served by the learned models",
             )
             window = progress_lines(demo.log())[-1]
+            print(window.string)  # the figure in CI's log (pytest -rP), pass or fail
             assert float(window["last_expected"]) > float(window["last_uniform"]), window.string
             demo.process.send_signal(signal.SIGTERM)
             demo.process.wait(timeout=60)
