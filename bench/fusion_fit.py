@@ -29,14 +29,7 @@ import numpy as np
 
 from adserve.interest import training
 from adserve.interest.evaluation import click_metrics
-from adserve.interest.fusion import (
-    FEATURES,
-    ClickFusion,
-    creative_priors,
-    fit_logistic,
-    item_categories,
-    leave_one_out_priors,
-)
+from adserve.interest.fusion import FEATURES, ClickFusion, fit_logistic, item_categories
 from adserve.learning.services import load_training_data
 
 __all__ = ["main"]
@@ -86,25 +79,21 @@ def main() -> None:
                 result.model, result.vocab, result.calibration, training.resolve_device("cpu")
             )
             train, val, _ = training.split_click_examples(data.click_examples)
-            ids, clicked = [e.candidate.creative_id for e in train], [e.clicked for e in train]
-            scorer.creative_priors = creative_priors(ids, clicked)
-            scorer.set_item_categories(item_categories(data.sequences.values()))
-            x_train, x_val, x_future = (
-                training._fusion_features(scorer, part) for part in (train, val, future)
-            )
-            x_train[:, FEATURES.index("creative_prior")] = leave_one_out_priors(ids, clicked)
-            y_val = np.array([float(e.clicked) for e in val])
-            x_without_head = np.vstack([x_train, x_val])
+            categories = item_categories(data.sequences.values())
+            rows = training.fusion_rows(scorer, categories, train, val)
+            x_val, y_val = rows.x[rows.click_held_out], rows.labels[rows.click_held_out]
+            x_future = training._fusion_features(scorer, future)
+            x_without_head = rows.x.copy()
             x_without_head[:, CLICK] = 0.0
-            y_fitted = np.concatenate([np.array(clicked, dtype=np.float64), y_val])
+            clicked = rows.labels[~rows.click_held_out]
             fits = {
                 "served": result.fusion,
                 "validation-only": validation_only(x_val, y_val),
-                "without-click-head": ClickFusion.fit(x_without_head, y_fitted),
+                "without-click-head": ClickFusion.fit(x_without_head, rows.labels),
             }
             base = click_metrics(np.full(len(y_future), np.mean(clicked)), y_future)["logloss"]
             line = [
-                f"cutoff {cutoff} ({sum(clicked)} training, {int(y_val.sum())} validation clicks) seed {seed}"
+                f"cutoff {cutoff} ({int(clicked.sum())} training, {int(y_val.sum())} validation clicks) seed {seed}"
             ]
             for name, fit in fits.items():
                 figures = click_metrics(fit(x_future), y_future)
@@ -113,8 +102,8 @@ def main() -> None:
                     f"{name} AUC {figures['auc']:.3f} Δlog loss {1000 * (figures['logloss'] - base):+.2f}e-3"
                 )
             print(" | ".join(line), flush=True)
-    for name, rows in results.items():
-        a = np.array(rows)
+    for name, per_fit in results.items():
+        a = np.array(per_fit)
         print(
             f"{name:20s} AUC mean {a[:, 0].mean():.3f}, worst {a[:, 0].min():.3f} · "
             f"Δlog loss mean {1000 * a[:, 1].mean():+.2f}e-3, worst {1000 * a[:, 1].max():+.2f}e-3 "

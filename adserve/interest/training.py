@@ -519,6 +519,36 @@ def _fusion_features(scorer: InterestScorer, examples: Sequence[ClickExample]) -
     return np.vstack(rows) if rows else np.zeros((0, len(FEATURES)))
 
 
+@dataclass(frozen=True, slots=True)
+class FusionRows:
+    """What `ClickFusion.fit` is fitted on: the training then the validation impressions' feature
+    rows (a training row's creative prior without its own click), their labels, and which rows the
+    click head never trained on."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    click_held_out: np.ndarray
+    creative_priors: dict[int, float]  # what serves: counted on the training impressions
+
+
+def fusion_rows(
+    scorer: InterestScorer,
+    categories: dict[str, str],
+    train: Sequence[ClickExample],
+    val: Sequence[ClickExample],
+) -> FusionRows:
+    """The fit's rows for a network trained on `train`; sets the scorer's creative priors and
+    item categories to those the version will serve."""
+    creatives, clicked = [e.candidate.creative_id for e in train], [e.clicked for e in train]
+    priors = creative_priors(creatives, clicked)
+    scorer.creative_priors = priors
+    scorer.set_item_categories(categories)
+    x_train, x_val = _fusion_features(scorer, train), _fusion_features(scorer, val)
+    x_train[:, FEATURES.index("creative_prior")] = leave_one_out_priors(creatives, clicked)
+    labels = np.array([float(e.clicked) for e in (*train, *val)])
+    return FusionRows(np.vstack([x_train, x_val]), labels, np.arange(len(labels)) >= len(train), priors)
+
+
 def _fit_fusion(
     scorer: InterestScorer,
     categories: dict[str, str],
@@ -532,17 +562,10 @@ def _fit_fusion(
     that same fit: the gate judges it on the test impressions (the newest), so a fusion refitted
     on them would be judged on its own training data and win the gate by its in-sample advantage.
     Returns the served fusion, its held-out figures and decile reliability."""
-    creatives, clicked = [e.candidate.creative_id for e in train], [e.clicked for e in train]
-    priors = creative_priors(creatives, clicked)
-    scorer.creative_priors = priors
-    scorer.set_item_categories(categories)
-    x_train, x_val, x_test = (_fusion_features(scorer, part) for part in (train, val, test))
-    x_train[:, FEATURES.index("creative_prior")] = leave_one_out_priors(creatives, clicked)
-    labels = np.array([float(e.clicked) for e in (*train, *val)])
-    held_out = np.arange(len(labels)) >= len(train)
-    fusion = ClickFusion.fit(np.vstack([x_train, x_val]), labels, held_out, priors, categories)
+    rows = fusion_rows(scorer, categories, train, val)
+    fusion = ClickFusion.fit(rows.x, rows.labels, rows.click_held_out, rows.creative_priors, categories)
     y_test = np.array([float(e.clicked) for e in test])
-    probabilities = fusion(x_test)
+    probabilities = fusion(_fusion_features(scorer, test))
     return fusion, click_metrics(probabilities, y_test), reliability_by_decile(probabilities, y_test)
 
 
