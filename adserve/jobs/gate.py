@@ -13,8 +13,8 @@ for versions that score ads, the served P(click)'s log loss on the newest 15% of
 - A version that scores ads replaces one that does not (the first model fitted on impressions),
   and never the other way round, but only with a held-out click log loss below that of what
   serves ads meanwhile: the empirical CTR scorer (`adserve.learning.empirical_ctr.EmpiricalCTRScorer`,
-  the service's own settings) fitted as the challenger is (counts from the training part,
-  calibrated on the validation part). A click head
+  the service's own settings) fitted on the same impressions as the challenger (counts from the
+  training part, calibrated on the validation part, where those counts are out of sample). A click head
   fitted on the first few dozen clicks can rank ads worse than per-creative click rates do; it
   waits for more data instead of serving.
 - Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10
@@ -145,8 +145,10 @@ def _known_to_both(
 
 def empirical_click_logloss(scorer: EmpiricalCTRScorer, click_examples: Sequence) -> float | None:
     """The held-out click log loss of the empirical CTR scorer on the impressions the versions are
-    judged on (the newest 15%), fitted the way the challenger is: per-creative counts from the
-    training part, and Platt-calibrated on the validation part, as the challenger's fusion is.
+    judged on (the newest 15%), fitted on the impressions the challenger is: per-creative counts
+    from the training part, and Platt-calibrated on the validation part (the impressions those
+    counts did not include; the challenger's fusion takes its creative prior out of sample the
+    same way).
     Without the calibration the bar would be its history lift's scale, not its ranking: a lift of
     10 multiplies P(click) by up to 11, which costs log loss while it ranks ads better. None
     without held-out impressions."""
