@@ -37,6 +37,7 @@ Weights in `NON_NEGATIVE` stay at or above zero: more interest in a creative's p
 or brand, a better click record or a higher click-head logit never lowers P(click). By chance a
 few clicks can otherwise turn the model against a signal; with the bound the worst a noisy fit
 does is ignore it.
+
 This module is numpy only: the scorer computes the network's two inputs and calls it.
 """
 
