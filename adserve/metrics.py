@@ -11,7 +11,9 @@ while the state series are those of the worker that answered the scrape.
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import (
@@ -43,6 +45,7 @@ __all__ = [
     "observe_model_load",
     "observe_request",
     "observe_writer_flush",
+    "watch_gc",
 ]
 
 CONTENT_TYPE = (
@@ -119,6 +122,13 @@ WRITER_FLUSH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=None,
 )
+GC_PAUSE_SECONDS = Histogram(
+    "adserve_gc_pause_seconds",
+    "Time the garbage collector held the process (and its event loop), by generation",
+    ["generation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=None,
+)
 _EVENT_METRICS = (
     HTTP_REQUEST_SECONDS,
     DECISIONS,
@@ -130,6 +140,7 @@ _EVENT_METRICS = (
     JOB_SECONDS,
     MODEL_LOADS,
     WRITER_FLUSH_SECONDS,
+    GC_PAUSE_SECONDS,
 )
 for _outcome in ("served", "no_eligible_creative"):
     DECISIONS.labels(_outcome)  # both series exist from the start, at 0
@@ -158,6 +169,25 @@ def observe_decision(
         SCORING_SECONDS.observe(score_s)
     if choose_s is not None:
         CHOOSE_SECONDS.observe(choose_s)
+
+
+_GC_PAUSES = [GC_PAUSE_SECONDS.labels(str(generation)) for generation in range(3)]
+_gc_started = 0.0
+
+
+def _observe_gc(phase: str, info: Mapping[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _GC_PAUSES[info["generation"]].observe(time.perf_counter() - _gc_started)
+
+
+def watch_gc() -> None:
+    """Times this process's garbage collections (once per process, however many apps it runs):
+    a full collection stops every request the event loop holds."""
+    if _observe_gc not in gc.callbacks:
+        gc.callbacks.append(_observe_gc)
 
 
 def observe_job_run(job: str, status: str, seconds: float) -> None:
@@ -284,6 +314,7 @@ def build_registry(state: ProcessStateCollector) -> CollectorRegistry:
     """One app's registry: the event counters (summed over workers in multiprocess mode), this
     process's CPU and memory, and its state read at scrape time."""
     registry = CollectorRegistry()
+    watch_gc()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
     else:

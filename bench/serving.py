@@ -280,6 +280,51 @@ def request_body(user: int) -> bytes:
     ).encode()
 
 
+@dataclass(frozen=True)
+class GCPauses:
+    """The server's garbage collections (`adserve_gc_pause_seconds`) over one phase of the run."""
+
+    count: tuple[int, int, int]  # by generation
+    seconds: tuple[float, float, float]
+    over_5ms: int  # collections of any generation that held the process longer than 5 ms
+
+    def __sub__(self, earlier: GCPauses) -> GCPauses:
+        return GCPauses(
+            tuple(a - b for a, b in zip(self.count, earlier.count, strict=True)),  # type: ignore[arg-type]
+            tuple(a - b for a, b in zip(self.seconds, earlier.seconds, strict=True)),  # type: ignore[arg-type]
+            self.over_5ms - earlier.over_5ms,
+        )
+
+    def describe(self) -> str:
+        return (
+            ", ".join(
+                f"generation {g}: {self.count[g]:,} ({1000 * self.seconds[g]:.1f} ms)" for g in range(3)
+            )
+            + f"; {self.over_5ms} longer than 5 ms"
+        )
+
+
+def gc_pauses(port: int, token: str) -> GCPauses:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+    ).text
+    count, seconds, within_5ms = [0, 0, 0], [0.0, 0.0, 0.0], 0
+    for family in text_string_to_metric_families(text):
+        if family.name != "adserve_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = int(sample.labels["generation"])
+            if sample.name.endswith("_count"):
+                count[generation] = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                seconds[generation] = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.005:
+                within_5ms += int(sample.value)
+    return GCPauses(tuple(count), tuple(seconds), sum(count) - within_5ms)  # type: ignore[arg-type]
+
+
 def probe_request(port: int, path: str) -> httpx.Response:
     if path == "/ready":
         return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2.0)
@@ -603,6 +648,8 @@ class Report:
     workers: int
     section: str
     visited_s: float
+    gc_under_load: GCPauses | None = None
+    gc_open_loop: GCPauses | None = None
 
     @property
     def plain_rps(self) -> float:
@@ -714,6 +761,12 @@ class Report:
             f"(open loop, so queueing is counted); the client opened {lat.connections} connections for "
             f"decisions and started {lat.late_sends} sends more than 5 ms late.",
         ]
+        if self.gc_under_load and self.gc_open_loop:
+            lines += [
+                "",
+                f"The server's garbage collections (`adserve_gc_pause_seconds`) during the decision rounds: "
+                f"{self.gc_under_load.describe()}; during the fixed-rate run: {self.gc_open_loop.describe()}.",
+            ]
         if self.invalid:
             lines += ["", "**INVALID RUN:** " + "; ".join(self.invalid)]
         return "\n".join(lines) + "\n"
@@ -752,6 +805,7 @@ def write_section(path: Path, section: str, title: str) -> None:
 async def bench(args: argparse.Namespace) -> Report:
     loadavg = os.getloadavg()
     secret_key = "bench-secret-" + secrets.token_urlsafe(32)
+    metrics_token = "bench-metrics-" + secrets.token_urlsafe(16)
     work = Path(tempfile.mkdtemp(prefix="adserve-bench-"))
     started = time.perf_counter()
     database = await open_database(args.database_url)
@@ -783,6 +837,9 @@ async def bench(args: argparse.Namespace) -> Report:
             # the scheduled jobs (retrain, learning) run in `adserve worker` in a deployment; here the
             # benchmark runs them once itself, so they do not share the cores with the measurement
             "ADSERVE_JOBS_ENABLED": "false",
+            # /metrics, for the server's garbage-collection pauses over each phase
+            "ADSERVE_METRICS_ENABLED": "true",
+            "ADSERVE_METRICS_TOKEN": metrics_token,
             **dict(item.split("=", 1) for item in args.server_env),
         }
         adserve_argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -830,8 +887,13 @@ async def bench(args: argparse.Namespace) -> Report:
         for name in ("plain", "decisions"):
             load(name, args.warmup)
         rounds = []
+        under_load = None
         for r in range(args.rounds):
-            plain, decisions = load("plain", args.duration), load("decisions", args.duration)
+            plain = load("plain", args.duration)
+            gc_before = gc_pauses(port, metrics_token)
+            decisions = load("decisions", args.duration)
+            gc_round = gc_pauses(port, metrics_token) - gc_before
+            under_load = gc_round if under_load is None else _sum_pauses(under_load, gc_round)
             print(
                 f"round {r + 1}: plain {plain.rps:,.0f} req/s ({plain.server_cpu_ms:.3f} ms CPU/req), "
                 f"decisions {decisions.rps:,.0f} req/s ({decisions.server_cpu_ms:.3f} ms CPU/req), "
@@ -859,9 +921,13 @@ async def bench(args: argparse.Namespace) -> Report:
         plain_latency = await open_loop(
             plain_port, "/plain", args.users, b'"ok":true', args.rate, args.latency_duration
         )
+        gc_before = gc_pauses(port, metrics_token)
         latency = await open_loop(
             port, "/v1/decisions", args.users, b'"creative":{', args.rate, args.latency_duration
         )
+        open_loop_gc = gc_pauses(port, metrics_token) - gc_before
+        print(f"garbage collections under wrk: {under_load.describe() if under_load else 'n/a'}", flush=True)
+        print(f"garbage collections at {args.rate:g}/s: {open_loop_gc.describe()}", flush=True)
         print(
             f"latency at {args.rate:g}/s: decisions p50 {latency.percentile(50):.1f} ms "
             f"p99 {latency.percentile(99):.1f} ms; plain p50 {plain_latency.percentile(50):.1f} ms "
@@ -893,6 +959,16 @@ async def bench(args: argparse.Namespace) -> Report:
         workers=args.workers,
         section=args.section,
         visited_s=visited_s,
+        gc_under_load=under_load,
+        gc_open_loop=open_loop_gc,
+    )
+
+
+def _sum_pauses(a: GCPauses, b: GCPauses) -> GCPauses:
+    return GCPauses(
+        tuple(x + y for x, y in zip(a.count, b.count, strict=True)),  # type: ignore[arg-type]
+        tuple(x + y for x, y in zip(a.seconds, b.seconds, strict=True)),  # type: ignore[arg-type]
+        a.over_5ms + b.over_5ms,
     )
 
 

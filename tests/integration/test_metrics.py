@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import time
 
@@ -178,4 +179,15 @@ async def test_decisions_are_counted_by_outcome_and_removal_rule(metrics_client,
     flushed = await _scrape(metrics_client)
     assert (_series(flushed, "adserve_writer_flush_seconds_count", table="decisions") or 0) > (
         _series(before, "adserve_writer_flush_seconds_count", table="decisions") or 0
+    )
+
+
+async def test_garbage_collections_are_timed_by_generation(metrics_client) -> None:
+    before = await _scrape(metrics_client)
+    gc.collect()  # one full collection of this process, the app's with it
+    after = await _scrape(metrics_client)
+    full_before = _series(before, "adserve_gc_pause_seconds_count", generation="2") or 0
+    assert _series(after, "adserve_gc_pause_seconds_count", generation="2") >= full_before + 1
+    assert _series(after, "adserve_gc_pause_seconds_sum", generation="2") > (
+        _series(before, "adserve_gc_pause_seconds_sum", generation="2") or 0
     )
