@@ -46,6 +46,7 @@ from adserve.learning.empirical_ctr import EmpiricalCTRScorer, load_creative_cou
 from adserve.logging_config import configure_logging, new_request_id, request_id
 from adserve.serving.catalog import CatalogCache
 from adserve.serving.controllers import serving_router
+from adserve.serving.heap import tuned_collector
 from adserve.serving.models import ModelWatcher
 from adserve.serving.pages import pages_router
 from adserve.serving.pipeline import DecisionPipeline
@@ -395,7 +396,8 @@ def create_app(settings: Settings) -> Litestar:
             max_events=settings.serving.max_events_per_batch,
         )
         try:
-            yield
+            with tuned_collector(settings.server.tune_gc):
+                yield
         finally:
             counts_task.cancel()
             await invalid_hits.close()

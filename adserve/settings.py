@@ -45,6 +45,8 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cors_origins: list[str] = msgspec.field(default_factory=list)
     # Requests a minute one client address may make to the public endpoints, per process; 0 = none.
     rate_limit_per_minute: int = 600
+    # Freeze the start-up heap and collect young objects less often (adserve/serving/heap.py).
+    tune_gc: bool = True
 
 
 class AdminSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import asyncpg
 import msgspec
@@ -10,6 +11,7 @@ from litestar.testing import AsyncTestClient
 from adserve.app import create_app
 from adserve.db.engine import asyncpg_dsn
 from adserve.db.migrate import upgrade
+from adserve.serving.heap import YOUNG_THRESHOLD
 
 
 async def test_health_and_ready(settings, fresh_database) -> None:
@@ -20,6 +22,9 @@ async def test_health_and_ready(settings, fresh_database) -> None:
     async with AsyncTestClient(create_app(with_database(settings, url))) as client:
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = await client.get("/ready")
+        # the started process's heap is out of the collector's walks (adserve/serving/heap.py)
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert gc.get_freeze_count() == 0
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["migrations"] == "ok"
     # the defaults' cold start: the empirical scorer under an untrained VW policy
