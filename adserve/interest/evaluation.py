@@ -40,7 +40,6 @@ __all__ = [
     "evaluate_next_item",
     "format_report",
     "leave_one_out",
-    "per_impression_logloss",
     "ranking_metrics",
     "target_ranks",
 ]
@@ -248,18 +247,11 @@ def _auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def per_impression_logloss(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each impression's log loss (probabilities clipped to [1e-7, 1 - 1e-7])."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, dtype=np.float64)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
 def click_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUC, log loss, normalised entropy (log loss / entropy of the base rate) and calibration ratio."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(labels, dtype=np.float64)
-    logloss = float(per_impression_logloss(p, y).mean()) if len(y) else float("nan")
+    logloss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
     rate = float(y.mean()) if len(y) else float("nan")
     if 0 < rate < 1:
         entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))

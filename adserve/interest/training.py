@@ -59,7 +59,6 @@ from adserve.interest.evaluation import (
     click_metrics,
     evaluate_next_item,
     leave_one_out,
-    per_impression_logloss,
     target_ranks,
 )
 from adserve.interest.fusion import (
@@ -651,13 +650,10 @@ def evaluate_checkpoint(
     click_examples: Sequence[ClickExample] = (),
     device: str | None = None,
     precision: str = "fp32",
-    per_impression: bool = False,
 ) -> dict[str, Any]:
     """The evaluation report of a saved version on new data, with baselines fitted on the same
     training part (leave-one-out for next item; the newest 15% of impressions for clicks).
-    precision="int8" evaluates the dynamically quantised serving path (CPU). per_impression adds
-    `click_losses`, each held-out impression's log loss in time order (an array, not JSON), for
-    a paired comparison of two versions on the same impressions."""
+    precision="int8" evaluates the dynamically quantised serving path (CPU)."""
     loaded = load_checkpoint(path)
     target = resolve_device("cpu" if precision == "int8" else device)
     model = quantize_int8(loaded.model) if precision == "int8" else loaded.model.to(target)
@@ -691,7 +687,5 @@ def evaluate_checkpoint(
             "interest": click_metrics(probabilities, labels),
             "base_rate": click_metrics(np.full(len(labels), base_rate), labels),
         }
-        if per_impression:
-            report["click_losses"] = per_impression_logloss(probabilities, labels)
     model.cpu()
     return report

@@ -17,17 +17,11 @@ for versions that score ads, the served P(click)'s log loss on the newest 15% of
   training part, calibrated on the validation part, where those counts are out of sample). A click head
   fitted on the first few dozen clicks can rank ads worse than per-creative click rates do; it
   waits for more data instead of serving.
-- Two versions that score ads: the challenger needs a log loss no worse, beyond noise, and a
-  next-item NDCG@10 that did not fall: no more than `NDCG_TOLERANCE` (relative) below the
-  champion's, or, on a small holdout, no more than two standard errors of the difference
-  (`ndcg_noise`), so that click quality is never bought with next-item quality and a few hundred
-  users' sampling noise does not block a better click model.
-  "Beyond noise" for the log loss: both versions score the same held-out impressions, so the
-  gate takes the standard error of their paired per-impression difference, and the challenger
-  may be worse by up to two of those, but never by more than `LOGLOSS_TOLERANCE` (relative) of
-  the champion's. Within that band the two are indistinguishable on this holdout, and the
-  challenger is the one that has seen the newest impressions, creatives and items: a 0.0005
-  difference on a few thousand impressions would otherwise keep an older version serving.
+- Two versions that score ads: the challenger needs a log loss no worse and a next-item NDCG@10
+  that did not fall: no more than `NDCG_TOLERANCE` (relative) below the champion's, or, on a
+  small holdout, no more than two standard errors of the difference (`ndcg_noise`), so that
+  click quality is never bought with next-item quality and a few hundred users' sampling noise
+  does not block a better click model.
 - Two versions that do not: the challenger needs a higher NDCG@10.
 
 Either way the reason, with both sets of figures, is recorded on its `model_versions` row.
@@ -74,9 +68,7 @@ __all__ = [
     "empirical_click_logloss",
     "evaluate_pair",
     "holdout_figures",
-    "logloss_noise",
     "ndcg_noise",
-    "paired_standard_error",
     "train_and_gate",
     "verdict",
 ]
@@ -84,7 +76,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NDCG_TOLERANCE = 0.02
-LOGLOSS_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,43 +117,16 @@ def holdout_figures(
     path: str | Path, sequences: Mapping[str, Sequence], click_examples: Sequence
 ) -> HoldoutFigures:
     """One version's gate figures on the given data (heavy: run it in the training process)."""
-    return _holdout(path, sequences, click_examples)[0]
-
-
-def _holdout(
-    path: str | Path, sequences: Mapping[str, Sequence], click_examples: Sequence
-) -> tuple[HoldoutFigures, np.ndarray | None]:
-    """The gate figures and, for a version that scores ads, each held-out impression's log loss."""
     # imported here: torch takes seconds to import and only the training process needs it
     from adserve.interest.checkpoint import load_checkpoint
     from adserve.interest.training import evaluate_checkpoint
 
     scores_ads = load_checkpoint(path).fusion is not None
-    report = evaluate_checkpoint(path, sequences, click_examples, device="cpu", per_impression=scores_ads)
+    report = evaluate_checkpoint(path, sequences, click_examples, device="cpu")
     logloss = report["click"].get("interest", {}).get("logloss") if scores_ads else None
-    figures = HoldoutFigures(
+    return HoldoutFigures(
         float(report["next_item"]["interest"]["ndcg@10"]), logloss, scores_ads, int(report["next_item_users"])
     )
-    return figures, report.get("click_losses")
-
-
-def paired_standard_error(challenger_losses: np.ndarray, champion_losses: np.ndarray) -> float | None:
-    """The standard error of the mean per-impression log-loss difference of two versions on the
-    same impressions; None with fewer than two impressions."""
-    difference = np.asarray(challenger_losses, dtype=np.float64) - np.asarray(
-        champion_losses, dtype=np.float64
-    )
-    if len(difference) < 2:
-        return None
-    return float(difference.std(ddof=1) / math.sqrt(len(difference)))
-
-
-def logloss_noise(champion_logloss: float, difference_se: float | None) -> float:
-    """How much worse a challenger's log loss may be and still count as no worse: two standard
-    errors of the paired difference, capped at `LOGLOSS_TOLERANCE` of the champion's."""
-    if difference_se is None or not math.isfinite(difference_se):
-        return 0.0
-    return min(2.0 * difference_se, LOGLOSS_TOLERANCE * champion_logloss)
 
 
 def _known_to_both(
@@ -226,23 +190,17 @@ def evaluate_pair(
     `empirical` (what serves ads while no version scores them) when given."""
     if champion:
         sequences = _known_to_both(sequences, challenger, champion)
-    challenger_figures, challenger_losses = _holdout(challenger, sequences, click_examples)
-    pair: dict[str, Any] = {"challenger": asdict(challenger_figures), "champion": None}
-    if champion:
-        champion_figures, champion_losses = _holdout(champion, sequences, click_examples)
-        pair["champion"] = asdict(champion_figures)
-        if challenger_losses is not None and champion_losses is not None:
-            pair["logloss_difference_se"] = paired_standard_error(challenger_losses, champion_losses)
+    pair: dict[str, Any] = {
+        "challenger": asdict(holdout_figures(challenger, sequences, click_examples)),
+        "champion": asdict(holdout_figures(champion, sequences, click_examples)) if champion else None,
+    }
     if empirical is not None:
         pair["empirical_logloss"] = empirical_click_logloss(empirical, click_examples)
     return pair
 
 
 def decide(
-    challenger: HoldoutFigures,
-    champion: HoldoutFigures | None,
-    empirical_logloss: float | None = None,
-    logloss_difference_se: float | None = None,
+    challenger: HoldoutFigures, champion: HoldoutFigures | None, empirical_logloss: float | None = None
 ) -> GateDecision:
     ndcg = f"NDCG@10 {challenger.ndcg_at_10:.4f}"
     if champion is not None:
@@ -272,13 +230,8 @@ def decide(
         if challenger.ndcg_at_10 <= champion.ndcg_at_10:
             return GateDecision(False, f"rejected: next-item {ndcg} is not better")
         return GateDecision(True, f"promoted: {ndcg} (neither scores ads)")
-    if challenger.logloss is None or champion.logloss is None:
-        return GateDecision(False, f"rejected: no click log loss to compare ({ndcg})")
     loss = f"click log loss {challenger.logloss:.4f} vs champion {champion.logloss:.4f}"
-    allowed_rise = logloss_noise(champion.logloss, logloss_difference_se)
-    if allowed_rise > 0:
-        loss += f" (noise {allowed_rise:.4f})"
-    if challenger.logloss > champion.logloss + allowed_rise:
+    if challenger.logloss is None or champion.logloss is None or challenger.logloss > champion.logloss:
         return GateDecision(False, f"rejected: {loss} is worse ({ndcg})")
     allowed_fall = max(champion.ndcg_at_10 * NDCG_TOLERANCE, ndcg_noise(challenger, champion))
     if challenger.ndcg_at_10 < champion.ndcg_at_10 - allowed_fall:
@@ -291,12 +244,7 @@ def decide(
 def verdict(pair: Mapping[str, Any]) -> GateDecision:
     """The gate's decision on `evaluate_pair`'s figures (as stored on `model_versions`)."""
     champion = HoldoutFigures.from_dict(pair["champion"]) if pair.get("champion") else None
-    return decide(
-        HoldoutFigures.from_dict(pair["challenger"]),
-        champion,
-        pair.get("empirical_logloss"),
-        pair.get("logloss_difference_se"),
-    )
+    return decide(HoldoutFigures.from_dict(pair["challenger"]), champion, pair.get("empirical_logloss"))
 
 
 def _metrics(path: Path) -> dict[str, Any]:
