@@ -289,10 +289,16 @@ class GCPauses:
     over_5ms: int  # collections of any generation that held the process longer than 5 ms
 
     def __sub__(self, earlier: GCPauses) -> GCPauses:
+        return self._combined(earlier, -1)
+
+    def __add__(self, other: GCPauses) -> GCPauses:
+        return self._combined(other, 1)
+
+    def _combined(self, other: GCPauses, sign: int) -> GCPauses:
         return GCPauses(
-            tuple(a - b for a, b in zip(self.count, earlier.count, strict=True)),  # type: ignore[arg-type]
-            tuple(a - b for a, b in zip(self.seconds, earlier.seconds, strict=True)),  # type: ignore[arg-type]
-            self.over_5ms - earlier.over_5ms,
+            tuple(a + sign * b for a, b in zip(self.count, other.count, strict=True)),  # type: ignore[arg-type]
+            tuple(a + sign * b for a, b in zip(self.seconds, other.seconds, strict=True)),  # type: ignore[arg-type]
+            self.over_5ms + sign * other.over_5ms,
         )
 
     def describe(self) -> str:
@@ -893,7 +899,7 @@ async def bench(args: argparse.Namespace) -> Report:
             gc_before = gc_pauses(port, metrics_token)
             decisions = load("decisions", args.duration)
             gc_round = gc_pauses(port, metrics_token) - gc_before
-            under_load = gc_round if under_load is None else _sum_pauses(under_load, gc_round)
+            under_load = gc_round if under_load is None else under_load + gc_round
             print(
                 f"round {r + 1}: plain {plain.rps:,.0f} req/s ({plain.server_cpu_ms:.3f} ms CPU/req), "
                 f"decisions {decisions.rps:,.0f} req/s ({decisions.server_cpu_ms:.3f} ms CPU/req), "
@@ -961,14 +967,6 @@ async def bench(args: argparse.Namespace) -> Report:
         visited_s=visited_s,
         gc_under_load=under_load,
         gc_open_loop=open_loop_gc,
-    )
-
-
-def _sum_pauses(a: GCPauses, b: GCPauses) -> GCPauses:
-    return GCPauses(
-        tuple(x + y for x, y in zip(a.count, b.count, strict=True)),  # type: ignore[arg-type]
-        tuple(x + y for x, y in zip(a.seconds, b.seconds, strict=True)),  # type: ignore[arg-type]
-        a.over_5ms + b.over_5ms,
     )
 
 
