@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from adserve.learning.services import load_training_data
+from tests.integration.conftest import decisions_logged
 from tests.integration.serving.catalog_builder import CatalogBuilder, wait_for_placement
 from tests.integration.serving.test_decisions import decide
 from tests.integration.serving.test_tracking import path_of
@@ -39,6 +40,7 @@ async def test_a_later_event_never_leaks_into_a_decisions_features(
     decision = await decide(client, key, user=user, consent=True)
     await client.get(path_of(decision["impression_url"]))
     await client.post("/v1/events", json={"consent": True, "events": [after]})
+    await decisions_logged(client)  # the decision row is queued without waiting
 
     data = await load_training_data(
         database_url, days=1, outcome_window_s=300, until=now + timedelta(minutes=10)
@@ -64,6 +66,7 @@ async def test_an_impression_is_a_click_example_only_once_its_click_window_has_c
     await client.post("/v1/events", json={"consent": True, "events": [event(user, "seen-item", now)]})
     decision = await decide(client, key, user=user, consent=True)
     await client.get(path_of(decision["impression_url"]))
+    await decisions_logged(client)  # the decision row is queued without waiting; its impression is not
 
     def examples_of(data) -> list:
         return [e for e in data.click_examples if e.candidate.creative_id == decision["creative"]["id"]]
