@@ -143,6 +143,7 @@ class BanditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     seed: int = 0
     max_importance_weight: float = 1.0
     model_residual_weight: float = 0.25
+    plausible_share: float = 0.5
     objective: Literal["revenue", "clicks"] = "revenue"
     revenue_scale: float = 1.0
     conversion_weight: float = 0.0

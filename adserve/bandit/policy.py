@@ -34,8 +34,11 @@ combined predicted costs of the top-K candidates: p(a) = 1 / (K + gamma · (cost
 for every non-best action and the rest to the best, with gamma = gamma_initial + gamma_scale ·
 n^gamma_exponent (n = examples learned). A large gamma_initial gives the cold start "the model's
 ranking with light exploration": exploration costs at most (K − 1) / gamma in expected cost per
-decision, and implausible candidates (large gaps) get almost nothing. `epsilon_greedy` spreads
-epsilon evenly over the top-K instead. Only the top-K candidates by the model's value go to VW, so
+decision. Each non-best action's expected cost, gap / (K + gamma · gap), approaches 1 / gamma as
+its gap grows, so the candidates the model ranks far below the best cost the most to explore and
+are the least likely to be better: only those the model values at least `plausible_share` (0.5)
+of the best one's value are explored, the rest of the top-K get probability 0 (K counts the
+explored ones). `epsilon_greedy` spreads epsilon evenly over the same candidates instead. Only the top-K candidates by the model's value go to VW, so
 latency does not grow with the catalogue; the rest get probability 0. The pmf computed here is
 the one sampled from and the one returned in `Choice.pmf`: the logged propensity is exactly the
 probability the choice was made with.
@@ -159,6 +162,9 @@ class PolicyConfig:
     # the share of VW's learned correction added to a trained model's costs (the empirical cold
     # start's is added whole): shrinkage of a per-ad residual that is mostly noise at first
     model_residual_weight: float = 0.25
+    # a top-K candidate is explored only while the model values it at least this share of the
+    # best one's value (0: every top-K candidate): the far ones cost the most and win the least
+    plausible_share: float = 0.5
     cost: CostConfig = field(default_factory=CostConfig)
 
     def __post_init__(self) -> None:
@@ -174,6 +180,8 @@ class PolicyConfig:
             raise ValueError(f"max_importance_weight must be >= 1, got {self.max_importance_weight}")
         if not 0 <= self.model_residual_weight <= 1:
             raise ValueError(f"model_residual_weight must be in [0, 1], got {self.model_residual_weight}")
+        if not 0 <= self.plausible_share <= 1:
+            raise ValueError(f"plausible_share must be in [0, 1], got {self.plausible_share}")
 
     def vw_args(self) -> list[str]:
         """The VW command line of the residual regressor (without model-file arguments)."""
@@ -290,6 +298,14 @@ def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
     return min(index, len(pmf) - 1)
 
 
+def plausible(values: np.ndarray, greedy: int, share: float) -> np.ndarray:
+    """Indices of the candidates worth exploring: those the model values at least `share` of its
+    best value, and the greedy one (which VW's correction may have moved below that)."""
+    kept = values >= share * values.max()
+    kept[greedy] = True
+    return np.flatnonzero(kept)
+
+
 def inverse_gap_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
     """SquareCB's pmf over predicted costs: 1 / (K + gamma · gap) for each non-best action."""
     k = len(costs)
@@ -404,14 +420,17 @@ class VWPolicy:
         if family == MODEL_FAMILY:
             residuals = residuals * self.config.model_residual_weight
         costs = costs_of_values(values[top], cost_config) + residuals
+        greedy = int(np.argmin(costs))
+        explored = plausible(values[top], greedy, self.config.plausible_share)
+        top_pmf = np.zeros(len(top))
         if self.config.exploration is Exploration.SQUARECB:
-            top_pmf = inverse_gap_pmf(costs, self.gamma)
+            top_pmf[explored] = inverse_gap_pmf(costs[explored], self.gamma)
         else:
-            top_pmf = np.full(len(top), self.config.epsilon / len(top))
-            top_pmf[int(np.argmin(costs))] += 1.0 - self.config.epsilon
+            top_pmf[explored] = self.config.epsilon / len(explored)
+            top_pmf[greedy] += 1.0 - self.config.epsilon
         pmf = np.zeros(len(candidates))
         pmf[top] = top_pmf / top_pmf.sum()
-        return pmf, int(top[int(np.argmin(costs))])
+        return pmf, int(top[greedy])
 
     def pmf(
         self,

@@ -15,6 +15,7 @@ from adserve.bandit.policy import (
     VWPolicy,
     cost_of,
     list_versions,
+    plausible,
     top_k_indices,
 )
 from adserve.bandit.records import LoggedDecision
@@ -96,6 +97,27 @@ def test_exploration_never_costs_more_than_k_over_gamma() -> None:
         scores = rng.uniform(0.0, 0.1, 10)
         pmf = policy.pmf(CONTEXT, candidates, scores)
         assert scores.max() - pmf @ scores <= 9 / 2000 + 1e-12
+
+
+def test_only_candidates_the_model_finds_plausible_are_explored() -> None:
+    candidates = [cpc(i, bid=1.0) for i in range(4)]
+    scores = np.array([0.10, 0.06, 0.049, 0.01])  # values: the best, 0.6, 0.49 and 0.1 of it
+    explores_a_lot = {"top_k": 4, "gamma_initial": 10.0, "gamma_scale": 0.0}
+    pmf = VWPolicy(PolicyConfig(**explores_a_lot)).pmf(CONTEXT, candidates, scores)
+    assert pmf[2] == pmf[3] == 0.0  # below half the best value: never served
+    # inverse-gap weighting over the two plausible ones (K = 2)
+    assert pmf[1] == pytest.approx(1 / (2 + 10 * 0.04)) and pmf[0] == pytest.approx(1 - pmf[1])
+    everywhere = VWPolicy(PolicyConfig(**explores_a_lot, plausible_share=0.0))
+    assert np.all(everywhere.pmf(CONTEXT, candidates, scores) > 0)
+
+
+def test_the_greedy_candidate_is_explored_from_even_below_the_plausible_share() -> None:
+    values = np.array([0.10, 0.06, 0.02, 0.049])
+    assert plausible(values, greedy=0, share=0.5).tolist() == [0, 1]
+    # VW's correction made the third the cheapest: it is served, though the model values it low
+    assert plausible(values, greedy=2, share=0.5).tolist() == [0, 1, 2]
+    assert plausible(values, greedy=0, share=0.0).tolist() == [0, 1, 2, 3]
+    assert plausible(np.zeros(3), greedy=1, share=0.5).tolist() == [0, 1, 2]  # nothing to tell apart
 
 
 def test_top_k_by_expected_value_mixes_cpc_and_cpm() -> None:
