@@ -38,8 +38,9 @@ decision. Each non-best action's expected cost, gap / (K + gamma · gap), approa
 its gap grows, so the candidates the model ranks far below the best cost the most to explore and
 are the least likely to be better: only those the model values at least `plausible_share` (0.5)
 of the best one's value are explored, the rest of the top-K get probability 0 (K counts the
-explored ones). `epsilon_greedy` spreads epsilon evenly over the same candidates instead. Only the top-K candidates by the model's value go to VW, so
-latency does not grow with the catalogue; the rest get probability 0. The pmf computed here is
+explored ones). `epsilon_greedy` spreads epsilon evenly over the same candidates instead. Only
+the top-K candidates by the model's value go to VW, so latency does not grow with the catalogue;
+the rest get probability 0. The pmf computed here is
 the one sampled from and the one returned in `Choice.pmf`: the logged propensity is exactly the
 probability the choice was made with.
 
@@ -104,6 +105,7 @@ __all__ = [
     "inverse_gap_pmf",
     "list_versions",
     "model_costs",
+    "plausible",
     "sample",
     "top_k_indices",
 ]
