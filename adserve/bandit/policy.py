@@ -40,9 +40,8 @@ are the least likely to be better: only those the model values at least `plausib
 of the best one's value are explored, the rest of the top-K get probability 0 (K counts the
 explored ones). `epsilon_greedy` spreads epsilon evenly over the same candidates instead. Only
 the top-K candidates by the model's value go to VW, so latency does not grow with the catalogue;
-the rest get probability 0. The pmf computed here is
-the one sampled from and the one returned in `Choice.pmf`: the logged propensity is exactly the
-probability the choice was made with.
+the rest get probability 0. The pmf computed here is the one sampled from and the one returned in
+`Choice.pmf`: the logged propensity is exactly the probability the choice was made with.
 
 Objective and cost
 ------------------
