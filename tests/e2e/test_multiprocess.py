@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from adserve.demo import create_admin_key
 from tests.e2e.conftest import run_server
 from tests.integration.serving.catalog_builder import CatalogBuilder
 
@@ -27,10 +28,14 @@ def wait_for(server_url: str, key: str) -> None:
     raise TimeoutError(f"{server_url} never served {key}")
 
 
-def decide(server_url: str, key: str, user: str) -> dict:
-    response = httpx.post(
-        f"{server_url}/v1/decisions", json={"user_id": user, "consent": True, "placements": [key]}
-    )
+def decide(server_url: str, key: str, user: str, admin_key: str | None = None) -> dict:
+    """One decision; with an admin key it is explained, diagnostics (pmf, `explored`) included."""
+    body = {"user_id": user, "consent": True, "placements": [key]}
+    headers = {}
+    if admin_key:
+        body["explain"] = True
+        headers["Authorization"] = f"Bearer {admin_key}"
+    response = httpx.post(f"{server_url}/v1/decisions", json=body, headers=headers)
     assert response.status_code == 200, response.text
     return response.json()["decisions"][0]
 
@@ -54,10 +59,11 @@ async def test_an_event_posted_to_one_process_changes_the_next_decision_of_the_o
         await builder.campaign("shoes-ad", category="shoes")
         await builder.campaign("audio-ad", category="audio")
         key = await builder.placement("mp")
+        admin_key = await create_admin_key(session, "multiprocess")
     wait_for(a.url, key)
     wait_for(b.url, key)
     user = f"mp-{uuid.uuid4().hex[:8]}"
-    before = decide(b.url, key, user)
+    before = decide(b.url, key, user, admin_key)
     other = "audio" if before["creative"]["title"].startswith("shoes") else "shoes"
     events = [
         {
@@ -72,8 +78,13 @@ async def test_an_event_posted_to_one_process_changes_the_next_decision_of_the_o
     ]
     posted = httpx.post(f"{a.url}/v1/events", json={"consent": True, "events": events})
     assert posted.status_code == 202 and posted.json()["durability"] == "stored"
-    after = decide(b.url, key, user)
-    assert after["creative"]["title"].startswith(other)
+    after = decide(b.url, key, user, admin_key)
+    diagnostics = after["explanation"]["diagnostics"]
+    assert diagnostics["pmf"] != before["explanation"]["diagnostics"]["pmf"]
+    # the history made `other` the greedy choice in process B; a draw that explored (about one in
+    # 200 at these two campaigns' values) served the first kind instead, and says so
+    first_kind = "audio" if other == "shoes" else "shoes"
+    assert after["creative"]["title"].startswith(first_kind if diagnostics["explored"] else other)
 
 
 async def test_a_frequency_cap_of_one_holds_across_processes(two_servers, sessionmaker) -> None:
