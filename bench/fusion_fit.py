@@ -12,9 +12,7 @@ scores the next `--future` impressions with:
 - `served`: the version's own fusion (`ClickFusion.fit`, what `adserve serve` would load);
 - `validation-only`: every weight fitted on the validation part alone, unbounded (the fit served
   before 2026-12-01);
-- `without-click-head`: the served fit with the click head's logit left out;
-- `inputs-only`: the served fit without the features `design` derives (`fusion.DERIVED`), the
-  fusion served before 2026-12-01 evening.
+- `without-click-head`: the served fit with the click head's logit left out.
 
 and prints each one's AUC and its log loss against the base rate's (negative: better than a
 constant), then the mean and the worst over all fits.
@@ -31,14 +29,7 @@ import numpy as np
 
 from adserve.interest import training
 from adserve.interest.evaluation import click_metrics
-from adserve.interest.fusion import (
-    DERIVED,
-    FEATURES,
-    ClickFusion,
-    design,
-    fit_logistic,
-    item_categories,
-)
+from adserve.interest.fusion import FEATURES, ClickFusion, fit_logistic, item_categories
 from adserve.learning.services import load_training_data
 
 __all__ = ["main"]
@@ -46,15 +37,7 @@ __all__ = ["main"]
 CLICK = FEATURES.index("click_logit")
 
 
-def inputs_only(rows: training.FusionRows) -> ClickFusion:
-    z = design(rows.x)
-    z[:, [FEATURES.index(name) for name in DERIVED]] = 0.0
-    return ClickFusion.fit_design(z, rows.labels, rows.click_held_out)
-
-
 def validation_only(x_val: np.ndarray, y_val: np.ndarray) -> ClickFusion:
-    x_val = design(x_val)
-    x_val[:, [FEATURES.index(name) for name in DERIVED]] = 0.0
     penalty = np.ones(len(FEATURES))
     penalty[0] = 1e-6
     start = np.zeros(len(FEATURES))
@@ -107,7 +90,6 @@ def main() -> None:
                 "served": result.fusion,
                 "validation-only": validation_only(x_val, y_val),
                 "without-click-head": ClickFusion.fit(x_without_head, rows.labels),
-                "inputs-only": inputs_only(rows),
             }
             base = click_metrics(np.full(len(y_future), np.mean(clicked)), y_future)["logloss"]
             line = [

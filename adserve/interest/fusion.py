@@ -19,19 +19,6 @@ impressions after the network is trained, over:
 - `creative_prior`: the creative's own click log-odds on the training impressions relative to the
   base rate, shrunk towards 0 by `PRIOR_IMPRESSIONS` (a creative never served scores 0).
 
-Those are the scorer's `INPUTS`. Two more features are computed from them (`design`), because a
-log-probability is not always the scale a click responds on, and the bounds below would otherwise
-tie one affinity to another:
-
-- `category_probability`: exp(category_affinity), the share of the user's next step the model
-  puts on the creative's category. Interest in a category moves clicks more like a probability
-  than like its logarithm: 0.01 against 0.02 is no real difference, 0.3 against 0.6 is.
-- `product_given_category`: product_affinity − category_affinity, at most 0 and at least
-  `MIN_AFFINITY` (the floor for products the model does not know): how the model ranks the creative's products among their category's items for
-  this user (taste and brand within a category). With both affinities bounded at or above zero
-  weight, the regression could give this within-category preference no more weight than the
-  category's log-probability; as its own feature it gets the weight the clicks say.
-
 The regression is the calibration too: it is fitted by maximum likelihood, so its predictions sum
 to the clicks on the data it was fitted on, and the held-out ratio is reported with the model.
 
@@ -71,22 +58,19 @@ if TYPE_CHECKING:
     from adserve.domain import BehaviourEvent, Candidate
 
 __all__ = [
-    "DERIVED",
     "FEATURES",
-    "INPUTS",
     "MIN_AFFINITY",
     "NON_NEGATIVE",
     "BehaviourProfile",
     "ClickFusion",
     "behaviour_features",
     "creative_priors",
-    "design",
     "fit_logistic",
     "item_categories",
     "leave_one_out_priors",
 ]
 
-INPUTS = (
+FEATURES = (
     "intercept",
     "click_logit",
     "product_affinity",
@@ -98,11 +82,8 @@ INPUTS = (
     "purchased_recent",
     "creative_prior",
 )
-DERIVED = ("category_probability", "product_given_category")
-FEATURES = INPUTS + DERIVED
 NON_NEGATIVE = frozenset(FEATURES) - {"intercept", "purchased_recent"}
 MIN_AFFINITY = -20.0  # floor of the log-probability feature (creatives without known products)
-_PRODUCT, _CATEGORY = INPUTS.index("product_affinity"), INPUTS.index("category_affinity")
 PRIOR_IMPRESSIONS = 200.0
 RECENT_TAU_S = 1_800.0
 PURCHASE_TAU_S = 3 * 86_400.0
@@ -198,22 +179,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
 
 
-def design(x: np.ndarray) -> np.ndarray:
-    """(N, len(INPUTS)) scorer rows → (N, len(FEATURES)) regression rows: the inputs, then `DERIVED`."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != len(INPUTS):
-        raise ValueError(f"fusion rows have shape {x.shape}; expected (N, {len(INPUTS)})")
-    category, product = x[:, _CATEGORY], x[:, _PRODUCT]
-    # products the model does not know sit at the floor, as their affinity does
-    within = np.where(product <= MIN_AFFINITY, MIN_AFFINITY, np.clip(product - category, MIN_AFFINITY, 0.0))
-    return np.column_stack([x, np.exp(category), within])
-
-
 @dataclass(frozen=True, slots=True)
 class ClickFusion:
-    """Logistic regression over `FEATURES` (the scorer's `INPUTS` and what `design` derives from
-    them); `weights` has one entry per feature, and a version stored with fewer features (before
-    `DERIVED` existed) scores as it did, with zero weight on the ones it lacks."""
+    """Logistic regression over `FEATURES`; `weights` has one entry per feature."""
 
     weights: tuple[float, ...]
     features: tuple[str, ...] = FEATURES
@@ -225,12 +193,8 @@ class ClickFusion:
             raise ValueError(f"{len(self.weights)} weights for {len(self.features)} features")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, len(INPUTS)) scorer rows → (N,) calibrated P(click)."""
-        return _sigmoid(self.logit(x))
-
-    def logit(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, len(INPUTS)) scorer rows → (N,) log-odds of a click."""
-        return design(x) @ np.asarray(self.weights)
+        """x: (N, F) feature rows → (N,) calibrated P(click)."""
+        return _sigmoid(np.asarray(x, dtype=np.float64) @ np.asarray(self.weights))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,13 +208,12 @@ class ClickFusion:
     def from_dict(cls, data: dict[str, Any] | None) -> ClickFusion | None:
         if not data:
             return None
-        stored = dict(zip(data["features"], (float(w) for w in data["weights"]), strict=True))
-        unknown = set(stored) - set(FEATURES)
-        if unknown or not set(INPUTS) <= set(stored):
-            raise ValueError(f"fusion features {tuple(stored)} do not fit this version's {FEATURES}")
+        features = tuple(data["features"])
+        if features != FEATURES:
+            raise ValueError(f"fusion features {features} differ from this version's {FEATURES}")
         priors = {int(k): float(v) for k, v in (data.get("creative_priors") or {}).items()}
         categories = {str(k): str(v) for k, v in (data.get("item_categories") or {}).items()}
-        return cls(tuple(stored.get(name, 0.0) for name in FEATURES), FEATURES, priors, categories)
+        return cls(tuple(float(w) for w in data["weights"]), features, priors, categories)
 
     @classmethod
     def fit(
@@ -262,23 +225,9 @@ class ClickFusion:
         item_categories: dict[str, str] | None = None,
         l2: float = 1.0,
     ) -> ClickFusion:
-        """The two-stage fit of the module docstring. x: (N, len(INPUTS)) scorer rows, labels:
-        (N,) 0/1; click_held_out: (N,) True where the click head did not train on the impression
-        (default: every row); only those rows weigh the click head's logit."""
-        return cls.fit_design(design(x), labels, click_held_out, creative_priors, item_categories, l2)
-
-    @classmethod
-    def fit_design(
-        cls,
-        x: np.ndarray,
-        labels: np.ndarray,
-        click_held_out: np.ndarray | None = None,
-        creative_priors: dict[int, float] | None = None,
-        item_categories: dict[str, str] | None = None,
-        l2: float = 1.0,
-    ) -> ClickFusion:
-        """`fit` on regression rows that `design` already built (a column of zeros keeps its
-        feature's weight at zero)."""
+        """The two-stage fit of the module docstring. x: (N, F) feature rows, labels: (N,) 0/1;
+        click_held_out: (N,) True where the click head did not train on the impression (default:
+        every row); only those rows weigh the click head's logit."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(labels, dtype=np.float64)
         held_out = np.ones(len(y), dtype=bool) if click_held_out is None else np.asarray(click_held_out, bool)

@@ -409,7 +409,7 @@ class InterestScorer:
             features[:, 1] = kernel.logits(block, user, context)
             return features
         assert self.fusion is not None
-        without_click = self.fusion.logit(features)  # the click column is still 0
+        without_click = features @ np.asarray(self.fusion.weights)  # the click column is still 0
         rows = np.sort(np.argpartition(-without_click, size - 1)[:size])
         logits = kernel.logits(block, user, context, rows)
         features[:, 1] = logits.mean()

@@ -62,7 +62,7 @@ from adserve.interest.evaluation import (
     target_ranks,
 )
 from adserve.interest.fusion import (
-    INPUTS,
+    FEATURES,
     ClickFusion,
     creative_priors,
     item_categories,
@@ -516,7 +516,7 @@ def _fusion_features(scorer: InterestScorer, examples: Sequence[ClickExample]) -
     for start in range(0, len(examples), 1024):
         chunk = examples[start : start + 1024]
         rows += scorer.click_features_many([(e.context, [e.candidate]) for e in chunk])
-    return np.vstack(rows) if rows else np.zeros((0, len(INPUTS)))
+    return np.vstack(rows) if rows else np.zeros((0, len(FEATURES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +544,7 @@ def fusion_rows(
     scorer.creative_priors = priors
     scorer.set_item_categories(categories)
     x_train, x_val = _fusion_features(scorer, train), _fusion_features(scorer, val)
-    x_train[:, INPUTS.index("creative_prior")] = leave_one_out_priors(creatives, clicked)
+    x_train[:, FEATURES.index("creative_prior")] = leave_one_out_priors(creatives, clicked)
     labels = np.array([float(e.clicked) for e in (*train, *val)])
     return FusionRows(np.vstack([x_train, x_val]), labels, np.arange(len(labels)) >= len(train), priors)
 
@@ -632,7 +632,7 @@ def train_interest(
         fusion, fused, metrics["click_reliability"] = _fit_fusion(scorer, categories, *parts)
         # "interest" is what serves: the fused, calibrated P(click)
         report["click"] = {"interest": fused, **head_report}
-        metrics["fusion"] = dict(zip(fusion.features, fusion.weights, strict=True))
+        metrics["fusion"] = dict(zip(FEATURES, fusion.weights, strict=True))
     elif rank == 0 and clicks:
         tqdm.write(f"click head not trained: {len(clicks)} impressions, outcomes {sorted(labels)}")
 

@@ -9,15 +9,11 @@ import pytest
 
 from adserve.interest.evaluation import click_metrics
 from adserve.interest.fusion import (
-    DERIVED,
     FEATURES,
-    INPUTS,
-    MIN_AFFINITY,
     NON_NEGATIVE,
     PRIOR_IMPRESSIONS,
     ClickFusion,
     creative_priors,
-    design,
     fit_logistic,
     leave_one_out_priors,
 )
@@ -29,7 +25,7 @@ def impressions(rng: np.random.Generator, n: int, memorised: bool) -> tuple[np.n
     """Feature rows of a shop where only the user's recent interest in the creative's category
     moves P(click) (about 3 %): every other feature is noise. `memorised`: the click head's
     logit on impressions it trained on, where it has learned the labels by heart."""
-    x = np.zeros((n, len(INPUTS)))
+    x = np.zeros((n, len(FEATURES)))
     x[:, COLUMN["intercept"]] = 1.0
     interest = rng.uniform(0.0, 1.0, n)
     x[:, COLUMN["category_recent"]] = interest
@@ -122,65 +118,3 @@ def test_a_fit_on_a_few_dozen_clicks_never_ranks_worse_than_chance() -> None:
         assert all(w >= 0.0 for name, w in zip(FEATURES, fusion.weights, strict=True) if name in NON_NEGATIVE)
         aucs.append(click_metrics(fusion(x_fresh), y_fresh)["auc"])
     assert min(aucs) > 0.62, aucs  # the true model ranks them at 0.72
-
-
-def test_design_derives_the_categorys_probability_and_the_products_share_of_it() -> None:
-    x = np.zeros((3, len(INPUTS)))
-    x[:, COLUMN["category_affinity"]] = [math.log(0.5), math.log(0.02), -3.0]
-    x[:, COLUMN["product_affinity"]] = [math.log(0.05), MIN_AFFINITY, -2.0]  # the last: outside it
-    z = design(x)
-    assert z.shape == (3, len(FEATURES))
-    np.testing.assert_array_equal(z[:, : len(INPUTS)], x)
-    assert z[:, COLUMN["category_probability"]] == pytest.approx([0.5, 0.02, math.exp(-3.0)])
-    # log P(linked | category), at most 0 and at least the floor
-    assert z[:, COLUMN["product_given_category"]] == pytest.approx([math.log(0.1), MIN_AFFINITY, 0.0])
-    with pytest.raises(ValueError, match="expected"):
-        design(z)
-
-
-def test_a_fusion_stored_before_the_derived_features_scores_as_it_did() -> None:
-    rng = np.random.default_rng(4)
-    x, _ = impressions(rng, 200, memorised=False)
-    old_weights = rng.normal(0.0, 0.3, len(INPUTS))
-    stored = {"weights": list(old_weights), "features": list(INPUTS), "creative_priors": {"7": 0.1}}
-    fusion = ClickFusion.from_dict(stored)
-    assert fusion is not None and fusion.features == FEATURES
-    np.testing.assert_allclose(fusion(x), 1.0 / (1.0 + np.exp(-(x @ old_weights))))
-    assert ClickFusion.from_dict(fusion.to_dict()) == fusion
-    with pytest.raises(ValueError, match="do not fit"):
-        ClickFusion.from_dict({"weights": [0.0, 1.0], "features": ["intercept", "unknown"]})
-
-
-def test_a_preference_within_the_category_is_weighed_apart_from_the_categorys_log_probability() -> None:
-    """Clicks follow how the user ranks the creative's products within their category and the
-    category's probability, not its log-probability. On the inputs alone, with both affinities'
-    weights bounded at zero, the within-category preference can weigh no more than the category's
-    log-probability; with the derived features the fit ranks fresh impressions closer to the truth."""
-    rng = np.random.default_rng(5)
-
-    def shop(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.zeros((n, len(INPUTS)))
-        x[:, COLUMN["intercept"]] = 1.0
-        category = np.log(rng.dirichlet(np.full(12, 0.3), n)[:, 0].clip(1e-4))
-        within = rng.normal(-3.5, 1.0, n).clip(max=0.0)
-        x[:, COLUMN["category_affinity"]] = category
-        x[:, COLUMN["product_affinity"]] = category + within
-        x[:, COLUMN["brand_affinity"]] = category + within / 2
-        clicked = rng.random(n) < 1.0 / (
-            1.0 + np.exp(-(-4.0 + 2.5 * np.exp(category) + 0.8 * (within + 3.5)))
-        )
-        return x, clicked.astype(np.float64)
-
-    x, y = shop(40_000)
-    derived = ClickFusion.fit(x, y)
-    z = design(x)
-    z[:, [COLUMN[name] for name in DERIVED]] = 0.0
-    inputs_only = ClickFusion.fit_design(z, y)
-    weights = dict(zip(FEATURES, derived.weights, strict=True))
-    assert weights["product_given_category"] == pytest.approx(0.8, abs=0.25)
-    assert weights["category_probability"] > 1.0
-    x_fresh, y_fresh = shop(60_000)
-    assert (
-        click_metrics(derived(x_fresh), y_fresh)["auc"]
-        > click_metrics(inputs_only(x_fresh), y_fresh)["auc"] + 0.01
-    )

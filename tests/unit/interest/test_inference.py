@@ -150,7 +150,7 @@ def test_the_click_head_scores_only_the_candidates_the_fusion_ranks_highest_with
         np.testing.assert_array_equal(short[:, other_columns], every[:, other_columns])
         without_click = every.copy()
         without_click[:, 1] = 0.0
-        ranked = np.argsort(-scorer.fusion.logit(without_click), kind="stable")
+        ranked = np.argsort(-(without_click @ np.asarray(scorer.fusion.weights)), kind="stable")
         shortlist, rest = ranked[:size], ranked[size:]
         np.testing.assert_allclose(short[shortlist, 1], every[shortlist, 1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(short[rest, 1], every[shortlist, 1].mean(), rtol=1e-5, atol=1e-6)
