@@ -876,9 +876,13 @@ async def bench(args: argparse.Namespace) -> Report:
             f"servers up: adserve pid {servers[0].process.pid}, plain pid {servers[1].process.pid}",
             flush=True,
         )
-        visited_s = await visit_every_user(port, args.users, request_body)
+        # 1 worker: one pass; N: 3N passes, after which a worker has missed about 1 user in 60
+        # (2 workers), as a long-running server's workers have each served every returning user
+        passes = 1 if args.workers == 1 else 3 * args.workers
+        visited_s = await visit_every_user(port, args.users, request_body, passes)
         print(
-            f"visited every user once in {visited_s:.1f} s (their state and encoding in memory)", flush=True
+            f"visited every user {passes}× in {visited_s:.1f} s (their state and encoding in memory)",
+            flush=True,
         )
 
         endpoints = {
@@ -894,12 +898,15 @@ async def bench(args: argparse.Namespace) -> Report:
             load(name, args.warmup)
         rounds = []
         under_load = None
+        # `/metrics` is each process's own: with several workers one of them answers, at random
+        gc_measured = args.workers == 1
         for r in range(args.rounds):
             plain = load("plain", args.duration)
-            gc_before = gc_pauses(port, metrics_token)
+            gc_before = gc_pauses(port, metrics_token) if gc_measured else None
             decisions = load("decisions", args.duration)
-            gc_round = gc_pauses(port, metrics_token) - gc_before
-            under_load = gc_round if under_load is None else under_load + gc_round
+            if gc_before is not None:
+                gc_round = gc_pauses(port, metrics_token) - gc_before
+                under_load = gc_round if under_load is None else under_load + gc_round
             print(
                 f"round {r + 1}: plain {plain.rps:,.0f} req/s ({plain.server_cpu_ms:.3f} ms CPU/req), "
                 f"decisions {decisions.rps:,.0f} req/s ({decisions.server_cpu_ms:.3f} ms CPU/req), "
@@ -927,13 +934,18 @@ async def bench(args: argparse.Namespace) -> Report:
         plain_latency = await open_loop(
             plain_port, "/plain", args.users, b'"ok":true', args.rate, args.latency_duration
         )
-        gc_before = gc_pauses(port, metrics_token)
+        gc_before = gc_pauses(port, metrics_token) if gc_measured else None
         latency = await open_loop(
             port, "/v1/decisions", args.users, b'"creative":{', args.rate, args.latency_duration
         )
-        open_loop_gc = gc_pauses(port, metrics_token) - gc_before
-        print(f"garbage collections under wrk: {under_load.describe() if under_load else 'n/a'}", flush=True)
-        print(f"garbage collections at {args.rate:g}/s: {open_loop_gc.describe()}", flush=True)
+        open_loop_gc = gc_pauses(port, metrics_token) - gc_before if gc_before is not None else None
+        if gc_measured:
+            print(
+                f"garbage collections under wrk: {under_load.describe() if under_load else 'n/a'}", flush=True
+            )
+            print(f"garbage collections at {args.rate:g}/s: {open_loop_gc.describe()}", flush=True)
+        else:
+            print(f"garbage collections: not measured ({args.workers} workers, each with its own /metrics)")
         print(
             f"latency at {args.rate:g}/s: decisions p50 {latency.percentile(50):.1f} ms "
             f"p99 {latency.percentile(99):.1f} ms; plain p50 {plain_latency.percentile(50):.1f} ms "

@@ -149,11 +149,20 @@ async def warm_models(
     return ServingModels(scorer, policy, served, clicks, train_s, learn_s, promoted_by_hand)
 
 
-async def visit_every_user(port: int, users: int, request_body) -> float:
-    """One decision per user before measuring: the serving process holds every user's state and
-    encoding, as it does for users whose behaviour events it has seen (encoded at event time);
-    the seeded users arrived by COPY, which notifies nobody. Returns the seconds it took."""
+async def visit_every_user(port: int, users: int, request_body, passes: int = 1) -> float:
+    """One decision per user and pass before measuring: the serving processes hold every user's
+    state and encoding, as they do for users whose behaviour events they have seen (encoded at
+    event time); the seeded users arrived by COPY, which notifies nobody. With several workers
+    the kernel hands each new connection to one of them, so a pass reaches each user through one
+    worker only: every pass opens new connections, and after m passes a worker has missed a
+    given user with probability about (1 - 1/workers)^m. Returns the seconds it took."""
     started = time.perf_counter()
+    for _ in range(passes):
+        await _visit_once(port, users, request_body)
+    return time.perf_counter() - started
+
+
+async def _visit_once(port: int, users: int, request_body) -> None:
     limit = asyncio.Semaphore(16)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
 
@@ -165,4 +174,3 @@ async def visit_every_user(port: int, users: int, request_body) -> float:
                 response.raise_for_status()
 
         await asyncio.gather(*(one(user) for user in range(users)))
-    return time.perf_counter() - started
