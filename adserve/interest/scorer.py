@@ -40,7 +40,7 @@ from torch import nn
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext, EventType, Pricing
 from adserve.interest.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from adserve.interest.data import click_inputs, encode_history, request_gaps, stack_histories
-from adserve.interest.fusion import MIN_AFFINITY, behaviour_features
+from adserve.interest.fusion import FEATURES, MIN_AFFINITY, behaviour_features
 from adserve.interest.inference import ClickKernel, UserView, log_mass
 from adserve.interest.network import InterestModel
 
@@ -151,6 +151,13 @@ class InterestScorer:
         self._prior_logp_padded = np.append(self._prior_logp, -np.inf).astype(np.float64)
         with torch.inference_mode():  # the next-item head's (V, D) output matrix depends on weights only
             self._item_matrix = self.model.next_item.item_matrix(self.model.encoder.events).detach()
+
+    @property
+    def click_weighed(self) -> bool:
+        """Whether the served fusion gives the click head's logit any weight. A first model's
+        fit often leaves it at its bound of zero (few validation clicks); then serving skips the
+        click head, which is most of a decision's scoring, and the scores are the same."""
+        return self.fusion is not None and self.fusion.weights[FEATURES.index("click_logit")] != 0.0
 
     @property
     def scores_ads(self) -> bool:
@@ -366,7 +373,8 @@ class InterestScorer:
                 encoding = self._cache.get(self._cache_key(context))
             if encoding is None or encoding.view is None:
                 return False
-        return kernel.has_block(candidates) and kernel.has_context(context)
+        needs_context = self.click_trained and self.click_weighed  # the click head's context vector
+        return kernel.has_block(candidates) and (not needs_context or kernel.has_context(context))
 
     def prepare_user(self, user_key: str, history: Sequence[BehaviourEvent]) -> None:
         """Encodes a consented user's history ahead of their next decision (at event time)."""
@@ -387,14 +395,19 @@ class InterestScorer:
         return encoding.view
 
     def fusion_features(
-        self, context: DecisionContext, candidates: Sequence[Candidate], shortlist: int | None = None
+        self,
+        context: DecisionContext,
+        candidates: Sequence[Candidate],
+        shortlist: int | None = None,
+        click_head: bool = True,
     ) -> np.ndarray:
         """(N, F) fusion rows by the numpy kernel: the same features as click_features_many.
 
         The click head runs on the `shortlist` (default: the scorer's `shortlist`; 0: every
         candidate) candidates that the fusion ranks highest without it. The others take the mean
         of the shortlist's logits, so the fusion's estimate for them rests on everything else the
-        model knows about the pair. See `DEFAULT_SHORTLIST`."""
+        model knows about the pair. See `DEFAULT_SHORTLIST`. `click_head=False` leaves its column
+        at 0: serving passes it when the fusion gives the head no weight (`click_weighed`)."""
         kernel = self._kernel
         assert kernel is not None
         block = kernel.block(candidates, context, self._category_rows, self.creative_priors)
@@ -405,6 +418,8 @@ class InterestScorer:
         if not self.click_trained:
             return features
         size = self.shortlist if shortlist is None else shortlist
+        if not click_head:
+            return features
         if size <= 0 or n <= size:
             features[:, 1] = kernel.logits(block, user, context)
             return features
@@ -419,10 +434,12 @@ class InterestScorer:
     def score_many(self, requests: Sequence[tuple[DecisionContext, Sequence[Candidate]]]) -> list[np.ndarray]:
         """Calibrated P(click) for several requests (one forward pass on the torch path)."""
         if self._kernel is not None and self.fusion is not None:
-            fusion = self.fusion
+            fusion, click_head = self.fusion, self.click_weighed
             self._encode_missing([context for context, _ in requests])
             return [
-                fusion(self.fusion_features(context, candidates)) if candidates else np.zeros(0)
+                fusion(self.fusion_features(context, candidates, click_head=click_head))
+                if candidates
+                else np.zeros(0)
                 for context, candidates in requests
             ]
         if self.fusion is None:

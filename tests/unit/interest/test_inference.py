@@ -158,3 +158,28 @@ def test_the_click_head_scores_only_the_candidates_the_fusion_ranks_highest_with
     assert scorer.shortlist == DEFAULT_SHORTLIST == ServingSettings().click_head_shortlist
     with pytest.raises(ValueError, match="shortlist"):
         InterestScorer(tiny_checkpoint, shortlist=-1)
+
+
+def test_a_fusion_without_weight_on_the_click_head_serves_the_same_scores_without_running_it(
+    tiny_checkpoint, tiny_world, monkeypatch
+) -> None:
+    from adserve.interest.fusion import FEATURES
+
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    weights = list(scorer.fusion.weights)
+    weights[FEATURES.index("click_logit")] = 0.0  # as a first model's fit often leaves it
+    scorer.fusion = dataclasses.replace(scorer.fusion, weights=tuple(weights))
+    assert not scorer.click_weighed
+    contexts = _contexts(tiny_world)
+    with_head = [
+        scorer.fusion(scorer.fusion_features(context, creatives, shortlist=0)) for context in contexts
+    ]
+    assert any(np.unique(scorer.fusion_features(c, creatives, shortlist=0)[:, 1]).size > 1 for c in contexts)
+
+    def no_click_head(*args, **kwargs):
+        raise AssertionError("the click head ran for a fusion that does not weigh it")
+
+    monkeypatch.setattr(scorer._kernel, "logits", no_click_head)
+    for context, expected in zip(contexts, with_head, strict=True):
+        np.testing.assert_allclose(scorer.score(context, creatives), expected, rtol=1e-12)
