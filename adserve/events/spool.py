@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 from sqlalchemy import ARRAY, Table
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -30,7 +31,17 @@ from adserve.db.tables import Base
 __all__ = ["Segment", "Spool", "SpoolLockedError", "row_type"]
 
 _SEGMENT_NAME = re.compile(r"^(\d{12})\.([a-z_]+)\.seg$")
-_encoder = msgspec.msgpack.Encoder(decimal_format="number", uuid_format="bytes")
+
+
+def _encode_other(value: Any) -> Any:
+    # a decision row carries its scores as the scorer's float64 array: the binary COPY writes it
+    # as it is, and only a spooled row pays for the list
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise NotImplementedError(f"cannot spool a {type(value).__name__}")
+
+
+_encoder = msgspec.msgpack.Encoder(decimal_format="number", uuid_format="bytes", enc_hook=_encode_other)
 
 
 class SpoolLockedError(RuntimeError):

@@ -301,7 +301,7 @@ class DecisionPipeline:
                 "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
             },
             candidate_ids=[entry.candidate.creative_id for entry in eligible.creatives],
-            scores=served.scores.tolist(),  # float64 array: Python floats
+            scores=served.scores,  # the float64 array: written by the binary COPY as it is
             pmf=list(served.choice.pmf),
             chosen_creative_id=served.chosen.id,
             campaign_id=served.chosen.campaign.id,
