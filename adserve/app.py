@@ -210,13 +210,13 @@ def _serving_kind(component: object) -> str:
     return _SERVING_KINDS.get(name, name)
 
 
-def _click_trained(scorer: object) -> bool | None:
-    """Whether the scorer's interest model has a trained click head (None: not an interest model)."""
+def _interest_flag(scorer: object, name: str) -> bool | None:
+    """A flag of the scorer's interest model (None: not an interest model)."""
     for candidate in (scorer, getattr(scorer, "current", None)):
         with contextlib.suppress(Exception):
-            trained = getattr(candidate, "click_trained", None)
-            if trained is not None:
-                return bool(trained)
+            flag = getattr(candidate, name, None)
+            if flag is not None:
+                return bool(flag)
     return None
 
 
@@ -231,7 +231,9 @@ def _serving(state: Any) -> dict[str, Any]:
         "scorer": {
             "kind": _serving_kind(scorer),
             "version": str(scorer.version),
-            "click_trained": _click_trained(scorer),
+            # a trained click head; whether the served fusion weighs it (if not, it does not run)
+            "click_trained": _interest_flag(scorer, "click_trained"),
+            "click_weighed": _interest_flag(scorer, "click_weighed"),
         },
         "policy": {
             "kind": _serving_kind(policy),

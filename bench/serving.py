@@ -616,6 +616,14 @@ def profile_decisions(pid: int, seconds: int, run_load) -> None:
 # --- report ---------------------------------------------------------------------------------------
 
 
+def _click_head(scorer: dict) -> str:
+    if not scorer.get("click_trained"):
+        return ""
+    if scorer.get("click_weighed") is False:
+        return " (click head trained; the fusion gives it weight 0, so it does not run)"
+    return " (click head trained and weighed)"
+
+
 def _mean_of(values, unit: str = "ms", digits: int = 3) -> str:
     known = [v for v in values if v is not None]
     return f"{statistics.mean(known):.{digits}f} {unit}".strip() if known else "n/a"
@@ -712,7 +720,7 @@ class Report:
         )
         served = (
             f"{trained}Serving during the run (`/ready`): scorer `{scorer['kind']}` version "
-            f"`{scorer['version']}`, policy `{policy['kind']}` version `{policy['version']}` "
+            f"`{scorer['version']}`{_click_head(scorer)}, policy `{policy['kind']}` version `{policy['version']}` "
             f"({policy.get('examples_learned') or 0:,} examples learned)."
         )
         lines = [

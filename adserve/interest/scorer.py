@@ -613,6 +613,7 @@ class InterestScorerHolder:
             "path": str(scorer.path) if scorer else None,
             "precision": scorer.precision if scorer else self._options["precision"],
             "click_trained": scorer.click_trained if scorer else None,
+            "click_weighed": scorer.click_weighed if scorer else None,
             "scores_ads": scorer.scores_ads if scorer else None,
             "last_error": self.last_error,
         }

@@ -321,7 +321,10 @@ class LiveDriver:
         if not serving or "scorer" not in serving:
             return "serving ?"
         scorer, policy = serving["scorer"], serving["policy"]
-        head = " (click head)" if scorer.get("click_trained") else ""
+        head = ""
+        if scorer.get("click_trained"):
+            # a fusion may give the trained head no weight; then it does not run
+            head = " (click head)" if scorer.get("click_weighed", True) else " (click head trained, weight 0)"
         learned = policy.get("examples_learned")
         learned_text = f" ({learned:,} learned)" if policy.get("kind") == "vw" and learned else ""
         objective = f" · objective {policy['objective']}" if policy.get("objective") else ""

@@ -143,6 +143,7 @@ def test_hot_swap_keeps_serving_through_corrupt_and_missing_artifacts(
             "path": str(v2),
             "precision": "fp32",
             "click_trained": True,
+            "click_weighed": holder.current.click_weighed,
             "scores_ads": True,
             "last_error": None,
         }
