@@ -53,7 +53,7 @@ LINE = re.compile(
     r"| · eligible sets not read[^·]*)?"
     r" · clicks drawn (?P<drawn>[\d,]+), fired (?P<fired>[\d,]+) · "
     r"service (?P<impressions>[\d,]+) impressions, (?P<valid>[\d,]+) valid clicks \([\d.]+%\), "
-    r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head\))? · "
+    r"spend [\d,.]+ · serving scorer (?P<scorer>\S+) (?P<scorer_version>\S+)(?P<head> \(click head(?: trained, weight 0)?\))? · "
     r"policy (?P<policy>\S+) (?P<policy_version>\S+)(?: \([\d,]+ learned\))? · objective (?P<objective>\w+)"
 )
 STOPPED = re.compile(
