@@ -54,6 +54,8 @@ __all__ = [
     "quantize_int8",
 ]
 
+_CLICK_LOGIT = FEATURES.index("click_logit")
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "int8")
@@ -157,7 +159,7 @@ class InterestScorer:
         """Whether the served fusion gives the click head's logit any weight. A first model's
         fit often leaves it at its bound of zero (few validation clicks); then serving skips the
         click head, which is most of a decision's scoring, and the scores are the same."""
-        return self.fusion is not None and self.fusion.weights[FEATURES.index("click_logit")] != 0.0
+        return self.fusion is not None and self.fusion.weights[_CLICK_LOGIT] != 0.0
 
     @property
     def scores_ads(self) -> bool:
@@ -415,11 +417,9 @@ class InterestScorer:
         n = len(candidates)
         affinities, behaviour = kernel.pair_features(block, user, self._prior_logp_padded, context.now)
         features = np.column_stack([np.ones(n), np.zeros(n), affinities, behaviour, block.priors])
-        if not self.click_trained:
+        if not (self.click_trained and click_head):
             return features
         size = self.shortlist if shortlist is None else shortlist
-        if not click_head:
-            return features
         if size <= 0 or n <= size:
             features[:, 1] = kernel.logits(block, user, context)
             return features
