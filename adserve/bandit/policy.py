@@ -70,6 +70,7 @@ side.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import vowpalwabbit
 
-from adserve.bandit.features import MODEL_FAMILY, action_line, example_lines, scorer_family, shared_line
+from adserve.bandit.features import MODEL_FAMILY, creative_text, example_lines, scorer_family, shared_line
 from adserve.domain import Choice, Pricing
 
 if TYPE_CHECKING:
@@ -227,30 +228,36 @@ def cost_of(revenue: float, conversion_value: float, config: CostConfig, clicked
 
 
 def _price_vectors(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) whether each candidate is priced per click, and (N,) its bid; kept per list (the
-    list's objects are held with it, so their ids in the key stay theirs)."""
+    """(N,) each candidate's bid where it is priced per click (0 otherwise), and (N,) its value
+    where it is priced per thousand impressions (0 otherwise), so a value is one multiply-add;
+    kept per list (the list's objects are held with it, so their ids in the key stay theirs)."""
     key = tuple(map(id, candidates))
     held = _price_vectors_of.get(key)
     if held is not None:
         return held[1], held[2]
     cpc = np.fromiter((c.pricing is Pricing.CPC for c in candidates), bool, len(candidates))
     bids = np.fromiter((c.bid for c in candidates), np.float64, len(candidates))
+    cpc_bids = np.where(cpc, bids, 0.0)
+    cpm_values = np.where(cpc, 0.0, bids / 1000.0)
     with _price_lock:
-        _price_vectors_of[key] = (tuple(candidates), cpc, bids)
+        _price_vectors_of[key] = (tuple(candidates), cpc_bids, cpm_values)
         while len(_price_vectors_of) > PRICE_CACHE_SIZE:
             _price_vectors_of.popitem(last=False)
-    return cpc, bids
+    return cpc_bids, cpm_values
 
 
 def model_values(
     candidates: Sequence[Candidate], click_probabilities: Sequence[float] | np.ndarray, config: CostConfig
 ) -> np.ndarray:
-    """(N,) what the model expects each candidate to earn under the objective."""
+    """(N,) what the model expects each candidate to earn under the objective: bid × P(click)
+    for CPC, bid / 1000 for CPM (0 × P + bid / 1000: the same number)."""
     p = np.asarray(click_probabilities, dtype=np.float64)
     if config.objective == "clicks":
         return p.copy()
-    cpc, bids = _price_vectors(candidates)
-    return np.where(cpc, bids * p, bids / 1000.0)
+    cpc_bids, cpm_values = _price_vectors(candidates)
+    values = cpc_bids * p
+    values += cpm_values
+    return values
 
 
 def costs_of_values(values: np.ndarray, config: CostConfig) -> np.ndarray:
@@ -290,31 +297,42 @@ def _top_of_values(values: np.ndarray, k: int) -> np.ndarray:
     return np.sort(np.argsort(-values, kind="stable")[:k])
 
 
-def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
-    """One index drawn from `pmf` (non-negative, summing to 1 up to rounding): numpy's own
-    `Generator.choice(len(pmf), p=pmf)` algorithm, one uniform draw against the cumulative sum,
-    without its argument checks (the policy built the pmf)."""
-    cdf = np.cumsum(pmf)
-    index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    return min(index, len(pmf) - 1)
+def sample(indices: Sequence[int], probabilities: Sequence[float], rng: np.random.Generator) -> int:
+    """One index drawn from a pmf given by its non-zero entries (`indices` ascending, their
+    `probabilities`): numpy's `Generator.choice(n, p=pmf)` algorithm, one uniform draw against
+    the running sum, without its argument checks (the policy built the pmf). The running sum over
+    the non-zero entries is the one over the whole pmf (adding 0.0 changes no sum). A draw that
+    rounds onto the total takes the last non-zero entry, never a candidate of probability 0."""
+    cumulative = 0.0
+    cdf = []
+    for p in probabilities:
+        cumulative += p
+        cdf.append(cumulative)
+    position = bisect.bisect_right(cdf, rng.random() * cumulative)
+    return indices[min(position, len(indices) - 1)]
 
 
-def plausible(values: np.ndarray, greedy: int, share: float) -> np.ndarray:
-    """Indices of the candidates worth exploring: those the model values at least `share` of its
-    best value, and the greedy one (which VW's correction may have moved below that)."""
-    kept = values >= share * values.max()
-    kept[greedy] = True
-    return np.flatnonzero(kept)
+def plausible(values: Sequence[float], greedy: int, share: float) -> list[int]:
+    """Positions of the candidates worth exploring: those the model values at least `share` of
+    its best value, and the greedy one (which VW's correction may have moved below that)."""
+    floor = share * max(values)
+    return [i for i, value in enumerate(values) if value >= floor or i == greedy]
 
 
-def inverse_gap_pmf(costs: np.ndarray, gamma: float) -> np.ndarray:
+def inverse_gap_pmf(costs: Sequence[float], gamma: float) -> list[float]:
     """SquareCB's pmf over predicted costs: 1 / (K + gamma · gap) for each non-best action."""
     k = len(costs)
-    best = int(np.argmin(costs))
-    pmf = 1.0 / (k + gamma * (costs - costs[best]))
+    best = _argmin(costs)
+    lowest = costs[best]
+    pmf = [1.0 / (k + gamma * (cost - lowest)) for cost in costs]
     pmf[best] = 0.0
-    pmf[best] = 1.0 - pmf.sum()
+    pmf[best] = 1.0 - sum(pmf)
     return pmf
+
+
+def _argmin(values: Sequence[float]) -> int:
+    """The first position of the smallest value, as `np.argmin`."""
+    return min(range(len(values)), key=values.__getitem__)
 
 
 def list_versions(root: Path) -> list[str]:
@@ -372,8 +390,13 @@ class VWPolicy:
         creative text) until the weights change (`learn`, `reload`): it is cached on that key and
         only the candidates not seen in this context go through VW's parser.
         """
+        return np.asarray(self._residual_list(context, candidates, family), dtype=np.float64)
+
+    def _residual_list(
+        self, context: DecisionContext, candidates: Sequence[Candidate], family: str
+    ) -> list[float]:
         shared = shared_line(context)
-        keys = [(shared, action_line(candidate, family=family)) for candidate in candidates]
+        keys = [(shared, creative_text(candidate, family)) for candidate in candidates]
         with self._lock:
             cache = self._residuals
             values = [cache.get(key) for key in keys]
@@ -389,7 +412,7 @@ class VWPolicy:
                     cache.clear()  # bounded memory; contexts repeat, so it refills in seconds
                 for i, value in zip(missing, predicted, strict=True):
                     values[i] = cache[keys[i]] = float(value)
-        return np.asarray(values, dtype=np.float64)
+        return values  # type: ignore[return-value]  # every None was filled
 
     def _checked(self, candidates: Sequence[Candidate], click_probabilities: Any) -> np.ndarray:
         if len(candidates) == 0:
@@ -399,7 +422,8 @@ class VWPolicy:
                 f"{len(candidates)} candidates but {len(click_probabilities)} click probabilities"
             )
         scores = np.asarray(click_probabilities, dtype=np.float64)
-        if not np.all((scores >= 0) & (scores <= 1)):  # also catches NaN
+        # min and max are NaN when any score is, and NaN fails both comparisons
+        if not (scores.min() >= 0.0 and scores.max() <= 1.0):
             raise ValueError(
                 f"click probabilities must lie in [0, 1], got {scores[~((scores >= 0) & (scores <= 1))]}"
             )
@@ -411,27 +435,42 @@ class VWPolicy:
         candidates: Sequence[Candidate],
         click_probabilities: Any,
         scorer_version: str | None,
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[list[float], int, list[int], list[float]]:
+        """The pmf over all candidates (a list: 0.0 outside the explored ones), the greedy index,
+        and the explored candidates' indices (ascending) with their probabilities.
+
+        Past the top-K selection everything is on K (10) numbers, where Python floats cost less
+        than numpy's per-call overhead (the cost line is `costs_of_values` element by element)."""
         scores = self._checked(candidates, click_probabilities)
         cost_config = self.config.cost
         values = model_values(candidates, scores, cost_config)
-        top = _top_of_values(values, self.config.top_k)  # = top_k_indices, from the same values
+        top = _top_of_values(values, self.config.top_k).tolist()  # = top_k_indices, same values
+        top_values = values[top].tolist()
         family = scorer_family(scorer_version)
-        residuals = self.residuals(context, [candidates[i] for i in top], family)
+        residuals = self._residual_list(context, [candidates[i] for i in top], family)
         if family == MODEL_FAMILY:
-            residuals = residuals * self.config.model_residual_weight
-        costs = costs_of_values(values[top], cost_config) + residuals
-        greedy = int(np.argmin(costs))
-        explored = plausible(values[top], greedy, self.config.plausible_share)
-        top_pmf = np.zeros(len(top))
-        if self.config.exploration is Exploration.SQUARECB:
-            top_pmf[explored] = inverse_gap_pmf(costs[explored], self.gamma)
+            weight = self.config.model_residual_weight
+            residuals = [r * weight for r in residuals]
+        if cost_config.objective == "clicks":
+            costs = [-v + r for v, r in zip(top_values, residuals, strict=True)]
         else:
-            top_pmf[explored] = self.config.epsilon / len(explored)
-            top_pmf[greedy] += 1.0 - self.config.epsilon
-        pmf = np.zeros(len(candidates))
-        pmf[top] = top_pmf / top_pmf.sum()
-        return pmf, int(top[greedy])
+            scale = cost_config.revenue_scale
+            costs = [-min(max(v / scale, 0.0), 1.0) + r for v, r in zip(top_values, residuals, strict=True)]
+        greedy = _argmin(costs)
+        explored = plausible(top_values, greedy, self.config.plausible_share)
+        if self.config.exploration is Exploration.SQUARECB:
+            explored_pmf = inverse_gap_pmf([costs[i] for i in explored], self.gamma)
+        else:
+            epsilon = self.config.epsilon
+            explored_pmf = [epsilon / len(explored)] * len(explored)
+            explored_pmf[explored.index(greedy)] += 1.0 - epsilon
+        total = sum(explored_pmf)
+        indices = [top[i] for i in explored]
+        probabilities = [p / total for p in explored_pmf]
+        pmf = [0.0] * len(candidates)
+        for i, p in zip(indices, probabilities, strict=True):
+            pmf[i] = p
+        return pmf, top[greedy], indices, probabilities
 
     def pmf(
         self,
@@ -442,7 +481,8 @@ class VWPolicy:
     ) -> np.ndarray:
         """(N,) float64 pmf over all given candidates: exploring over the top-K, 0 elsewhere;
         `scorer_version` is the scorer that gave `click_probabilities` (its family's residual)."""
-        return self._pmf_and_greedy(context, candidates, click_probabilities, scorer_version)[0]
+        pmf = self._pmf_and_greedy(context, candidates, click_probabilities, scorer_version)[0]
+        return np.asarray(pmf, dtype=np.float64)
 
     def choose(
         self,
@@ -453,10 +493,12 @@ class VWPolicy:
         scorer_version: str | None = None,
     ) -> Choice:
         """Sample one candidate from `pmf`; the returned `Choice.pmf` is that exact pmf."""
-        pmf, greedy = self._pmf_and_greedy(context, candidates, click_probabilities, scorer_version)
-        index = sample(pmf, rng)
+        pmf, greedy, indices, probabilities = self._pmf_and_greedy(
+            context, candidates, click_probabilities, scorer_version
+        )
+        index = sample(indices, probabilities, rng)
         return Choice(
-            pmf=tuple(pmf.tolist()),
+            pmf=tuple(pmf),
             index=index,
             explored=index != greedy,
             details={

@@ -16,6 +16,7 @@ from adserve.bandit.policy import (
     cost_of,
     list_versions,
     plausible,
+    sample,
     top_k_indices,
 )
 from adserve.bandit.records import LoggedDecision
@@ -112,12 +113,24 @@ def test_only_candidates_the_model_finds_plausible_are_explored() -> None:
 
 
 def test_the_greedy_candidate_is_explored_from_even_below_the_plausible_share() -> None:
-    values = np.array([0.10, 0.06, 0.02, 0.049])
-    assert plausible(values, greedy=0, share=0.5).tolist() == [0, 1]
+    values = [0.10, 0.06, 0.02, 0.049]
+    assert plausible(values, greedy=0, share=0.5) == [0, 1]
     # VW's correction made the third the cheapest: it is served, though the model values it low
-    assert plausible(values, greedy=2, share=0.5).tolist() == [0, 1, 2]
-    assert plausible(values, greedy=0, share=0.0).tolist() == [0, 1, 2, 3]
-    assert plausible(np.zeros(3), greedy=1, share=0.5).tolist() == [0, 1, 2]  # nothing to tell apart
+    assert plausible(values, greedy=2, share=0.5) == [0, 1, 2]
+    assert plausible(values, greedy=0, share=0.0) == [0, 1, 2, 3]
+    assert plausible([0.0, 0.0, 0.0], greedy=1, share=0.5) == [0, 1, 2]  # nothing to tell apart
+
+
+def test_sampling_the_non_zero_entries_draws_what_numpy_draws_from_the_whole_pmf() -> None:
+    generator = np.random.default_rng(3)
+    for _ in range(500):
+        pmf = np.zeros(40)
+        indices = np.sort(generator.choice(40, size=int(generator.integers(1, 11)), replace=False))
+        pmf[indices] = generator.dirichlet(np.ones(len(indices)))
+        seed = int(generator.integers(1 << 30))
+        ours = sample(indices.tolist(), pmf[indices].tolist(), np.random.default_rng(seed))
+        theirs = np.random.default_rng(seed).choice(40, p=pmf)
+        assert ours == theirs
 
 
 def test_top_k_by_expected_value_mixes_cpc_and_cpm() -> None:
