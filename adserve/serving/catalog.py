@@ -108,6 +108,10 @@ class Catalog:
     creatives: dict[int, CreativeEntry]
     by_size: dict[tuple[int, int], tuple[CreativeEntry, ...]]
     loaded_at: float = field(default_factory=time.time)  # when its read began (unix seconds)
+    # size -> ids of the frequency-capped campaigns among its creatives, filled on first ask
+    _capped_by_size: dict[tuple[int, int], frozenset[int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -115,6 +119,17 @@ class Catalog:
 
     def creatives_for(self, placement: PlacementEntry) -> tuple[CreativeEntry, ...]:
         return self.by_size.get((placement.width, placement.height), ())
+
+    def capped_campaigns_for(self, placement: PlacementEntry) -> frozenset[int]:
+        """The frequency-capped campaigns with a creative of the placement's size (the snapshot
+        never changes, so each size's set is worked out once)."""
+        size = (placement.width, placement.height)
+        capped = self._capped_by_size.get(size)
+        if capped is None:
+            capped = self._capped_by_size[size] = frozenset(
+                entry.campaign.id for entry in self.creatives_for(placement) if entry.campaign.frequency_cap
+            )
+        return capped
 
 
 PLACEMENTS_SQL = """

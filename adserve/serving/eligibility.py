@@ -159,8 +159,11 @@ def _cap_reached(campaign: CampaignState, request: EligibilityRequest) -> bool:
         return False
     if request.served is None:
         return True
+    times = request.served.get(campaign.id)
+    if not times:  # most capped campaigns in play never served this user: no window to work out
+        return False
     since = request.now - timedelta(seconds=campaign.frequency_window_s)
-    shown = sum(1 for ts in request.served.get(campaign.id, ()) if ts > since)
+    shown = sum(1 for ts in times if ts > since)
     return shown >= campaign.frequency_cap
 
 

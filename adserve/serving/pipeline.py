@@ -193,14 +193,7 @@ class DecisionPipeline:
         self, snapshot: Catalog, placements: list[PlacementEntry], user_key: str, consent: bool, now: datetime
     ) -> UserState:
         """The user's recent behaviour (with consent) and serves of the capped campaigns in play."""
-        capped = sorted(
-            {
-                entry.campaign.id
-                for placement in placements
-                for entry in snapshot.creatives_for(placement)
-                if entry.campaign.frequency_cap
-            }
-        )
+        capped = sorted(set().union(*(snapshot.capped_campaigns_for(placement) for placement in placements)))
         return await self.user_states.get(user_key, consent, capped, now - MAX_CAP_WINDOW)
 
     def _eligibility_request(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -110,6 +111,47 @@ def test_placements_keep_the_requests_order_and_an_unknown_key_is_a_404() -> Non
     assert DecisionPipeline._placements(snapshot, request(placements=["side", "slot"])) == [other, PLACEMENT]
     with pytest.raises(NotFound):
         DecisionPipeline._placements(snapshot, request(placements=["slot", "nope"]))
+
+
+class StateRecorder:
+    """The user-state cache's `get`: records which capped campaigns it was asked to load."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+        self.prepare = None
+
+    async def get(self, user_key, with_history, capped, since) -> UserState:
+        self.asked.append(capped)
+        return UserState(history=(), served={})
+
+
+async def test_the_user_state_is_asked_for_the_capped_campaigns_of_every_placement_in_play() -> None:
+    banner = PlacementEntry(id=8, key="banner", width=728, height=90, page_type="product", position=0)
+    entries = [
+        creative(campaign(id=5, frequency_cap=3, frequency_window_s=3600), creative_id=1),
+        creative(campaign(id=5, frequency_cap=3, frequency_window_s=3600), creative_id=2),
+        creative(campaign(id=2), creative_id=3),
+        creative(campaign(id=9, frequency_cap=1, frequency_window_s=60), creative_id=4),
+    ]
+    wide = [
+        replace(
+            creative(campaign(id=4, frequency_cap=2, frequency_window_s=60), creative_id=5),
+            width=728,
+            height=90,
+        )
+    ]
+    snapshot = Catalog(
+        placements={"slot": PLACEMENT, "banner": banner},
+        creatives={},
+        by_size={(300, 250): tuple(entries), (728, 90): tuple(wide)},
+        loaded_at=NOW,
+    )
+    states = StateRecorder()
+    steps = pipeline(user_states=states)
+    await steps._user_state(snapshot, [PLACEMENT], "key", True, NOW)
+    await steps._user_state(snapshot, [PLACEMENT, banner], "key", True, NOW)
+    await steps._user_state(snapshot, [PLACEMENT], "key", True, NOW)  # the snapshot's kept set
+    assert states.asked == [[5, 9], [4, 5, 9], [5, 9]]
 
 
 def test_the_decision_context_carries_the_user_only_with_consent() -> None:
