@@ -243,6 +243,8 @@ def _serving(state: Any) -> dict[str, Any]:
             "objective": getattr(policy, "objective", "revenue"),
         },
         "champions_loaded": dict(getattr(getattr(state, "models", None), "serving", {}) or {}),
+        # this process's user-state cache: a decision answered from memory is a hit, from Postgres a load
+        "user_state": pipeline.user_states.counters() if pipeline.user_states is not None else None,
     }
 
 

@@ -616,6 +616,18 @@ def profile_decisions(pid: int, seconds: int, run_load) -> None:
 # --- report ---------------------------------------------------------------------------------------
 
 
+def _cache_delta(before: dict, serving: dict) -> str:
+    """What the serving process's user-state cache did between two `/ready` readings."""
+    after = serving.get("user_state") or {}
+    delta = {
+        name: after.get(name, 0) - before.get(name, 0) for name in ("hits", "loads", "syncs", "publications")
+    }
+    return (
+        ", ".join(f"{count:,} {name}" for name, count in delta.items())
+        + f"; {after.get('users', 0):,} users held"
+    )
+
+
 def _click_head(scorer: dict) -> str:
     if not scorer.get("click_trained"):
         return ""
@@ -911,7 +923,12 @@ async def bench(args: argparse.Namespace) -> Report:
         for r in range(args.rounds):
             plain = load("plain", args.duration)
             gc_before = gc_pauses(port, metrics_token) if gc_measured else None
+            cache_before = (await serving_status(port)).get("user_state") if gc_measured else None
             decisions = load("decisions", args.duration)
+            if cache_before:
+                print(
+                    f"user-state cache in round {r + 1}: {_cache_delta(cache_before, await serving_status(port))}"
+                )
             if gc_before is not None:
                 gc_round = gc_pauses(port, metrics_token) - gc_before
                 under_load = gc_round if under_load is None else under_load + gc_round

@@ -167,6 +167,17 @@ class UserStateCache:
         except asyncpg.InterfaceError:
             return None
 
+    def counters(self) -> dict[str, int]:
+        """This process's cache figures since start (`/ready`): users held, decisions answered from
+        memory and from Postgres, freshness round trips and serve publications."""
+        return {
+            "users": len(self._entries),
+            "hits": self.hits,
+            "loads": self.loads,
+            "syncs": self.syncs,
+            "publications": self.published,
+        }
+
     # --- reading ----------------------------------------------------------------------------------
 
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:

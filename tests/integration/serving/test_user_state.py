@@ -91,8 +91,10 @@ async def test_a_user_is_read_once_until_their_behaviour_changes(client, other_p
     first = await other_process.get(key, True, [], now - SINCE)
     loads = other_process.loads
     assert [e.category for e in first.history] == ["shoes"]
+    hits = other_process.counters()["hits"]
     again = await other_process.get(key, True, [], now - SINCE)
     assert again.history == first.history and other_process.loads == loads  # from memory
+    assert other_process.counters()["hits"] == hits + 1 and other_process.counters()["users"] >= 1
 
     posted = await client.post("/v1/events", json={"consent": True, "events": [event(user, "audio")]})
     assert posted.status_code == 202 and posted.json()["durability"] == "stored"
