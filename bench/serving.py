@@ -51,7 +51,7 @@ from typing import Any
 import asyncpg
 import httpx
 import msgspec
-from serving_models import ServingModels, serving_status, visit_every_user, warm_models
+from serving_models import ServingModels, models_serving, serving_status, visit_every_user, warm_models
 
 from adserve.admin import schemas
 from adserve.admin.services import AdvertiserService, CampaignService, CreativeService, PlacementService
@@ -892,6 +892,16 @@ async def bench(args: argparse.Namespace) -> Report:
             models = await warm_models(
                 port, env, ROOT, args.users, args.train_decisions, request_body, CATEGORIES
             )
+            # A restart, as after a deploy: the logged traffic loaded every user's state minutes
+            # before training ended, so those entries would all reach `user_state_max_age_s`
+            # (300 s) together inside the measurement and be reloaded from Postgres at once (47 %
+            # of one run's decisions), where a long-running server reloads each user once in 300 s
+            # spread over time. The new process loads the champions on start.
+            servers[0].stop()
+            servers[0] = start_server(
+                "adserve", [*adserve_argv, "--workers", str(args.workers)], env, port, "/ready", work
+            )
+            await models_serving(port)
         print(
             f"servers up: adserve pid {servers[0].process.pid}, plain pid {servers[1].process.pid}",
             flush=True,

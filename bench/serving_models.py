@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServingModels", "serving_status", "visit_every_user", "warm_models"]
+__all__ = ["ServingModels", "models_serving", "serving_status", "visit_every_user", "warm_models"]
 
 BROWSER_UA = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
@@ -136,17 +136,23 @@ async def warm_models(
     train_s, train_output = _adserve(["train", "--epochs", "2", "--seed", str(seed)], job_env, root)
     promoted_by_hand = _promote_if_rejected(train_output, job_env, root)
     learn_s, _ = _adserve(["learn", "--seed", str(seed)], job_env, root)
-    deadline = time.monotonic() + 60
+    scorer, policy = await models_serving(port)
+    print(f"serving: scorer {scorer}, policy {policy}", flush=True)
+    return ServingModels(scorer, policy, served, clicks, train_s, learn_s, promoted_by_hand)
+
+
+async def models_serving(port: int, timeout_s: float = 60.0) -> tuple[dict, dict]:
+    """Waits until the server serves a trained interest model and a learned VW policy (it loads
+    champions on start and hot-swaps new ones on its model poll); returns what `/ready` says."""
+    deadline = time.monotonic() + timeout_s
     while True:
         serving = await serving_status(port)
         scorer, policy = serving["scorer"], serving["policy"]
         if scorer["kind"] == "interest" and (policy.get("examples_learned") or 0) > 0:
-            break
+            return scorer, policy
         if time.monotonic() > deadline:
             raise RuntimeError(f"the trained models never served: {serving}")
-        await asyncio.sleep(0.5)  # the server hot-swaps on its model poll; this waits for it
-    print(f"serving: scorer {scorer}, policy {policy}", flush=True)
-    return ServingModels(scorer, policy, served, clicks, train_s, learn_s, promoted_by_hand)
+        await asyncio.sleep(0.5)
 
 
 async def visit_every_user(port: int, users: int, request_body, passes: int = 1) -> float:

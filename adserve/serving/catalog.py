@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from adserve.db.catalog_channel import CATALOG_CHANNEL
 from adserve.db.rows import candidate_from_row
 from adserve.domain import Candidate, Pricing
+from adserve.serving.eligibility import campaign_counts
 
 if TYPE_CHECKING:
     import asyncpg
@@ -112,6 +113,9 @@ class Catalog:
     _capped_by_size: dict[tuple[int, int], frozenset[int]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _campaigns_by_size: dict[tuple[int, int], tuple[tuple[CampaignState, int], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -119,6 +123,15 @@ class Catalog:
 
     def creatives_for(self, placement: PlacementEntry) -> tuple[CreativeEntry, ...]:
         return self.by_size.get((placement.width, placement.height), ())
+
+    def campaigns_for(self, placement: PlacementEntry) -> tuple[tuple[CampaignState, int], ...]:
+        """The campaigns with a creative of the placement's size, each with its creative count
+        (`eligibility.campaign_counts`), worked out once per size."""
+        size = (placement.width, placement.height)
+        campaigns = self._campaigns_by_size.get(size)
+        if campaigns is None:
+            campaigns = self._campaigns_by_size[size] = campaign_counts(self.creatives_for(placement))
+        return campaigns
 
     def capped_campaigns_for(self, placement: PlacementEntry) -> frozenset[int]:
         """The frequency-capped campaigns with a creative of the placement's size (the snapshot

@@ -32,6 +32,7 @@ __all__ = [
     "RULES",
     "EligibilityRequest",
     "Eligible",
+    "campaign_counts",
     "committed_today",
     "committed_total",
     "daily_budget_left",
@@ -202,23 +203,39 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
     return None
 
 
-def eligible_creatives(creatives: Iterable[CreativeEntry], request: EligibilityRequest) -> Eligible:
-    """Creatives (already of the placement's size and active) that pass every rule.
+def campaign_counts(creatives: Iterable[CreativeEntry]) -> tuple[tuple[CampaignState, int], ...]:
+    """Each campaign among the creatives (in order of first appearance) with its creative count."""
+    counts: dict[int, list] = {}
+    for creative in creatives:
+        held = counts.get(creative.campaign.id)
+        if held is None:
+            counts[creative.campaign.id] = [creative.campaign, 1]
+        else:
+            held[1] += 1
+    return tuple((campaign, count) for campaign, count in counts.values())
+
+
+def eligible_creatives(
+    creatives: Sequence[CreativeEntry],
+    request: EligibilityRequest,
+    campaigns: Sequence[tuple[CampaignState, int]] | None = None,
+) -> Eligible:
+    """Creatives (already of the placement's size and active) that pass every rule, in their order.
 
     Rules are per campaign, so each campaign is judged once however many creatives it has.
+    `campaigns` is `campaign_counts(creatives)`, which the catalogue snapshot keeps per size;
+    when every campaign passes (the common case) the creatives are kept without a walk over them.
     """
-    verdicts: dict[int, str | None] = {}
-    kept: list[CreativeEntry] = []
     removed: Counter[str] = Counter()
-    considered = 0
-    for creative in creatives:
-        considered += 1
-        campaign = creative.campaign
-        if campaign.id not in verdicts:
-            verdicts[campaign.id] = _first_failing_rule(campaign, request)
-        failing = verdicts[campaign.id]
-        if failing is None:
-            kept.append(creative)
-        else:
-            removed[failing] += 1
-    return Eligible(creatives=kept, considered=considered, removed=removed)
+    failed: set[int] = set()
+    for campaign, count in campaigns if campaigns is not None else campaign_counts(creatives):
+        failing = _first_failing_rule(campaign, request)
+        if failing is not None:
+            removed[failing] += count
+            failed.add(campaign.id)
+    kept = (
+        [creative for creative in creatives if creative.campaign.id not in failed]
+        if failed
+        else list(creatives)
+    )
+    return Eligible(creatives=kept, considered=len(creatives), removed=removed)

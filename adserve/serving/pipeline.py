@@ -144,7 +144,9 @@ class DecisionPipeline:
         for placement in placements:
             if chosen_campaigns:  # (dataclasses.replace costs more than the rules of one campaign)
                 eligibility = replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns))
-            eligible = eligible_creatives(snapshot.creatives_for(placement), eligibility)
+            eligible = eligible_creatives(
+                snapshot.creatives_for(placement), eligibility, snapshot.campaigns_for(placement)
+            )
             if not eligible.creatives:
                 observe_decision("no_eligible_creative", eligible.removed)
                 decisions.append(

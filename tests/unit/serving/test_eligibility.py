@@ -9,6 +9,7 @@ from adserve.domain import Candidate, Pricing
 from adserve.serving.catalog import CampaignState, CreativeEntry, Targeting
 from adserve.serving.eligibility import (
     EligibilityRequest,
+    campaign_counts,
     eligible_creatives,
     local_day_fraction,
     pacing_allows,
@@ -129,3 +130,24 @@ def test_rules_are_counted_per_creative_and_judged_per_campaign() -> None:
     assert [c.id for c in result.creatives] == [3]
     assert result.considered == 3
     assert result.removed == {"geo": 2}
+
+
+def test_the_snapshots_campaign_counts_judge_interleaved_creatives_in_their_order() -> None:
+    blocked = campaign(id=7, targeting=Targeting(device=frozenset({"mobile"})))
+    capped = campaign(id=9, frequency_cap=1, frequency_window_s=3600)
+    ok = campaign(id=8)
+    entries = [
+        creative(ok, 1),
+        creative(blocked, 2),
+        creative(capped, 3),
+        creative(ok, 4),
+        creative(blocked, 5),
+    ]
+    counts = campaign_counts(entries)
+    assert [(state.id, count) for state, count in counts] == [(8, 2), (7, 2), (9, 1)]
+    request = EligibilityRequest(now=NOW, device="desktop", served={9: [NOW - timedelta(minutes=5)]})
+    for result in (eligible_creatives(entries, request), eligible_creatives(entries, request, counts)):
+        assert [c.id for c in result.creatives] == [1, 4]
+        assert result.considered == 5 and result.removed == {"device": 2, "frequency_cap": 1}
+    everyone = eligible_creatives(entries, EligibilityRequest(now=NOW, device="mobile", served={}), counts)
+    assert [c.id for c in everyone.creatives] == [1, 2, 3, 4, 5] and not everyone.removed
