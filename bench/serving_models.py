@@ -12,6 +12,9 @@ promoted through the registry and hot-swapped in by the running server, as in pr
    gated like the retrain job: the first one becomes champion) and `adserve learn` (reward
    join, one VW learning step, its gate);
 3. `/ready` polled until the server reports the interest model and the learned policy serving.
+
+bench/serving.py then restarts the server (it loads the champions on start) before it visits
+every user, so no user-state entry from the logged traffic expires during the measurement.
 """
 
 from __future__ import annotations
