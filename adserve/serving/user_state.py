@@ -26,12 +26,6 @@ whatever was committed until then. Where that round trip takes longer than `SYNC
 (Postgres stalled) the decision uses what it has. An entry is never older than `max_age_s` (a
 missed notification heals by then), and every entry is dropped when the LISTEN connection is
 lost. A load that overlaps a notification about the same user is used once but not kept.
-
-One load serves every decision for the user that arrives while it is under way, if it began
-after the last notification about the user that the decision has heard: what it reads is then
-what the decision's own load would read. A page usually posts its events a moment before it asks
-for its ad, so the refresh that the events' notification begins (encode at event time) is the
-load the ad's decision joins.
 """
 
 from __future__ import annotations
@@ -99,22 +93,6 @@ class _Entry:
         )
 
 
-@dataclass(slots=True)
-class _Load:
-    started: int  # the cache's epoch when it began
-    with_history: bool
-    campaigns: frozenset[int]
-    since: datetime
-    done: asyncio.Future[_Entry | None]
-
-    def serves(self, with_history: bool, capped: list[int], since: datetime) -> bool:
-        return (
-            (self.with_history or not with_history)
-            and self.since <= since
-            and self.campaigns.issuperset(capped)
-        )
-
-
 def _release(waiting: asyncio.Future[None]) -> None:
     if not waiting.done():
         waiting.set_result(None)
@@ -170,10 +148,6 @@ class UserStateCache:
         # called with (user_key, state) after a refresh at event time; the pipeline sets it
         self.prepare: Callable[[str, UserState], Awaitable[None]] | None = None
         self._refreshing: set[str] = set()
-        # loads under way: user key -> the load; a decision for the same user joins one that
-        # started after the user's last notification and reads at least what it needs
-        self._loading: dict[str, _Load] = {}
-        self.joined = 0  # decisions answered by another decision's or a refresh's load
         # serves heard of for users without an entry: user key -> (heard at, {campaign: {µs: ts}})
         self._pending: OrderedDict[str, tuple[float, dict[int, dict[int, datetime]]]] = OrderedDict()
         self._publish_next: tuple[list[str], asyncio.Future[bool]] | None = None
@@ -200,8 +174,6 @@ class UserStateCache:
             "users": len(self._entries),
             "hits": self.hits,
             "loads": self.loads,
-            "joined": self.joined,
-            "refreshed": self.refreshed,
             "syncs": self.syncs,
             "publications": self.published,
         }
@@ -209,8 +181,7 @@ class UserStateCache:
     # --- reading ----------------------------------------------------------------------------------
 
     async def get(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> UserState:
-        synced = bool(capped or (with_history and (user_key in self._entries or user_key in self._loading)))
-        if synced:
+        if capped or (with_history and user_key in self._entries):
             # a notification on its way may drop or change the entry, or tell of a serve whose
             # row is not committed yet (a user without consent and no capped campaign in play:
             # nothing in it is read, nothing to wait for)
@@ -220,63 +191,18 @@ class UserStateCache:
             self._entries.move_to_end(user_key)
             self.hits += 1
             return entry.state()
-        under_way = self._loading.get(user_key)
-        if (
-            under_way is not None
-            and self._touched.get(user_key, -1) <= under_way.started
-            and under_way.serves(with_history, capped, since)
-        ):
-            # it began after every notification about the user that this decision has heard
-            # (the round trip above brought in all committed before it arrived): what it reads
-            # is what a load of this decision's own would read
-            joined = await asyncio.shield(under_way.done)
-            if joined is not None:
-                self.joined += 1
-                return joined.state()
-        loaded = await self._load_and_keep(user_key, with_history, capped, since)
+        started = self._epoch
+        loaded = await self._load(user_key, with_history, capped, since)
         if loaded is None:
             return UserState(history=(), served=None)
+        self.loads += 1
+        self._add_pending(user_key, loaded)
+        if self._connected.is_set() and started >= self._floor and self._touched.get(user_key, -1) <= started:
+            self._entries[user_key] = loaded
+            self._entries.move_to_end(user_key)
+            while len(self._entries) > self.max_users:
+                self._entries.popitem(last=False)
         return loaded.state()
-
-    def _begin_load(self, user_key: str, with_history: bool, capped: list[int], since: datetime) -> _Load:
-        """Registers a load of the user, open to decisions for them from now on."""
-        load = _Load(
-            self._epoch, with_history, frozenset(capped), since, asyncio.get_running_loop().create_future()
-        )
-        self._loading[user_key] = load
-        return load
-
-    def _end_load(self, user_key: str, load: _Load, loaded: _Entry | None) -> None:
-        if self._loading.get(user_key) is load:
-            del self._loading[user_key]
-        if not load.done.done():
-            load.done.set_result(loaded)  # None: the joiners load for themselves
-
-    async def _load_and_keep(
-        self, user_key: str, with_history: bool, capped: list[int], since: datetime, load: _Load | None = None
-    ) -> _Entry | None:
-        """Loads the user, lets decisions for them join meanwhile, and keeps the entry unless a
-        notification about the user arrived since the load began."""
-        load = load or self._begin_load(user_key, with_history, capped, since)
-        started = load.started
-        loaded = None
-        try:
-            loaded = await self._load(user_key, with_history, capped, since)
-            if loaded is not None:
-                self.loads += 1
-                self._add_pending(user_key, loaded)
-                if (
-                    self._connected.is_set()
-                    and started >= self._floor
-                    and self._touched.get(user_key, -1) <= started
-                ):
-                    self._entries[user_key] = loaded
-                    self._entries.move_to_end(user_key)
-                    while len(self._entries) > self.max_users:
-                        self._entries.popitem(last=False)
-        finally:
-            self._end_load(user_key, load, loaded)
-        return loaded
 
     async def _caught_up(self) -> None:
         """Returns once every notification committed before the call has been applied, or
@@ -464,27 +390,14 @@ class UserStateCache:
         if user_key in self._refreshing or len(self._refreshing) >= MAX_REFRESHING:
             return  # already on its way, or too many at once: the next decision loads it
         self._refreshing.add(user_key)
-        # the load is begun (and open to decisions) now, in the notification's own loop turn: the
-        # user's page view usually asks for its ad a moment after its events, and joins it
-        capped = sorted(entry.campaigns)
-        load = self._begin_load(user_key, entry.with_history, capped, entry.since)
-        task = asyncio.create_task(
-            self._refresh(
-                user_key, self._load_and_keep(user_key, entry.with_history, capped, entry.since, load)
-            )
-        )
+        task = asyncio.create_task(self._refresh(user_key, entry))
+        task.add_done_callback(lambda _: self._refreshing.discard(user_key))
 
-        def finished(_: asyncio.Task[None]) -> None:
-            self._refreshing.discard(user_key)
-            self._end_load(user_key, load, None)  # cancelled before it ran: release the joiners
-
-        task.add_done_callback(finished)
-
-    async def _refresh(self, user_key: str, load: Awaitable[_Entry | None]) -> None:
+    async def _refresh(self, user_key: str, entry: _Entry) -> None:
         try:
-            loaded = await load
-            if loaded is not None and self.prepare is not None and loaded.history:
-                await self.prepare(user_key, loaded.state())
+            state = await self.get(user_key, entry.with_history, sorted(entry.campaigns), entry.since)
+            if self.prepare is not None and state.history:
+                await self.prepare(user_key, state)
             self.refreshed += 1
         except Exception:
             log.warning("refreshing a user's state after their event failed; their next decision loads it")

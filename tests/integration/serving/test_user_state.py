@@ -80,54 +80,6 @@ async def row_logged_within_the_flush_window(database_url: str, decision_id: uui
         await connection.close()
 
 
-async def kept_user(client, cache: UserStateCache, settings, category: str) -> tuple[str, datetime]:
-    """A consented user with one stored event whose state `cache` holds: (user key, since)."""
-    user = f"state-{uuid.uuid4().hex[:8]}"
-    key = UserKeys(settings.secret_key).consented(user)
-    posted = await client.post("/v1/events", json={"consent": True, "events": [event(user, category)]})
-    assert posted.status_code == 202
-    await until(lambda: key in cache._touched)  # its notification came first
-    since = datetime.now(UTC) - SINCE
-    await cache.get(key, True, [], since)
-    assert key in cache._entries
-    return key, since
-
-
-async def test_a_decision_right_after_the_users_event_shares_the_load_the_event_began(
-    client, other_process, settings
-) -> None:
-    key, since = await kept_user(client, other_process, settings, "shoes")
-    prepared: list[list[str | None]] = []
-
-    async def prepare(user_key, state) -> None:
-        prepared.append([e.category for e in state.history])
-
-    other_process.prepare = prepare
-    loads, answered = other_process.loads, other_process.hits + other_process.joined
-    other_process.apply(f"e {key}")  # the notification of the user's next event: the refresh begins
-    state = await other_process.get(key, True, [], since)  # their page's decision, a moment later
-    assert [e.category for e in state.history] == ["shoes"]
-    # one load for the event and the decision: the decision joined it (or found its entry)
-    assert other_process.loads == loads + 1
-    assert other_process.hits + other_process.joined == answered + 1
-    await until(lambda: prepared)
-    assert prepared == [["shoes"]]
-
-
-async def test_a_decision_never_joins_a_load_older_than_a_notification_about_the_user(
-    client, other_process, settings
-) -> None:
-    key, since = await kept_user(client, other_process, settings, "garden")
-    other_process.prepare = lambda user_key, state: asyncio.sleep(0)
-    loads, joined = other_process.loads, other_process.joined
-    other_process.apply(f"e {key}")  # the refresh's load begins
-    other_process.apply(f"e {key}")  # another change after it began: that load may miss it
-    assert key in other_process._loading
-    await other_process.get(key, True, [], since)
-    assert other_process.joined == joined
-    assert other_process.loads == loads + 2  # the refresh's and the decision's own
-
-
 async def test_a_user_is_read_once_until_their_behaviour_changes(client, other_process, settings) -> None:
     user = f"state-{uuid.uuid4().hex[:8]}"
     key = UserKeys(settings.secret_key).consented(user)
