@@ -168,12 +168,14 @@ class UserStateCache:
             return None
 
     def counters(self) -> dict[str, int]:
-        """This process's cache figures since start (`/ready`): users held, decisions answered from
-        memory and from Postgres, freshness round trips and serve publications."""
+        """This process's cache figures since start (`/ready`): users held, reads answered from
+        memory and from Postgres (`loads` includes the reloads an event began: `refreshed`),
+        freshness round trips and serve publications."""
         return {
             "users": len(self._entries),
             "hits": self.hits,
             "loads": self.loads,
+            "refreshed": self.refreshed,
             "syncs": self.syncs,
             "publications": self.published,
         }

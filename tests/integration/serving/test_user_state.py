@@ -213,6 +213,7 @@ async def test_an_event_refreshes_a_served_user_ahead_of_their_next_decision(
     await client.post("/v1/events", json={"consent": True, "events": [event(user, "audio")]})
     await until(lambda: bool(prepared))
     assert prepared == [(key, ["shoes", "audio"])]
+    assert other_process.counters()["refreshed"] == 1
     loads = other_process.loads
     state = await other_process.get(key, True, [], datetime.now(UTC) - SINCE)
     assert [e.category for e in state.history] == ["shoes", "audio"] and other_process.loads == loads
