@@ -465,8 +465,9 @@ class VWPolicy:
             explored_pmf = [epsilon / len(explored)] * len(explored)
             explored_pmf[explored.index(greedy)] += 1.0 - epsilon
         total = sum(explored_pmf)
-        indices = [top[i] for i in explored]
-        probabilities = [p / total for p in explored_pmf]
+        # (epsilon 0 leaves the explored non-greedy ones at 0: `sample` takes non-zero entries)
+        indices = [top[i] for i, p in zip(explored, explored_pmf, strict=True) if p > 0.0]
+        probabilities = [p / total for p in explored_pmf if p > 0.0]
         pmf = [0.0] * len(candidates)
         for i, p in zip(indices, probabilities, strict=True):
             pmf[i] = p

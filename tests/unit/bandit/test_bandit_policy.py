@@ -200,6 +200,14 @@ def test_explored_means_not_the_greedy_action() -> None:
     assert any(c.explored for c in choices) and not all(c.explored for c in choices)
 
 
+def test_epsilon_zero_serves_the_greedy_candidate_with_propensity_one() -> None:
+    policy = VWPolicy(PolicyConfig(exploration=Exploration.EPSILON_GREEDY, epsilon=0.0, plausible_share=0.0))
+    candidates = [cpc(i, bid) for i, bid in enumerate([1.0, 2.0, 1.5, 0.5])]
+    rng = np.random.default_rng(9)
+    choices = [policy.choose(CONTEXT, candidates, np.full(4, 0.05), rng) for _ in range(300)]
+    assert {(c.index, c.propensity, c.explored) for c in choices} == {(1, 1.0, False)}
+
+
 @pytest.mark.parametrize("exploration", list(Exploration))
 def test_every_exploration_learns_the_paying_creative(exploration: Exploration) -> None:
     policy, candidates = trained_policy(PolicyConfig(exploration=exploration))
