@@ -243,7 +243,7 @@ def _serving(state: Any) -> dict[str, Any]:
             "objective": getattr(policy, "objective", "revenue"),
         },
         "champions_loaded": dict(getattr(getattr(state, "models", None), "serving", {}) or {}),
-        # this process's user-state cache: a decision answered from memory is a hit, from Postgres a load
+        # this process's user-state cache: reads from memory (hits) and Postgres (loads, event-time reloads included)
         "user_state": pipeline.user_states.counters() if pipeline.user_states is not None else None,
     }
 

@@ -109,13 +109,10 @@ class Catalog:
     creatives: dict[int, CreativeEntry]
     by_size: dict[tuple[int, int], tuple[CreativeEntry, ...]]
     loaded_at: float = field(default_factory=time.time)  # when its read began (unix seconds)
-    # size -> ids of the frequency-capped campaigns among its creatives, filled on first ask
-    _capped_by_size: dict[tuple[int, int], frozenset[int]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-    _campaigns_by_size: dict[tuple[int, int], tuple[tuple[CampaignState, int], ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    # size -> (its campaigns with their creative counts, the capped ones' ids), filled on first ask
+    _by_size_campaigns: dict[
+        tuple[int, int], tuple[tuple[tuple[CampaignState, int], ...], frozenset[int]]
+    ] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -126,23 +123,24 @@ class Catalog:
 
     def campaigns_for(self, placement: PlacementEntry) -> tuple[tuple[CampaignState, int], ...]:
         """The campaigns with a creative of the placement's size, each with its creative count
-        (`eligibility.campaign_counts`), worked out once per size."""
-        size = (placement.width, placement.height)
-        campaigns = self._campaigns_by_size.get(size)
-        if campaigns is None:
-            campaigns = self._campaigns_by_size[size] = campaign_counts(self.creatives_for(placement))
-        return campaigns
+        (`eligibility.campaign_counts`)."""
+        return self._size_campaigns(placement)[0]
 
     def capped_campaigns_for(self, placement: PlacementEntry) -> frozenset[int]:
-        """The frequency-capped campaigns with a creative of the placement's size (the snapshot
-        never changes, so each size's set is worked out once)."""
+        """The frequency-capped campaigns with a creative of the placement's size."""
+        return self._size_campaigns(placement)[1]
+
+    def _size_campaigns(
+        self, placement: PlacementEntry
+    ) -> tuple[tuple[tuple[CampaignState, int], ...], frozenset[int]]:
+        """Worked out once per size: the snapshot never changes."""
         size = (placement.width, placement.height)
-        capped = self._capped_by_size.get(size)
-        if capped is None:
-            capped = self._capped_by_size[size] = frozenset(
-                entry.campaign.id for entry in self.creatives_for(placement) if entry.campaign.frequency_cap
-            )
-        return capped
+        held = self._by_size_campaigns.get(size)
+        if held is None:
+            counts = campaign_counts(self.creatives_for(placement))
+            capped = frozenset(campaign.id for campaign, _ in counts if campaign.frequency_cap)
+            held = self._by_size_campaigns[size] = (counts, capped)
+        return held
 
 
 PLACEMENTS_SQL = """
