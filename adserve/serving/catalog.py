@@ -22,12 +22,21 @@ from zoneinfo import ZoneInfo
 from adserve.db.catalog_channel import CATALOG_CHANNEL
 from adserve.db.rows import candidate_from_row
 from adserve.domain import Candidate, Pricing
-from adserve.serving.eligibility import campaign_counts
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import asyncpg
 
-__all__ = ["CampaignState", "Catalog", "CatalogCache", "CreativeEntry", "PlacementEntry", "load_catalog"]
+__all__ = [
+    "CampaignState",
+    "Catalog",
+    "CatalogCache",
+    "CreativeEntry",
+    "PlacementEntry",
+    "campaign_counts",
+    "load_catalog",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +150,18 @@ class Catalog:
             capped = frozenset(campaign.id for campaign, _ in counts if campaign.frequency_cap)
             held = self._by_size_campaigns[size] = (counts, capped)
         return held
+
+
+def campaign_counts(creatives: Iterable[CreativeEntry]) -> tuple[tuple[CampaignState, int], ...]:
+    """Each campaign among the creatives (in order of first appearance) with its creative count."""
+    counts: dict[int, list] = {}
+    for creative in creatives:
+        held = counts.get(creative.campaign.id)
+        if held is None:
+            counts[creative.campaign.id] = [creative.campaign, 1]
+        else:
+            held[1] += 1
+    return tuple((campaign, count) for campaign, count in counts.values())
 
 
 PLACEMENTS_SQL = """

@@ -21,8 +21,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from adserve.serving.catalog import campaign_counts
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from zoneinfo import ZoneInfo
 
     from adserve.serving.catalog import CampaignState, CreativeEntry
@@ -32,7 +34,6 @@ __all__ = [
     "RULES",
     "EligibilityRequest",
     "Eligible",
-    "campaign_counts",
     "committed_today",
     "committed_total",
     "daily_budget_left",
@@ -201,18 +202,6 @@ def _first_failing_rule(campaign: CampaignState, request: EligibilityRequest) ->
     if campaign.id in request.excluded_campaigns:
         return "competitive_exclusion"
     return None
-
-
-def campaign_counts(creatives: Iterable[CreativeEntry]) -> tuple[tuple[CampaignState, int], ...]:
-    """Each campaign among the creatives (in order of first appearance) with its creative count."""
-    counts: dict[int, list] = {}
-    for creative in creatives:
-        held = counts.get(creative.campaign.id)
-        if held is None:
-            counts[creative.campaign.id] = [creative.campaign, 1]
-        else:
-            held[1] += 1
-    return tuple((campaign, count) for campaign, count in counts.values())
 
 
 def eligible_creatives(

@@ -6,10 +6,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from adserve.domain import Candidate, Pricing
-from adserve.serving.catalog import CampaignState, CreativeEntry, Targeting
+from adserve.serving.catalog import CampaignState, CreativeEntry, Targeting, campaign_counts
 from adserve.serving.eligibility import (
     EligibilityRequest,
-    campaign_counts,
     eligible_creatives,
     local_day_fraction,
     pacing_allows,
