@@ -868,12 +868,9 @@ async def bench(args: argparse.Namespace) -> Report:
             "ADSERVE_METRICS_TOKEN": metrics_token,
             **dict(item.split("=", 1) for item in args.server_env),
         }
-        adserve_argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        servers.append(
-            start_server(
-                "adserve", [*adserve_argv, "--workers", str(args.workers)], env, port, "/ready", work
-            )
-        )
+        adserve_argv = [sys.executable, "-m", "adserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", str(args.workers)]  # fmt: skip
+        servers.append(start_server("adserve", adserve_argv, env, port, "/ready", work))
         servers.append(
             start_server(
                 "plain",
@@ -898,9 +895,7 @@ async def bench(args: argparse.Namespace) -> Report:
             # of one run's decisions), where a long-running server reloads each user once in 300 s
             # spread over time. The new process loads the champions on start.
             servers[0].stop()
-            servers[0] = start_server(
-                "adserve", [*adserve_argv, "--workers", str(args.workers)], env, port, "/ready", work
-            )
+            servers[0] = start_server("adserve", adserve_argv, env, port, "/ready", work)
             await models_serving(port)
         print(
             f"servers up: adserve pid {servers[0].process.pid}, plain pid {servers[1].process.pid}",
