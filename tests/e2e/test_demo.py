@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -80,6 +81,29 @@ async def click_counts(url: str) -> dict[str | None, int]:
     finally:
         await connection.close()
     return {row["invalid_reason"]: row["n"] for row in rows}
+
+
+async def job_history(url: str) -> str:
+    """Every scheduled job run so far, one line each: what a failed wait shows, so a retrain
+    slower than its cadence tells itself apart from one the gate rejected."""
+    connection = await asyncpg.connect(**asyncpg_dsn(url))
+    try:
+        rows = await connection.fetch(
+            "SELECT job, started_at, finished_at, status, error, figures FROM job_runs ORDER BY id"
+        )
+    finally:
+        await connection.close()
+    lines = []
+    for row in rows:
+        took = (row["finished_at"] - row["started_at"]).total_seconds() if row["finished_at"] else None
+        figures = json.loads(row["figures"]) if isinstance(row["figures"], str) else row["figures"]
+        outcome = figures.get("reason") or figures.get("skipped") or row["error"] or ""
+        lines.append(
+            f"{row['started_at']:%H:%M:%S} {row['job']} {row['status']}"
+            + (f" in {took:.0f} s" if took is not None else "")
+            + (f": {str(outcome)[:200]}" if outcome else "")
+        )
+    return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager
@@ -221,7 +245,9 @@ class Demo:
                 return response.json()
         return None
 
-    def wait_for(self, condition, timeout_s: float, what: str) -> Any:
+    def wait_for(self, condition, timeout_s: float, what: str, explain=None) -> Any:
+        """Polls `condition` once a second until it is truthy; on timeout the failure shows the
+        log's tail and what `explain()` returns."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -232,7 +258,8 @@ class Demo:
             if value:
                 return value
             time.sleep(1.0)
-        raise AssertionError(f"no {what} after {timeout_s:.0f} s:\n{self.log()[-4000:]}")
+        detail = f"\n{explain()}" if explain is not None else ""
+        raise AssertionError(f"no {what} after {timeout_s:.0f} s:{detail}\n{self.log()[-4000:]}")
 
     def processes(self) -> list[psutil.Process]:
         """The demo's descendants, and every process that runs on its temporary folder (the
@@ -347,7 +374,10 @@ def test_demo_learns_on_a_short_cadence_and_its_clicks_are_valid(postgres_server
                 return serving if interest and vw else None
 
             serving = demo.wait_for(
-                both_serve, 540, "interest model with a click head and a VW policy serving"
+                both_serve,
+                540,
+                "interest model with a click head and a VW policy serving",
+                explain=lambda: f"serving: {demo.ready()}\njob runs:\n{asyncio.run(job_history(url))}",
             )
             demo.wait_for(
                 lambda: progress_lines(demo.log())[-1]["head"], 30, "progress line with the click head"
