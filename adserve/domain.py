@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
 __all__ = [
@@ -104,7 +106,7 @@ class Scorer(Protocol):
 
     version: str
 
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+    def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         """Returns (N,) float64 calibrated click probabilities in [0, 1]."""
         ...
 
@@ -118,7 +120,7 @@ class Policy(Protocol):
     def choose(
         self,
         context: DecisionContext,
-        candidates: list[Candidate],
+        candidates: Sequence[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
         scorer_version: str | None = None,

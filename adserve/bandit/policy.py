@@ -122,6 +122,8 @@ _price_lock = threading.Lock()
 _price_vectors_of: OrderedDict[tuple[int, ...], tuple[tuple[Candidate, ...], np.ndarray, np.ndarray]] = (
     OrderedDict()
 )
+# The last tuple of candidates priced, and its vectors: found by identity, without building a key
+_last_price_vectors: tuple[tuple[Candidate, ...], np.ndarray, np.ndarray] = ((), np.zeros(0), np.zeros(0))
 
 
 class Exploration(StrEnum):
@@ -231,14 +233,22 @@ def _price_vectors(candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndar
     """(N,) each candidate's bid where it is priced per click (0 otherwise), and (N,) its value
     where it is priced per thousand impressions (0 otherwise), so a value is one multiply-add;
     kept per list (the list's objects are held with it, so their ids in the key stay theirs)."""
+    global _last_price_vectors
+    last = _last_price_vectors
+    if last[0] is candidates:  # the catalogue's own tuple, decision after decision
+        return last[1], last[2]
     key = tuple(map(id, candidates))
     held = _price_vectors_of.get(key)
     if held is not None:
+        if isinstance(candidates, tuple):  # a list could change in place under the same identity
+            _last_price_vectors = (candidates, held[1], held[2])
         return held[1], held[2]
     cpc = np.fromiter((c.pricing is Pricing.CPC for c in candidates), bool, len(candidates))
     bids = np.fromiter((c.bid for c in candidates), np.float64, len(candidates))
     cpc_bids = np.where(cpc, bids, 0.0)
     cpm_values = np.where(cpc, 0.0, bids / 1000.0)
+    if isinstance(candidates, tuple):
+        _last_price_vectors = (candidates, cpc_bids, cpm_values)
     with _price_lock:
         _price_vectors_of[key] = (tuple(candidates), cpc_bids, cpm_values)
         while len(_price_vectors_of) > PRICE_CACHE_SIZE:
@@ -488,7 +498,7 @@ class VWPolicy:
     def choose(
         self,
         context: DecisionContext,
-        candidates: list[Candidate],
+        candidates: Sequence[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
         scorer_version: str | None = None,

@@ -187,6 +187,10 @@ class ClickKernel:
             OrderedDict()
         )
         self._by_content: dict[tuple[Candidate, ...], CandidateBlock] = {}
+        # The last candidate list asked for, its key and block: serving passes the catalogue's
+        # own tuple decision after decision while eligibility removes nothing, and a key is a
+        # tuple of 100 ids to build and hash. Holding the list keeps those ids its members'.
+        self._last: tuple[tuple[Candidate, ...], tuple[int, ...], CandidateBlock | None] = ((), (), None)
         self._lock = threading.Lock()  # the caches are shared by the scoring threads
 
     # --- cached parts -----------------------------------------------------------------------------
@@ -206,7 +210,19 @@ class ClickKernel:
         return self._context_key(context) in self._contexts
 
     def has_block(self, candidates: Sequence[Candidate]) -> bool:
-        return tuple(map(id, candidates)) in self._blocks
+        last = self._last
+        if last[0] is candidates and last[2] is not None:
+            return True
+        return self._list_key(candidates) in self._blocks
+
+    def _list_key(self, candidates: Sequence[Candidate]) -> tuple[int, ...]:
+        last = self._last
+        if last[0] is candidates:
+            return last[1]
+        key = tuple(map(id, candidates))
+        if isinstance(candidates, tuple):  # a list could change in place under the same identity
+            self._last = (candidates, key, None)
+        return key
 
     def context_vector(self, context: DecisionContext) -> np.ndarray:
         """(H1,) the context's share of the MLP's first layer."""
@@ -232,12 +248,17 @@ class ClickKernel:
         category_rows: dict[str, np.ndarray],
         creative_priors: dict[int, float],
     ) -> CandidateBlock:
-        key = tuple(map(id, candidates))
+        last = self._last
+        if last[0] is candidates and last[2] is not None:
+            return last[2]
+        key = self._list_key(candidates)
         with self._lock:
             held = self._blocks.get(key)
             if held is not None:
                 self._blocks.move_to_end(key)
-                return held[1]
+        if held is not None:
+            self._remember_last(candidates, key, held[1])
+            return held[1]
         # A catalogue refresh rebuilds equal candidates as new objects: reuse their prepared block
         # (and with it every user's cached pair features) instead of running the tower again.
         content = tuple(candidates)
@@ -245,6 +266,7 @@ class ClickKernel:
             block = self._by_content.get(content)
         if block is not None:
             self._remember(key, content, block)
+            self._remember_last(candidates, key, block)
             return block
         inputs = click_inputs(
             [(context, c) for c in candidates], self._config, [np.zeros(0)] * len(candidates), 0
@@ -268,7 +290,14 @@ class ClickKernel:
             priors=np.array([creative_priors.get(c.creative_id, 0.0) for c in candidates], dtype=np.float64),
         )
         self._remember(key, content, block)
+        self._remember_last(candidates, key, block)
         return block
+
+    def _remember_last(
+        self, candidates: Sequence[Candidate], key: tuple[int, ...], block: CandidateBlock
+    ) -> None:
+        if isinstance(candidates, tuple):
+            self._last = (candidates, key, block)
 
     def _remember(self, key: tuple[int, ...], content: tuple[Candidate, ...], block: CandidateBlock) -> None:
         with self._lock:
@@ -284,6 +313,7 @@ class ClickKernel:
         with self._lock:
             self._blocks.clear()
             self._by_content.clear()
+            self._last = ((), (), None)
 
     # --- per decision -----------------------------------------------------------------------------
 

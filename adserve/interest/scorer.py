@@ -446,7 +446,7 @@ class InterestScorer:
             return [self.calibration(logits) for logits in self.click_logits_many(requests)]
         return [self.fusion(rows) for rows in self.click_features_many(requests)]
 
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+    def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         """(N,) float64 calibrated click probabilities, all candidates in one batch."""
         return self.score_many([(context, candidates)])[0]
 
@@ -580,7 +580,7 @@ class InterestScorerHolder:
             log.info("interest model %s serving (%s)", candidate.version, candidate.precision)
             return candidate
 
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+    def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         return self.current.score(context, candidates)
 
     def prepared(self, context: DecisionContext, candidates: Sequence[Candidate]) -> bool:
@@ -639,7 +639,7 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0
 
-    async def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+    async def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())

@@ -20,6 +20,8 @@ import numpy as np
 from adserve.domain import BehaviourEvent, Candidate, DecisionContext
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import asyncpg
 
 __all__ = [
@@ -99,7 +101,7 @@ class EmpiricalCTRScorer:
     def update(self, counts: CreativeCounts) -> None:
         self.counts = counts
 
-    def score(self, context: DecisionContext, candidates: list[Candidate]) -> np.ndarray:
+    def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
         impressions = np.fromiter(
             (self.counts.impressions.get(c.creative_id, 0) for c in candidates), float, len(candidates)
         )

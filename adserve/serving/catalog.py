@@ -118,10 +118,10 @@ class Catalog:
     creatives: dict[int, CreativeEntry]
     by_size: dict[tuple[int, int], tuple[CreativeEntry, ...]]
     loaded_at: float = field(default_factory=time.time)  # when its read began (unix seconds)
-    # size -> (its campaigns with their creative counts, the capped ones' ids), filled on first ask
-    _by_size_campaigns: dict[
-        tuple[int, int], tuple[tuple[tuple[CampaignState, int], ...], frozenset[int]]
-    ] = field(default_factory=dict, compare=False, repr=False)
+    # size -> what decisions for it need besides its creatives, filled on first ask
+    _by_size_figures: dict[tuple[int, int], _SizeFigures] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -133,23 +133,37 @@ class Catalog:
     def campaigns_for(self, placement: PlacementEntry) -> tuple[tuple[CampaignState, int], ...]:
         """The campaigns with a creative of the placement's size, each with its creative count
         (`eligibility.campaign_counts`)."""
-        return self._size_campaigns(placement)[0]
+        return self._size_figures(placement).campaigns
 
     def capped_campaigns_for(self, placement: PlacementEntry) -> frozenset[int]:
         """The frequency-capped campaigns with a creative of the placement's size."""
-        return self._size_campaigns(placement)[1]
+        return self._size_figures(placement).capped
 
-    def _size_campaigns(
-        self, placement: PlacementEntry
-    ) -> tuple[tuple[tuple[CampaignState, int], ...], frozenset[int]]:
+    def candidates_for(self, placement: PlacementEntry) -> tuple[Candidate, ...]:
+        """`creatives_for`'s candidates, in order: one tuple per size for the snapshot's life, so
+        what scorers and policies keep per candidate list is found by its identity."""
+        return self._size_figures(placement).candidates
+
+    def _size_figures(self, placement: PlacementEntry) -> _SizeFigures:
         """Worked out once per size: the snapshot never changes."""
         size = (placement.width, placement.height)
-        held = self._by_size_campaigns.get(size)
+        held = self._by_size_figures.get(size)
         if held is None:
-            counts = campaign_counts(self.creatives_for(placement))
-            capped = frozenset(campaign.id for campaign, _ in counts if campaign.frequency_cap)
-            held = self._by_size_campaigns[size] = (counts, capped)
+            creatives = self.creatives_for(placement)
+            counts = campaign_counts(creatives)
+            held = self._by_size_figures[size] = _SizeFigures(
+                campaigns=counts,
+                capped=frozenset(campaign.id for campaign, _ in counts if campaign.frequency_cap),
+                candidates=tuple(creative.candidate for creative in creatives),
+            )
         return held
+
+
+@dataclass(frozen=True, slots=True)
+class _SizeFigures:
+    campaigns: tuple[tuple[CampaignState, int], ...]
+    capped: frozenset[int]
+    candidates: tuple[Candidate, ...]
 
 
 def campaign_counts(creatives: Iterable[CreativeEntry]) -> tuple[tuple[CampaignState, int], ...]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from zoneinfo import ZoneInfo
 
+    from adserve.domain import Candidate
     from adserve.serving.catalog import CampaignState, CreativeEntry
 
 __all__ = [
@@ -82,9 +83,15 @@ class EligibilityRequest:
 
 @dataclass(slots=True)
 class Eligible:
-    creatives: list[CreativeEntry]
+    creatives: Sequence[CreativeEntry]
     considered: int
     removed: Counter[str]
+    # the creatives' candidates, in order: the snapshot's own tuple where no rule removed any
+    candidates: tuple[Candidate, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.candidates is None:
+            self.candidates = tuple(creative.candidate for creative in self.creatives)
 
 
 @lru_cache(maxsize=4096)
@@ -208,12 +215,14 @@ def eligible_creatives(
     creatives: Sequence[CreativeEntry],
     request: EligibilityRequest,
     campaigns: Sequence[tuple[CampaignState, int]] | None = None,
+    candidates: tuple[Candidate, ...] | None = None,
 ) -> Eligible:
     """Creatives (already of the placement's size and active) that pass every rule, in their order.
 
     Rules are per campaign, so each campaign is judged once however many creatives it has.
-    `campaigns` is `campaign_counts(creatives)`, which the catalogue snapshot keeps per size;
-    when every campaign passes (the common case) the creatives are kept without a walk over them.
+    `campaigns` is `campaign_counts(creatives)` and `candidates` the creatives' candidates, both
+    kept per size by the catalogue snapshot; when every campaign passes (the common case) the
+    snapshot's creatives and candidates are served as they are, without a walk over them.
     """
     removed: Counter[str] = Counter()
     failed: set[int] = set()
@@ -222,9 +231,7 @@ def eligible_creatives(
         if failing is not None:
             removed[failing] += count
             failed.add(campaign.id)
-    kept = (
-        [creative for creative in creatives if creative.campaign.id not in failed]
-        if failed
-        else list(creatives)
-    )
-    return Eligible(creatives=kept, considered=len(creatives), removed=removed)
+    if failed:
+        kept = [creative for creative in creatives if creative.campaign.id not in failed]
+        return Eligible(creatives=kept, considered=len(creatives), removed=removed)
+    return Eligible(creatives=creatives, considered=len(creatives), removed=removed, candidates=candidates)

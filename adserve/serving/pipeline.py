@@ -48,7 +48,9 @@ from adserve.serving.user_state import UserState
 from adserve.signing.tokens import TokenKind, TrackingClaims
 
 if TYPE_CHECKING:
-    from adserve.domain import Choice
+    from collections.abc import Sequence
+
+    from adserve.domain import Candidate, Choice
     from adserve.serving.catalog import Catalog, CatalogCache, CreativeEntry, PlacementEntry
     from adserve.serving.user_state import UserStateCache
     from adserve.signing.identity import UserKeys
@@ -145,7 +147,10 @@ class DecisionPipeline:
             if chosen_campaigns:  # (dataclasses.replace costs more than the rules of one campaign)
                 eligibility = replace(eligibility, excluded_campaigns=frozenset(chosen_campaigns))
             eligible = eligible_creatives(
-                snapshot.creatives_for(placement), eligibility, snapshot.campaigns_for(placement)
+                snapshot.creatives_for(placement),
+                eligibility,
+                snapshot.campaigns_for(placement),
+                snapshot.candidates_for(placement),
             )
             if not eligible.creatives:
                 observe_decision("no_eligible_creative", eligible.removed)
@@ -234,7 +239,7 @@ class DecisionPipeline:
     async def _choose(
         self, placement: PlacementEntry, eligible: Eligible, context: DecisionContext
     ) -> Served:
-        candidates = [entry.candidate for entry in eligible.creatives]
+        candidates = eligible.candidates
         started = time.perf_counter()
         scorer = self.scorer
         scorer_version = str(scorer.version)
@@ -259,7 +264,9 @@ class DecisionPipeline:
             scorer_version=scorer_version,
         )
 
-    async def _scores(self, scorer: Scorer, context: DecisionContext, candidates: list) -> np.ndarray:
+    async def _scores(
+        self, scorer: Scorer, context: DecisionContext, candidates: Sequence[Candidate]
+    ) -> np.ndarray:
         """Scores on the event loop when that is cheap (cached user and creatives: numpy only);
         otherwise in a worker thread, grouped with concurrent requests, so one forward pass
         (a new user's encoding, a new model's creative vectors) never stalls other requests."""
@@ -295,7 +302,7 @@ class DecisionPipeline:
                 **logged_context,
                 "eligibility": {"considered": eligible.considered, "removed": dict(eligible.removed)},
             },
-            candidate_ids=[entry.candidate.creative_id for entry in eligible.creatives],
+            candidate_ids=[candidate.creative_id for candidate in eligible.candidates],
             scores=served.scores,  # the float64 array: written by the binary COPY as it is
             pmf=list(served.choice.pmf),
             chosen_creative_id=served.chosen.id,

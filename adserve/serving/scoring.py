@@ -14,6 +14,8 @@ import numpy as np
 from adserve.domain import Choice, expected_value
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from adserve.domain import Candidate, DecisionContext
 
 __all__ = ["EpsilonGreedyPolicy"]
@@ -31,7 +33,7 @@ class EpsilonGreedyPolicy:
     def choose(
         self,
         context: DecisionContext,
-        candidates: list[Candidate],
+        candidates: Sequence[Candidate],
         click_probabilities: np.ndarray,
         rng: np.random.Generator,
         scorer_version: str | None = None,

@@ -15,6 +15,7 @@ from adserve.bandit.policy import (
     VWPolicy,
     cost_of,
     list_versions,
+    model_values,
     plausible,
     sample,
     top_k_indices,
@@ -467,3 +468,15 @@ def test_learning_invalidates_cached_residuals() -> None:
     after = policy.residuals(CONTEXT, candidates)
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, _uncached_residuals(policy, CONTEXT, candidates), rtol=1e-6)
+
+
+def test_model_values_follow_a_candidate_list_changed_in_place() -> None:
+    cpm = Candidate(9, campaign_id=9, advertiser_id=1, pricing=Pricing.CPM, bid=2000.0)
+    served = (cpc(1, 1.0), cpm)
+    p = np.array([0.5, 0.5])
+    assert model_values(served, p, CostConfig()).tolist() == [0.5, 2.0]
+    assert model_values(served, p, CostConfig()).tolist() == [0.5, 2.0]  # known by its identity
+    changing = [cpc(1, 1.0), cpm]
+    assert model_values(changing, p, CostConfig()).tolist() == [0.5, 2.0]
+    changing[0] = cpc(2, 3.0)  # the same list object: its values follow its content
+    assert model_values(changing, p, CostConfig()).tolist() == [1.5, 2.0]

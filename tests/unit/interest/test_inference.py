@@ -121,6 +121,29 @@ def test_a_catalogue_refresh_with_equal_candidates_reuses_the_prepared_block(
     assert scorer.user_view(context).pair is not pair  # different content: a new block
 
 
+def test_a_candidate_list_is_known_by_identity_only_while_it_cannot_change(
+    tiny_checkpoint, tiny_world
+) -> None:
+    _, creatives, _ = tiny_world
+    scorer = InterestScorer(tiny_checkpoint)
+    kernel = scorer._kernel
+    context = _contexts(tiny_world)[1]
+    served = tuple(creatives)
+    first = scorer.fusion_features(context, served)
+    assert kernel.block(served, context, {}, {}) is kernel.block(tuple(list(served)), context, {}, {})
+    np.testing.assert_allclose(scorer.fusion_features(context, served), first)
+    # a list changed in place keeps its identity: its block follows its content
+    changing = list(creatives)
+    scorer.fusion_features(context, changing)
+    changing.reverse()
+    np.testing.assert_allclose(scorer.fusion_features(context, changing), first[::-1])
+    # a change of the category rows forgets every prepared list, the last one too
+    held = kernel.block(served, context, {}, {})
+    scorer.set_item_categories({})
+    assert not scorer.prepared(context, served)
+    assert kernel.block(served, context, {}, {}) is not held
+
+
 def test_attention_with_one_shift_per_block_equals_a_per_row_softmax() -> None:
     """One shift for the whole block, and rows it would underflow (their maximum hundreds below
     the block's) recomputed with their own: the same weights as a row-wise softmax."""

@@ -150,3 +150,15 @@ def test_the_snapshots_campaign_counts_judge_interleaved_creatives_in_their_orde
         assert result.considered == 5 and result.removed == {"device": 2, "frequency_cap": 1}
     everyone = eligible_creatives(entries, EligibilityRequest(now=NOW, device="mobile", served={}), counts)
     assert [c.id for c in everyone.creatives] == [1, 2, 3, 4, 5] and not everyone.removed
+
+
+def test_the_snapshots_own_creatives_and_candidates_are_served_when_no_rule_removes_any() -> None:
+    ok, blocked = campaign(id=8), campaign(id=7, targeting=Targeting(geo=frozenset({"us"})))
+    entries = (creative(ok, 1), creative(blocked, 2), creative(ok, 3))
+    candidates = tuple(entry.candidate for entry in entries)
+    everyone = eligible_creatives(entries, EligibilityRequest(now=NOW, geo="US"), None, candidates)
+    # the same objects, so what scorers and policies keep per candidate list is found by identity
+    assert everyone.creatives is entries and everyone.candidates is candidates
+    some = eligible_creatives(entries, EligibilityRequest(now=NOW, geo="DE"), None, candidates)
+    assert [c.id for c in some.creatives] == [1, 3]
+    assert some.candidates == (entries[0].candidate, entries[2].candidate)
