@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from adserve.interest.data import click_inputs
-from adserve.interest.fusion import MIN_AFFINITY, PURCHASE_TAU_S, RECENT_TAU_S, BehaviourProfile
+from adserve.interest.fusion import FEATURES, MIN_AFFINITY, PURCHASE_TAU_S, RECENT_TAU_S, BehaviourProfile
 from adserve.interest.network import N_GAP_BUCKETS
 
 if TYPE_CHECKING:
@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["CandidateBlock", "ClickKernel", "UserView", "log_mass"]
 
 CONTEXT_CACHE = 4_096
+# where `fusion.FEATURES` puts each group; the two sums that decay at the recent rate are a
+# strided view (category_recent, product_recent), so a request decays both in one pass
+_AFFINITY_COLUMNS = slice(FEATURES.index("product_affinity"), FEATURES.index("brand_affinity") + 1)
+_BEHAVIOUR_COLUMNS = slice(FEATURES.index("category_recent"), FEATURES.index("purchased_recent") + 1)
+_RECENT_COLUMNS = slice(FEATURES.index("category_recent"), FEATURES.index("product_recent") + 1, 2)
+_PURCHASED_COLUMN = FEATURES.index("purchased_recent")
+_PRIOR_COLUMN = FEATURES.index("creative_prior")
 BLOCK_CACHE = 256
 
 
@@ -79,8 +86,8 @@ class UserView:
     product_recent: dict[str, float]
     purchased: dict[str, float]
     category_mass: dict[str | None, float] = field(default_factory=dict)
-    # the last candidate list scored for this user: (block, affinities, undecayed behaviour sums)
-    pair: tuple[CandidateBlock, np.ndarray, np.ndarray] | None = None
+    # the last candidate list scored for this user: (block, its fusion rows before decay)
+    pair: tuple[CandidateBlock, np.ndarray] | None = None
     # attention keys and values for the last request-gap buckets seen: (buckets, keys, values)
     memory: tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None = None  # + the last event
 
@@ -362,18 +369,35 @@ class ClickKernel:
             user.memory = memo
         return memo[1], memo[2], memo[3]
 
-    def pair_features(
+    def features(
         self, block: CandidateBlock, user: UserView | None, prior_logp: np.ndarray, now: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3) affinities and (N, 4) behaviour features; what depends only on the user and the
-        candidate list is kept on the user's view for their next request."""
+    ) -> np.ndarray:
+        """(N, F) fusion rows (`fusion.FEATURES`) with the click logit's column at 0. What depends
+        only on the user and the candidate list (affinities, priors, the behaviour sums as of the
+        user's newest event) is kept on the user's view as a template; a request copies it and
+        decays the behaviour columns to its own time."""
         if user is None:
-            return self.affinities(block, None, prior_logp), np.zeros((block.size, 4))
+            return self._template(block, None, prior_logp)
         pair = user.pair
         if pair is None or pair[0] is not block:
-            pair = (block, self.affinities(block, user, prior_logp), self._behaviour_sums(block, user))
+            pair = (block, self._template(block, user, prior_logp))
             user.pair = pair
-        return pair[1], self._decayed(pair[2], user, now)
+        features = pair[1].copy()
+        age = max(now - user.reference, 0.0)
+        _saturate(features[:, _RECENT_COLUMNS], math.exp(-age / RECENT_TAU_S))
+        _saturate(features[:, _PURCHASED_COLUMN], math.exp(-age / PURCHASE_TAU_S))
+        return features
+
+    def _template(self, block: CandidateBlock, user: UserView | None, prior_logp: np.ndarray) -> np.ndarray:
+        """(N, F) the rows before a request's decay: 1, 0 (the click logit), the three affinities,
+        the behaviour sums as of the user's newest event (none without a user), the priors."""
+        features = np.zeros((block.size, len(FEATURES)))
+        features[:, 0] = 1.0
+        features[:, _AFFINITY_COLUMNS] = self.affinities(block, user, prior_logp)
+        if user is not None:
+            features[:, _BEHAVIOUR_COLUMNS] = self._behaviour_sums(block, user)
+        features[:, _PRIOR_COLUMN] = block.priors
+        return features
 
     def affinities(self, block: CandidateBlock, user: UserView | None, prior_logp: np.ndarray) -> np.ndarray:
         """(N, 3) product, category and brand affinity (see fusion.FEATURES); `prior_logp` is the
@@ -417,16 +441,12 @@ class ClickKernel:
                     np.add.at(out[:, column], owners, value)  # a product listed twice counts twice
         return out
 
-    @staticmethod
-    def _decayed(sums: np.ndarray, user: UserView, now: float) -> np.ndarray:
-        """category_recent, category_share, product_recent, purchased_recent at `now`."""
-        age = max(now - user.reference, 0.0)
-        recent_decay = math.exp(-age / RECENT_TAU_S)
-        out = sums.copy()
-        out[:, 0] = 1.0 - np.exp(-sums[:, 0] * recent_decay)
-        out[:, 2] = 1.0 - np.exp(-sums[:, 2] * recent_decay)
-        out[:, 3] = 1.0 - np.exp(-sums[:, 3] * math.exp(-age / PURCHASE_TAU_S))
-        return out
+
+def _saturate(sums: np.ndarray, decay: float) -> None:
+    """In place: 1 − exp(−sum · decay), a decayed sum's saturation (fusion.BehaviourProfile)."""
+    sums *= -decay
+    np.exp(sums, out=sums)
+    np.subtract(1.0, sums, out=sums)
 
 
 # A row of attention weights whose sum falls below this after the block-wide shift had its own

@@ -415,8 +415,7 @@ class InterestScorer:
         block = kernel.block(candidates, context, self._category_rows, self.creative_priors)
         user = self.user_view(context)
         n = len(candidates)
-        affinities, behaviour = kernel.pair_features(block, user, self._prior_logp_padded, context.now)
-        features = np.column_stack([np.ones(n), np.zeros(n), affinities, behaviour, block.priors])
+        features = kernel.features(block, user, self._prior_logp_padded, context.now)
         if not (self.click_trained and click_head):
             return features
         size = self.shortlist if shortlist is None else shortlist
