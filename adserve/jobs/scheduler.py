@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -122,6 +123,7 @@ class JobScheduler:
         self._context: JobContext | None = None
         self._engine: Any = None
         self._running: set[asyncio.Task] = set()
+        self._overran: set[str] = set()  # jobs whose turn came while they still ran
         self._election: asyncio.Task | None = None
 
     @property
@@ -197,9 +199,27 @@ class JobScheduler:
                 next_run_time=due,
                 misfire_grace_time=None,
             )
+        scheduler.add_listener(self._turn_missed, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._run_ended, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         scheduler.start()
         self._scheduler = scheduler
         self._leading = True
+
+    def _turn_missed(self, event: JobEvent) -> None:
+        log.warning(
+            "jobs: %s is still running at its next turn (its runs take longer than its interval); "
+            "it runs again as soon as this run ends",
+            event.job_id,
+        )
+        self._overran.add(event.job_id)
+
+    def _run_ended(self, event: JobEvent) -> None:
+        """A job that ran past its turn runs again at once, instead of a whole interval later
+        (a retrain slower than its cadence would run every other turn, the machine idle between).
+        Runs never overlap: the scheduler tells of the run's end after it stops counting it."""
+        if event.job_id in self._overran and self._scheduler is not None:
+            self._overran.discard(event.job_id)
+            self._scheduler.modify_job(event.job_id, next_run_time=datetime.now(UTC))
 
     async def _run(self, spec: JobSpec) -> None:
         task = asyncio.current_task()
@@ -218,6 +238,7 @@ class JobScheduler:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        self._overran.clear()
         for task in list(self._running):
             task.cancel()
         if self._running:
