@@ -11,7 +11,8 @@ process to judge a challenger against it.
 
 from __future__ import annotations
 
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,10 @@ async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -
     )
 
 
+# Users whose history profile is kept between their decisions (a profile is a few hundred bytes)
+PROFILE_CACHE = 4_096
+
+
 class HistoryProfile:
     """A request's history counted once: events per category, and per item the categories it
     was seen under, so scoring 100 candidates does not rescan the history 100 times."""
@@ -69,6 +74,20 @@ class HistoryProfile:
         for event in history:
             if event.item_id:
                 self.items.setdefault(event.item_id, Counter())[event.category] += 1
+        # the last tuple of candidates scored and its affinities: a slot's candidate tuple is
+        # the catalogue's own while eligibility removes none (a list may change in place: not kept)
+        self._last: tuple[tuple[Candidate, ...], np.ndarray] = ((), np.zeros(0))
+
+    def affinities(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        """(N,) `affinity` of each candidate."""
+        last = self._last
+        if last[0] is candidates:
+            return last[1]
+        values = np.fromiter((self.affinity(c) for c in candidates), float, len(candidates))
+        if isinstance(candidates, tuple):
+            values.flags.writeable = False  # shared by this user's later decisions
+            self._last = (candidates, values)
+        return values
 
     def affinity(self, candidate: Candidate) -> float:
         """Share of recent events about the candidate's category or one of its linked products."""
@@ -97,23 +116,53 @@ class EmpiricalCTRScorer:
         self.history_lift = history_lift
         self.counts = CreativeCounts({}, {})
         self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}+lift{history_lift:g}"
+        # What a decision would otherwise recount, found by identity: the smoothed CTRs of the
+        # last candidate tuple under the current counts, and the profile of each recent history
+        # (the user state cache hands out one history tuple until the user's events change).
+        self._base: tuple[tuple[Candidate, ...], CreativeCounts, np.ndarray] = ((), self.counts, np.zeros(0))
+        self._profiles: OrderedDict[int, tuple[tuple[BehaviourEvent, ...], HistoryProfile]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def update(self, counts: CreativeCounts) -> None:
         self.counts = counts
 
     def score(self, context: DecisionContext, candidates: Sequence[Candidate]) -> np.ndarray:
-        impressions = np.fromiter(
-            (self.counts.impressions.get(c.creative_id, 0) for c in candidates), float, len(candidates)
-        )
-        clicks = np.fromiter(
-            (self.counts.clicks.get(c.creative_id, 0) for c in candidates), float, len(candidates)
-        )
-        base = (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
+        base = self._smoothed_ctr(candidates)
         if not context.history or not self.history_lift:
             return base
-        profile = HistoryProfile(context.history)
-        affinity = np.fromiter((profile.affinity(c) for c in candidates), float, len(candidates))
+        affinity = self._profile(context.history).affinities(candidates)
         return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
+
+    def _smoothed_ctr(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        counts, last = self.counts, self._base
+        if last[0] is candidates and last[1] is counts:
+            return last[2]
+        impressions = np.fromiter(
+            (counts.impressions.get(c.creative_id, 0) for c in candidates), float, len(candidates)
+        )
+        clicks = np.fromiter(
+            (counts.clicks.get(c.creative_id, 0) for c in candidates), float, len(candidates)
+        )
+        base = (clicks + self.prior_clicks) / (impressions + self.prior_impressions)
+        if isinstance(candidates, tuple):
+            base.flags.writeable = False  # returned as the scores of every decision without history
+            self._base = (candidates, counts, base)
+        return base
+
+    def _profile(self, history: tuple[BehaviourEvent, ...]) -> HistoryProfile:
+        key = id(history)
+        with self._lock:
+            held = self._profiles.get(key)
+            if held is not None and held[0] is history:  # held, so its id is still this tuple's
+                self._profiles.move_to_end(key)
+                return held[1]
+        profile = HistoryProfile(history)
+        if isinstance(history, tuple):
+            with self._lock:
+                self._profiles[key] = (history, profile)
+                while len(self._profiles) > PROFILE_CACHE:
+                    self._profiles.popitem(last=False)
+        return profile
 
 
 def empirical_attribution(

@@ -42,6 +42,31 @@ def test_empirical_ctr_is_smoothed_and_lifted_by_history() -> None:
     assert lifted == pytest.approx([0.1 * 1.5, 0.01 * 1.5])
 
 
+def test_empirical_scores_kept_between_decisions_follow_counts_histories_and_lists() -> None:
+    scorer = EmpiricalCTRScorer(prior_clicks=1, prior_impressions=100, history_lift=1.0)
+    scorer.update(CreativeCounts(impressions={1: 900}, clicks={1: 99}))
+    served = (candidate(1, "shoes"), candidate(2, "audio"))  # a slot's tuple: kept by identity
+    history = (view("x", "audio"), view("y", "shoes"))
+    user = DecisionContext(placement="p", now=0.0, user_key="u", history=history)
+    assert scorer.score(user, served) == pytest.approx([0.15, 0.015])
+    assert scorer.score(user, served) == pytest.approx([0.15, 0.015])
+    anonymous = scorer.score(DecisionContext(placement="p", now=0.0), served)
+    assert anonymous == pytest.approx([0.1, 0.01])
+    with pytest.raises(ValueError):
+        anonymous[0] = 1.0  # shared with later decisions: read-only
+    # new counts: new smoothed CTRs for the same tuple
+    scorer.update(CreativeCounts(impressions={2: 900}, clicks={2: 99}))
+    assert scorer.score(user, served) == pytest.approx([0.015, 0.15])
+    # the user's behaviour changed: a new history tuple, its own profile
+    moved = DecisionContext(placement="p", now=0.0, user_key="u", history=(*history, view("z", "audio")))
+    assert scorer.score(moved, served) == pytest.approx([0.01 * (1 + 1 / 3), 0.1 * (1 + 2 / 3)])
+    # a list changed in place keeps its identity: its scores follow its content
+    changing = [candidate(1, "shoes"), candidate(2, "audio")]
+    assert scorer.score(user, changing) == pytest.approx([0.015, 0.15])
+    changing.reverse()
+    assert scorer.score(user, changing) == pytest.approx([0.15, 0.015])
+
+
 def test_epsilon_greedy_pmf_and_propensity() -> None:
     policy = EpsilonGreedyPolicy(0.2)
     candidates = [candidate(1, bid=1.0), candidate(2, bid=3.0), candidate(3, pricing=Pricing.CPM, bid=1.0)]
