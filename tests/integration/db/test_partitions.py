@@ -188,7 +188,9 @@ async def test_bounded_queries_prune_to_the_partitions_of_their_window(fresh_dat
                 7 * 86400.0,
             )
             print("reward join:\n" + pending)
-            assert _scanned(pending, "decisions") == _days(NOW - timedelta(days=7), NOW)
+            # (up to the reward window before now: in the first half hour of a UTC day, yesterday)
+            reward_window = timedelta(seconds=1800)
+            assert _scanned(pending, "decisions") == _days(NOW - timedelta(days=7), NOW - reward_window)
             user_state = await _plan(
                 connection,
                 "SELECT event_type, ts FROM user_events WHERE user_id = $1 AND ts > $3 "
