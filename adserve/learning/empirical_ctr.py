@@ -59,8 +59,9 @@ async def load_creative_counts(connection: asyncpg.Connection, days: int = 14) -
     )
 
 
-# Users whose history profile is kept between their decisions (a profile is a few hundred bytes)
-PROFILE_CACHE = 4_096
+# (history, candidate tuple) pairs whose affinities are kept between a user's decisions: about
+# 1 KB each (a profile, with a Counter per item seen, would be 12 KB)
+AFFINITY_CACHE = 10_000
 
 
 class HistoryProfile:
@@ -74,20 +75,6 @@ class HistoryProfile:
         for event in history:
             if event.item_id:
                 self.items.setdefault(event.item_id, Counter())[event.category] += 1
-        # the last tuple of candidates scored and its affinities: a slot's candidate tuple is
-        # the catalogue's own while eligibility removes none (a list may change in place: not kept)
-        self._last: tuple[tuple[Candidate, ...], np.ndarray] = ((), np.zeros(0))
-
-    def affinities(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        """(N,) `affinity` of each candidate."""
-        last = self._last
-        if last[0] is candidates:
-            return last[1]
-        values = np.fromiter((self.affinity(c) for c in candidates), float, len(candidates))
-        if isinstance(candidates, tuple):
-            values.flags.writeable = False  # shared by this user's later decisions
-            self._last = (candidates, values)
-        return values
 
     def affinity(self, candidate: Candidate) -> float:
         """Share of recent events about the candidate's category or one of its linked products."""
@@ -117,10 +104,14 @@ class EmpiricalCTRScorer:
         self.counts = CreativeCounts({}, {})
         self.version = f"empirical-ctr:{prior_clicks:g}/{prior_impressions:g}+lift{history_lift:g}"
         # What a decision would otherwise recount, found by identity: the smoothed CTRs of the
-        # last candidate tuple under the current counts, and the profile of each recent history
-        # (the user state cache hands out one history tuple until the user's events change).
+        # last candidate tuple under the current counts, and the affinities of recent (history,
+        # candidate tuple) pairs (the user state cache hands out one history tuple until the
+        # user's events change; a slot's candidates are the catalogue's tuple). Lists are never
+        # kept: one may change in place under the same identity.
         self._base: tuple[tuple[Candidate, ...], CreativeCounts, np.ndarray] = ((), self.counts, np.zeros(0))
-        self._profiles: OrderedDict[int, tuple[tuple[BehaviourEvent, ...], HistoryProfile]] = OrderedDict()
+        self._affinities: OrderedDict[
+            tuple[int, int], tuple[tuple[BehaviourEvent, ...], tuple[Candidate, ...], np.ndarray]
+        ] = OrderedDict()
         self._lock = threading.Lock()
 
     def update(self, counts: CreativeCounts) -> None:
@@ -130,7 +121,7 @@ class EmpiricalCTRScorer:
         base = self._smoothed_ctr(candidates)
         if not context.history or not self.history_lift:
             return base
-        affinity = self._profile(context.history).affinities(candidates)
+        affinity = self._affinities_of(context.history, candidates)
         return np.minimum(1.0, base * (1.0 + self.history_lift * affinity))
 
     def _smoothed_ctr(self, candidates: Sequence[Candidate]) -> np.ndarray:
@@ -149,20 +140,26 @@ class EmpiricalCTRScorer:
             self._base = (candidates, counts, base)
         return base
 
-    def _profile(self, history: tuple[BehaviourEvent, ...]) -> HistoryProfile:
-        key = id(history)
-        with self._lock:
-            held = self._profiles.get(key)
-            if held is not None and held[0] is history:  # held, so its id is still this tuple's
-                self._profiles.move_to_end(key)
-                return held[1]
-        profile = HistoryProfile(history)
-        if isinstance(history, tuple):
+    def _affinities_of(
+        self, history: tuple[BehaviourEvent, ...], candidates: Sequence[Candidate]
+    ) -> np.ndarray:
+        key = (id(history), id(candidates))
+        kept = isinstance(history, tuple) and isinstance(candidates, tuple)
+        if kept:
             with self._lock:
-                self._profiles[key] = (history, profile)
-                while len(self._profiles) > PROFILE_CACHE:
-                    self._profiles.popitem(last=False)
-        return profile
+                held = self._affinities.get(key)
+                if held is not None and held[0] is history and held[1] is candidates:
+                    self._affinities.move_to_end(key)
+                    return held[2]
+        profile = HistoryProfile(history)
+        values = np.fromiter((profile.affinity(c) for c in candidates), float, len(candidates))
+        if kept:
+            values.flags.writeable = False
+            with self._lock:  # held with the history and candidates, so their ids stay theirs
+                self._affinities[key] = (history, candidates, values)
+                while len(self._affinities) > AFFINITY_CACHE:
+                    self._affinities.popitem(last=False)
+        return values
 
 
 def empirical_attribution(
