@@ -122,6 +122,10 @@ class Catalog:
     _by_size_figures: dict[tuple[int, int], _SizeFigures] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # size -> its creatives' candidates (`candidates_for`), the previous snapshot's tuple if equal
+    _candidates_by_size: dict[tuple[int, int], tuple[Candidate, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -140,9 +144,14 @@ class Catalog:
         return self._size_figures(placement).capped
 
     def candidates_for(self, placement: PlacementEntry) -> tuple[Candidate, ...]:
-        """`creatives_for`'s candidates, in order: one tuple per size for the snapshot's life, so
-        what scorers and policies keep per candidate list is found by its identity."""
-        return self._size_figures(placement).candidates
+        """`creatives_for`'s candidates, in order: one tuple per size for the snapshot's life (and
+        the next snapshots' while they stay equal: `load_catalog`), so what scorers and policies
+        keep per candidate list is found by its identity."""
+        size = (placement.width, placement.height)
+        held = self._candidates_by_size.get(size)
+        if held is None:
+            held = self._candidates_by_size[size] = tuple(c.candidate for c in self.creatives_for(placement))
+        return held
 
     def _size_figures(self, placement: PlacementEntry) -> _SizeFigures:
         """Worked out once per size: the snapshot never changes."""
@@ -154,7 +163,6 @@ class Catalog:
             held = self._by_size_figures[size] = _SizeFigures(
                 campaigns=counts,
                 capped=frozenset(campaign.id for campaign, _ in counts if campaign.frequency_cap),
-                candidates=tuple(creative.candidate for creative in creatives),
             )
         return held
 
@@ -163,7 +171,6 @@ class Catalog:
 class _SizeFigures:
     campaigns: tuple[tuple[CampaignState, int], ...]
     capped: frozenset[int]
-    candidates: tuple[Candidate, ...]
 
 
 def campaign_counts(creatives: Iterable[CreativeEntry]) -> tuple[tuple[CampaignState, int], ...]:
@@ -201,8 +208,15 @@ WHERE cr.status = 'active' AND c.status = 'active' AND a.status = 'active'
 """
 
 
-async def load_catalog(connection: asyncpg.Connection, reservation_ttl_s: float = 3600.0) -> Catalog:
-    """The active catalogue; budget reservations count for `reservation_ttl_s` (the token TTL)."""
+async def load_catalog(
+    connection: asyncpg.Connection, reservation_ttl_s: float = 3600.0, previous: Catalog | None = None
+) -> Catalog:
+    """The active catalogue; budget reservations count for `reservation_ttl_s` (the token TTL).
+
+    Candidates equal to the `previous` snapshot's are its very objects, and so is a size's tuple
+    of them where every member is: what scorers and policies keep per candidate tuple (creative
+    vectors, prices, a user's affinities) is found by identity across refreshes, which come every
+    `serving.catalog_refresh_s` while spend moves and rarely change what a candidate is."""
     import json
 
     started = time.time()
@@ -247,6 +261,9 @@ async def load_catalog(connection: asyncpg.Connection, reservation_ttl_s: float 
             )
             campaigns[campaign.id] = campaign
         candidate = candidate_from_row(row)
+        known = previous.creatives.get(row["id"]) if previous is not None else None
+        if known is not None and known.candidate == candidate:
+            candidate = known.candidate
         entry = CreativeEntry(
             id=row["id"],
             campaign=campaign,
@@ -259,12 +276,22 @@ async def load_catalog(connection: asyncpg.Connection, reservation_ttl_s: float 
         )
         creatives[entry.id] = entry
         by_size[(entry.width, entry.height)].append(entry)
-    return Catalog(
+    catalog = Catalog(
         placements=placements,
         creatives=creatives,
         by_size={size: tuple(entries) for size, entries in by_size.items()},
         loaded_at=started,
     )
+    if previous is not None:
+        for size, entries in catalog.by_size.items():
+            kept = previous._candidates_by_size.get(size)
+            if (
+                kept is not None
+                and len(kept) == len(entries)
+                and all(held is entry.candidate for held, entry in zip(kept, entries, strict=True))
+            ):
+                catalog._candidates_by_size[size] = kept
+    return catalog
 
 
 def _float(value: object) -> float | None:
@@ -286,7 +313,7 @@ class CatalogCache:
 
     async def refresh(self) -> Catalog:
         async with self.pool.acquire() as connection:
-            self.catalog = await load_catalog(connection, self.reservation_ttl_s)
+            self.catalog = await load_catalog(connection, self.reservation_ttl_s, self.catalog)
         self.refreshes += 1
         return self.catalog
 
