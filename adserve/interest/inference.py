@@ -266,8 +266,9 @@ class ClickKernel:
         if held is not None:
             self._remember_last(candidates, key, held[1])
             return held[1]
-        # A catalogue refresh rebuilds equal candidates as new objects: reuse their prepared block
-        # (and with it every user's cached pair features) instead of running the tower again.
+        # Equal candidates built apart (a snapshot loaded without its predecessor, at start or in
+        # another caller) are new objects: reuse their prepared block (and with it every user's
+        # kept rows) instead of running the tower again. A refresh keeps the objects themselves.
         content = tuple(candidates)
         with self._lock:
             block = self._by_content.get(content)
